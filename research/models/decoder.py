@@ -1,0 +1,282 @@
+"""Decoder-only transformer (Llama-style): RMSNorm, RoPE, GQA, SwiGLU.
+
+Every parameter is created with logical axis names (`vocab`, `embed`, `heads`,
+`kv_heads`, `kv`, `mlp`, `norm`, `layers`) and the main activations carry
+`act_*` names, so the sharding layout is a config change (see
+`research/training/partitioning.py`).
+
+Shapes in names: B batch, L query length, S key length, D d_model, H query
+heads, K kv heads, G = H // K, E head dim, F mlp dim, V vocab.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from research.models.config import DecoderConfig
+
+# Logical names of the activations, mapped to mesh axes by the config's rules.
+ACT_BxLxD = ("act_batch", "act_length", "act_embed")
+ACT_BxLxF = ("act_batch", "act_length", "act_mlp")
+ACT_BxLxHxE = ("act_batch", "act_length", "act_heads", "act_kv")
+ACT_BxLxKxE = ("act_batch", "act_length", "act_kv_heads", "act_kv")
+ACT_BxLxV = ("act_batch", "act_length", "act_vocab")
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute the whole block
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _constrain(x, names):
+  return nn.with_logical_constraint(x, names)
+
+
+def dense(x, kernel, num_in_dims: int):
+  """Contracts the last `num_in_dims` of x with the first of `kernel`, as one 2-D GEMM.
+
+  Leading dims are flattened into rows first: on XLA:CPU a dot that contracts
+  over (batch, length) in the backward pass is markedly slower than the same
+  FLOPs as a plain matrix product (see bench/README.md).
+  """
+  lead = x.shape[:x.ndim - num_in_dims]
+  rows = x.reshape(-1, *x.shape[x.ndim - num_in_dims:])
+  out = jnp.tensordot(rows, kernel, axes=num_in_dims)
+  return out.reshape(*lead, *kernel.shape[num_in_dims:])
+
+
+class Projection(nn.Module):
+  """A bias-free linear map; the kernel is `in_shape + out_shape` with logical `names`.
+
+  Fan-in variance-scaling init keeps activations O(1).
+  """
+
+  in_shape: tuple[int, ...]
+  out_shape: tuple[int, ...]
+  names: tuple[str, ...]
+  dtype: Any
+  param_dtype: Any
+  init_scale: float = 1.0
+
+  def setup(self):
+    n_in, n_out = len(self.in_shape), len(self.out_shape)
+    init = nn.initializers.variance_scaling(
+        self.init_scale, "fan_in", "truncated_normal",
+        in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out)))
+    self.kernel = self.param("kernel", nn.with_logical_partitioning(init, self.names),
+                             self.in_shape + self.out_shape, self.param_dtype)
+
+  def __call__(self, x):
+    return dense(x.astype(self.dtype), self.kernel.astype(self.dtype), len(self.in_shape))
+
+
+class RMSNorm(nn.Module):
+  """Root-mean-square layer norm (Zhang & Sennrich 2019), computed in float32."""
+
+  eps: float
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x_BxLxD):
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                       (x_BxLxD.shape[-1],), self.param_dtype)
+    x = x_BxLxD.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
+    return (x * scale.astype(jnp.float32)[None, None, :]).astype(self.dtype)
+
+
+def apply_rope(x_BxLxNxE, positions_BxL, theta: float):
+  """Rotary position embedding (Su et al. 2021), rotate-half convention."""
+  half = x_BxLxNxE.shape[-1] // 2
+  inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angles_BxLx1xE2 = positions_BxL.astype(jnp.float32)[:, :, None, None] * inv_freq[None, None, None]
+  sin, cos = jnp.sin(angles_BxLx1xE2), jnp.cos(angles_BxLx1xE2)
+  x = x_BxLxNxE.astype(jnp.float32)
+  x1, x2 = x[..., :half], x[..., half:]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxLxNxE.dtype)
+
+
+def attention_mask(q_segment_BxL, kv_segment_BxS, q_index_BxL, kv_index_BxS):
+  """Causal mask within a segment; segment id 0 marks padding (never attended)."""
+  same_segment = q_segment_BxL[:, :, None] == kv_segment_BxS[:, None, :]
+  causal = q_index_BxL[:, :, None] >= kv_index_BxS[:, None, :]
+  real_key = (kv_segment_BxS != 0)[:, None, :]
+  return same_segment & causal & real_key  # BxLxS
+
+
+def grouped_query_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, mask_BxLxS):
+  """Softmax attention with K kv heads shared by groups of H // K query heads.
+
+  Logits and softmax run in float32. A query row with no visible key (a padding
+  position) gets a finite large negative everywhere, so its output is a finite
+  average instead of NaN; such rows are masked out of every loss.
+  """
+  b, l, h, e = q_BxLxHxE.shape
+  k = k_BxSxKxE.shape[2]
+  q_BxLxKxGxE = q_BxLxHxE.reshape(b, l, k, h // k, e)
+  logits_BxKxGxLxS = jnp.einsum("blkge,bske->bkgls", q_BxLxKxGxE, k_BxSxKxE,
+                                preferred_element_type=jnp.float32) / jnp.sqrt(e).astype(jnp.float32)
+  big_neg = jnp.finfo(jnp.float32).min
+  logits_BxKxGxLxS = jnp.where(mask_BxLxS[:, None, None], logits_BxKxGxLxS, big_neg)
+  probs = jax.nn.softmax(logits_BxKxGxLxS, axis=-1).astype(v_BxSxKxE.dtype)
+  out_BxLxKxGxE = jnp.einsum("bkgls,bske->blkge", probs, v_BxSxKxE)
+  return out_BxLxKxGxE.reshape(b, l, h, e)
+
+
+class Attention(nn.Module):
+  cfg: DecoderConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS):
+    c = self.cfg
+    dt, pdt = c.compute_dtype, c.weight_dtype
+    d, h, k, e = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
+    q = Projection((d,), (h, e), ("embed", "heads", "kv"), dt, pdt, name="query")(x_BxLxD)
+    kk = Projection((d,), (k, e), ("embed", "kv_heads", "kv"), dt, pdt, name="key")(x_BxLxD)
+    v = Projection((d,), (k, e), ("embed", "kv_heads", "kv"), dt, pdt, name="value")(x_BxLxD)
+    q = _constrain(apply_rope(q, positions_BxL, c.rope_theta), ACT_BxLxHxE)
+    kk = _constrain(apply_rope(kk, positions_BxL, c.rope_theta), ACT_BxLxKxE)
+    v = _constrain(v, ACT_BxLxKxE)
+    out_BxLxHxE = grouped_query_attention(q, kk, v, mask_BxLxS)
+    out_BxLxHxE = _constrain(out_BxLxHxE, ACT_BxLxHxE)
+    return Projection((h, e), (d,), ("heads", "kv", "embed"), dt, pdt,
+                      init_scale=c.out_init_scale, name="out")(out_BxLxHxE)
+
+
+class SwiGLU(nn.Module):
+  """Gated MLP, silu(x W_gate) * (x W_up) W_down (Shazeer 2020)."""
+
+  cfg: DecoderConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD):
+    c = self.cfg
+    dt, pdt = c.compute_dtype, c.weight_dtype
+    gate = Projection((c.d_model,), (c.mlp_dim,), ("embed", "mlp"), dt, pdt, name="gate")
+    up = Projection((c.d_model,), (c.mlp_dim,), ("embed", "mlp"), dt, pdt, name="up")
+    # One GEMM for both: stacked (not concatenated), so a tensor-sharded `mlp`
+    # axis stays sharded the same way.
+    kernel_Dx2xF = jnp.stack([gate.kernel, up.kernel], axis=1).astype(dt)
+    gate_up_BxLx2xF = dense(x_BxLxD.astype(dt), kernel_Dx2xF, 1)
+    hidden_BxLxF = nn.silu(gate_up_BxLx2xF[..., 0, :]) * gate_up_BxLx2xF[..., 1, :]
+    hidden_BxLxF = _constrain(hidden_BxLxF, ACT_BxLxF)
+    return Projection((c.mlp_dim,), (c.d_model,), ("mlp", "embed"), dt, pdt,
+                      init_scale=c.out_init_scale, name="down")(hidden_BxLxF)
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block. Returns (x, None) so that nn.scan can stack it."""
+
+  cfg: DecoderConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS):
+    c = self.cfg
+    norm = lambda name: RMSNorm(c.norm_eps, c.compute_dtype, c.weight_dtype, name=name)
+    x_BxLxD = x_BxLxD + Attention(c, name="attention")(
+        norm("attention_norm")(x_BxLxD), positions_BxL, mask_BxLxS)
+    x_BxLxD = x_BxLxD + SwiGLU(c, name="mlp")(norm("mlp_norm")(x_BxLxD))
+    return _constrain(x_BxLxD, ACT_BxLxD), None
+
+
+def _block_class(cfg: DecoderConfig):
+  if cfg.remat == "none":
+    return Block
+  if cfg.remat not in _REMAT_POLICIES:
+    raise ValueError(f"model.remat={cfg.remat!r}; expected one of "
+                     f"{['none', *_REMAT_POLICIES]}")
+  # Under scan the loop already prevents CSE across layers (flax docs).
+  return nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+
+
+class Decoder(nn.Module):
+  """Token ids -> next-token logits.
+
+  `segment_ids` (0 = padding) keep packed documents from attending to each other;
+  `positions` restart per document for RoPE. Both default to one unpadded
+  document per row. `trunk` returns the final normalised hidden states, which
+  the reward and value heads read.
+  """
+
+  cfg: DecoderConfig
+
+  def setup(self):
+    c = self.cfg
+    # Small init + sqrt(D) input scale: O(1) residual stream and O(1) tied logits.
+    self.embedding = self.param(
+        "embedding",
+        nn.with_logical_partitioning(nn.initializers.normal(c.d_model ** -0.5), ("vocab", "embed")),
+        (c.vocab_size, c.d_model), c.weight_dtype)
+    block = _block_class(c)
+    if c.scan_layers:
+      self.layers = nn.scan(
+          block, variable_axes={"params": 0}, split_rngs={"params": True},
+          in_axes=(nn.broadcast, nn.broadcast), length=c.num_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"})(c, name="layers")
+    else:
+      self.layers = [block(c, name=f"layer_{i}") for i in range(c.num_layers)]
+    self.final_norm = RMSNorm(c.norm_eps, c.compute_dtype, c.weight_dtype, name="final_norm")
+    if not c.tie_embeddings:
+      self.unembed = Projection((c.d_model,), (c.vocab_size,), ("embed", "vocab"),
+                                c.compute_dtype, c.weight_dtype, name="unembed")
+
+  def trunk(self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None):
+    """Final hidden states, BxLxD, in the compute dtype."""
+    b, l = tokens_BxL.shape
+    if segment_ids_BxL is None:
+      segment_ids_BxL = jnp.ones((b, l), jnp.int32)
+    if positions_BxL is None:
+      positions_BxL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+    index_BxL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+    mask_BxLxL = attention_mask(segment_ids_BxL, segment_ids_BxL, index_BxL, index_BxL)
+
+    c = self.cfg
+    # Gather the (fsdp/tensor-sharded) table first: a gather from a sharded table
+    # into batch-sharded activations makes GSPMD replicate the result instead.
+    table_VxD = _constrain(self.embedding, (None, "act_embed"))
+    x_BxLxD = jnp.take(table_VxD, tokens_BxL, axis=0).astype(c.compute_dtype)
+    x_BxLxD = _constrain(x_BxLxD * jnp.sqrt(c.d_model).astype(c.compute_dtype), ACT_BxLxD)
+    if c.scan_layers:
+      x_BxLxD, _ = self.layers(x_BxLxD, positions_BxL, mask_BxLxL)
+    else:
+      for layer in self.layers:
+        x_BxLxD, _ = layer(x_BxLxD, positions_BxL, mask_BxLxL)
+    return self.final_norm(x_BxLxD)
+
+  def logits(self, hidden_BxLxD):
+    """Unembedding; logits are returned in float32 for a stable softmax."""
+    c = self.cfg
+    if c.tie_embeddings:
+      logits = jnp.einsum("bld,vd->blv", hidden_BxLxD,
+                          self.embedding.astype(c.compute_dtype),
+                          preferred_element_type=jnp.float32)
+    else:
+      logits = self.unembed(hidden_BxLxD)
+    return _constrain(logits.astype(jnp.float32), ACT_BxLxV)
+
+  def __call__(self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None):
+    return self.logits(self.trunk(tokens_BxL, positions_BxL, segment_ids_BxL))
+
+
+def stack_layer_params(params: dict, num_layers: int) -> dict:
+  """Converts unscanned params (layer_0..layer_N-1) to the scanned layout."""
+  out = {k: v for k, v in params.items() if not k.startswith("layer_")}
+  layers = [params[f"layer_{i}"] for i in range(num_layers)]
+  out["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+  return out
+
+
+def unstack_layer_params(params: dict) -> dict:
+  """Inverse of `stack_layer_params`."""
+  out = {k: v for k, v in params.items() if k != "layers"}
+  n = jax.tree.leaves(params["layers"])[0].shape[0]
+  for i in range(n):
+    out[f"layer_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["layers"])
+  return out

@@ -1,0 +1,188 @@
+"""The training loop shared by every offline stage (CLM, SFT, reward, DPO).
+
+Resumes from the latest checkpoint (state + data position), logs to TensorBoard
+and metrics.jsonl behind a progress bar, evaluates periodically, saves every
+`checkpoint_every` steps and on SIGTERM, and stops on a non-finite loss without
+touching the last good checkpoint. Metrics are read back one step late, so the
+host never stalls the device queue.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any, Callable, Iterable
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from research.data import pipeline
+from research.training import partitioning
+from research.training.checkpoint import Checkpointer
+from research.training.writers import MetricWriter
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss became NaN/inf; the message names the step and the last good checkpoint."""
+
+
+@dataclasses.dataclass
+class LoopResult:
+  state: Any
+  step: int
+  preempted: bool
+  train_metrics: dict[str, float]
+  eval_metrics: dict[str, float]
+
+
+def evaluate(eval_step, params, batches: Iterable[dict], mesh, rules,
+             max_batches: int) -> dict[str, float]:
+  """Token-weighted means over up to `max_batches` held-out batches."""
+  sums: dict[str, float] = {}
+  total_weight, n = 0.0, 0
+  for batch in batches:
+    if n >= max_batches:
+      break
+    metrics = jax.device_get(eval_step(params, partitioning.shard_batch(batch, mesh, rules)))
+    weight = float(metrics.get("num_tokens", metrics.get("num_examples", 1.0)))
+    for k, v in metrics.items():
+      sums[k] = sums.get(k, 0.0) + float(v) * (1.0 if k.startswith("num_") else weight)
+    total_weight += weight
+    n += 1
+  if not n:
+    raise ValueError("the evaluation split yielded no full batch; lower config.data.batch_size "
+                     "or add held-out data")
+  out = {k: (v if k.startswith("num_") else v / total_weight) for k, v in sums.items()}
+  if "nll" in out:
+    out["perplexity"] = float(np.exp(out["nll"]))
+  return out
+
+
+class _SigtermFlag:
+  """Turns SIGTERM into a flag the loop polls (pre-emption on TPU VMs and clusters)."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: nothing to install
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _mean(records: list[dict]) -> dict[str, float]:
+  keys = records[0].keys()
+  return {k: float(np.sum([r[k] for r in records]) if k.startswith("num_")
+                   else np.mean([r[k] for r in records])) for k in keys}
+
+
+def run(*, train_cfg, workdir: str, state, abstract_state, state_shardings, train_step,
+        train_iter, mesh, rules, eval_step=None, eval_batches: Callable[[], Iterable] | None = None,
+        tokens_per_batch: int = 0, hooks: Iterable[Callable[[int], None]] = ()) -> LoopResult:
+  """Trains until `train_cfg.steps`; see the module docstring for the contract."""
+  total = int(train_cfg.steps)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), train_cfg.max_to_keep)
+  writer = MetricWriter(workdir)
+  start = ckpt.latest_step() or 0
+  if start:
+    state, meta = ckpt.restore(abstract_state, state_shardings)
+    train_iter.set_state(pipeline.state_from_json(meta["data"]))
+    logging.info("resumed from %s at step %d", ckpt.directory, start)
+
+  def save(step: int, data_state) -> None:
+    ckpt.save(step, state, {"data": pipeline.state_to_json(data_state), "step": step})
+
+  def do_eval(step: int) -> dict[str, float]:
+    if eval_step is None:
+      return {}
+    metrics = evaluate(eval_step, state.params, eval_batches(), mesh, rules, train_cfg.eval_batches)
+    writer.write(step, metrics, "eval")
+    return metrics
+
+  pending: list[tuple[int, Any]] = []  # (step, device metrics) not yet read back
+  window: list[dict] = []
+  last_train: dict[str, float] = {}
+  last_eval: dict[str, float] = {}
+  data_state = train_iter.get_state()
+  last_log_time, last_log_step = time.time(), start
+
+  def drain(keep: int) -> None:
+    """Reads back all but `keep` pending metrics; stops on a non-finite loss."""
+    nonlocal last_train, last_log_time, last_log_step
+    while len(pending) > keep:
+      step, device_metrics = pending.pop(0)
+      metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+      if not np.isfinite(metrics["loss"]):
+        bar.close()
+        ckpt.close()
+        writer.close()
+        good = ckpt.latest_step()
+        where = (f"the last good checkpoint is step {good} in {ckpt.directory}" if good
+                 else "no checkpoint was saved before it")
+        raise NonFiniteLossError(f"loss is {metrics['loss']} at step {step}; stopped, {where}")
+      window.append(metrics)
+      if step % train_cfg.log_every == 0 or step == total:
+        now = time.time()
+        last_train = _mean(window)
+        window.clear()
+        if tokens_per_batch:
+          last_train["tokens_per_sec"] = tokens_per_batch * (step - last_log_step) / (now - last_log_time)
+        last_log_time, last_log_step = now, step
+        writer.write(step, last_train, "train")
+        bar.set_postfix(loss=f"{last_train['loss']:.4f}",
+                        **({"tok/s": f"{last_train['tokens_per_sec']:.0f}"} if tokens_per_batch else {}))
+
+  bar = tqdm(total=total, initial=start, desc=os.path.basename(os.path.normpath(workdir)),
+             dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0,
+             disable=jax.process_index() != 0)
+  preempted = False
+  step = start
+  with _SigtermFlag() as sigterm:
+    while step < total:
+      batch = partitioning.shard_batch(next(train_iter), mesh, rules)
+      data_state = train_iter.get_state()
+      with jax.transfer_guard("disallow"):  # no hidden host<->device copies per step
+        state, metrics = train_step(state, batch)
+      step += 1
+      pending.append((step, metrics))
+      drain(keep=1)
+      bar.update(1)
+      for hook in hooks:
+        hook(step)
+      if eval_step is not None and train_cfg.eval_every and step % train_cfg.eval_every == 0 \
+          and step < total:
+        last_eval = do_eval(step)
+      if sigterm.raised or step % train_cfg.checkpoint_every == 0 or step == total:
+        drain(keep=0)  # never save a state whose loss was not checked
+        save(step, data_state)
+      if sigterm.raised:
+        logging.warning("SIGTERM: saved step %d to %s and stopped", step, ckpt.directory)
+        preempted = True
+        break
+  drain(keep=0)
+  bar.close()
+  if not preempted:
+    last_eval = do_eval(step) or last_eval
+  if train_step.compilations() > 1:
+    logging.warning("the train step compiled %d times (expected once): batch shapes or dtypes "
+                    "changed inside the loop", train_step.compilations())
+  ckpt.close()
+  writer.close()
+  return LoopResult(state=state, step=step, preempted=preempted, train_metrics=last_train,
+                    eval_metrics=last_eval)

@@ -1,0 +1,147 @@
+"""Device mesh and logical-axis rules: the whole parallelism layout as config.
+
+Modules name their axes (`embed`, `mlp`, `act_batch`, ...); `config.sharding.rules`
+maps each name to mesh axes (`data`, `fsdp`, `tensor`). Data parallelism is
+`mesh.data`, ZeRO-3 style fully sharded data parallelism is `mesh.fsdp`
+(parameters and optimizer state split along `embed`, gathered per layer by
+XLA), Megatron-style tensor parallelism is `mesh.tensor` (heads, mlp, vocab).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Parameter axes first, then activations. An axis name missing here is an error
+# (see `check_rules`), so a new module cannot silently end up replicated.
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("kv", None),
+    ("norm", None),
+    ("layers", None),
+    ("act_batch", ("data", "fsdp")),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_mlp", "tensor"),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_kv", None),
+    ("act_vocab", "tensor"),
+)
+
+
+def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
+  """Resolves `config.mesh` sizes; one axis may be -1 and takes the rest."""
+  sizes = [int(mesh_cfg[name]) for name in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"config.mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % known:
+      raise ValueError(f"config.mesh {dict(zip(MESH_AXES, sizes))}: {num_devices} devices "
+                       f"are not divisible by {known}")
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ValueError(f"config.mesh {dict(zip(MESH_AXES, sizes))} has {math.prod(sizes)} "
+                     f"devices but {num_devices} are available")
+  return tuple(sizes)
+
+
+def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """A (data, fsdp, tensor) mesh with Auto axes (sharding propagated by GSPMD)."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = mesh_shape(mesh_cfg, len(devices))
+  if len(devices) == len(jax.devices()):
+    # Topology-aware device order on TPU/GPU.
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+  return jax.sharding.Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
+                           axis_types=(AxisType.Auto,) * 3)
+
+
+def rules_from_config(config) -> tuple[tuple[str, Any], ...]:
+  rules = config.sharding.rules
+  return tuple((str(name), _as_mesh_axes(axes)) for name, axes in rules)
+
+
+def _as_mesh_axes(axes):
+  if axes is None or isinstance(axes, str):
+    return axes
+  return tuple(axes)
+
+
+def check_rules(logical_specs, rules) -> None:
+  """Every logical axis name used by a parameter must have a rule."""
+  known = {name for name, _ in rules}
+  missing: dict[str, str] = {}
+  for path, spec in jax.tree_util.tree_flatten_with_path(
+      logical_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))[0]:
+    for name in spec:
+      if isinstance(name, str) and name not in known:
+        missing.setdefault(name, jax.tree_util.keystr(path))
+  if missing:
+    detail = ", ".join(f"{n!r} (first used by {p})" for n, p in missing.items())
+    raise ValueError(f"config.sharding.rules has no rule for logical axes {detail}; "
+                     f"known axes: {sorted(known)}")
+
+
+def logical_shardings(abstract_boxed_tree, mesh, rules):
+  """NamedShardings for a tree whose leaves carry logical partitioning metadata."""
+  specs = nn.get_partition_spec(abstract_boxed_tree)
+  check_rules(specs, rules)
+  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def data_sharding(mesh, rules, ndim: int) -> NamedSharding:
+  """Sharding of a batch array: leading axis `batch`, the rest replicated."""
+  names = ("batch",) + (None,) * (ndim - 1)
+  return NamedSharding(mesh, nn.logical_to_mesh_axes(names, rules))
+
+
+def batch_axis_size(mesh, rules) -> int:
+  """How many ways the batch axis is split; global batch sizes must divide by it."""
+  spec = nn.logical_to_mesh_axes(("batch",), rules)[0]
+  if spec is None:
+    return 1
+  axes = (spec,) if isinstance(spec, str) else spec
+  return math.prod(mesh.shape[a] for a in axes)
+
+
+@contextlib.contextmanager
+def activate(mesh, rules):
+  """Mesh + rules for tracing modules that call `nn.with_logical_constraint`."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
+
+
+def shard_batch(batch: dict, mesh, rules) -> dict:
+  """Host numpy batch (this process's rows) -> global sharded jax arrays."""
+  def put(x):
+    x = np.asarray(x)
+    sharding = data_sharding(mesh, rules, x.ndim)
+    if jax.process_count() == 1:
+      return jax.device_put(x, sharding)
+    return jax.make_array_from_process_local_data(sharding, x)
+  return {k: put(v) for k, v in batch.items()}
+
+
+def per_device_bytes(abstract_tree, shardings) -> int:
+  """Bytes one device holds for a tree of ShapeDtypeStructs under `shardings`."""
+  total = 0
+  for leaf, sharding in zip(jax.tree.leaves(abstract_tree), jax.tree.leaves(shardings)):
+    shard_shape = sharding.shard_shape(leaf.shape)
+    total += math.prod(shard_shape) * np.dtype(leaf.dtype).itemsize
+  return total

@@ -1,0 +1,111 @@
+"""SentencePiece tokenizer: trained from a corpus, cached, with fixed special ids.
+
+pad = 0, eos = 1, bos = 2, unk = 3. Padding is never EOS, so a loss mask that
+drops padding still teaches the model to stop. The chat role markers are
+user-defined symbols: always one token, never split or merged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from typing import Iterable, Sequence
+
+import sentencepiece as spm
+
+PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
+ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
+
+
+class Tokenizer:
+  """A thin, picklable wrapper over a serialized SentencePiece model."""
+
+  def __init__(self, model_proto: bytes):
+    self.model_proto = model_proto
+    self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    if (self._sp.pad_id(), self._sp.eos_id(), self._sp.bos_id()) != (PAD_ID, EOS_ID, BOS_ID):
+      raise ValueError("tokenizer must have pad=0, eos=1, bos=2 (train it with "
+                       "research.data.tokenizer.train)")
+
+  def __getstate__(self):
+    return {"model_proto": self.model_proto}
+
+  def __setstate__(self, state):
+    self.__init__(state["model_proto"])
+
+  @property
+  def vocab_size(self) -> int:
+    return self._sp.get_piece_size()
+
+  pad_id, eos_id, bos_id, unk_id = PAD_ID, EOS_ID, BOS_ID, UNK_ID
+
+  def encode(self, text: str) -> list[int]:
+    return self._sp.encode(text)
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    return self._sp.encode(list(texts))
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Text of `ids`, cut at the first EOS, padding dropped."""
+    out = []
+    for i in ids:
+      i = int(i)
+      if i == EOS_ID:
+        break
+      if i != PAD_ID:
+        out.append(i)
+    return self._sp.decode(out)
+
+  def piece_id(self, piece: str) -> int:
+    i = self._sp.piece_to_id(piece)
+    if i == UNK_ID and piece != self._sp.id_to_piece(UNK_ID):
+      raise KeyError(f"{piece!r} is not a piece of this tokenizer")
+    return i
+
+  def save(self, path: str) -> None:
+    _atomic_write(path, self.model_proto)
+
+  @classmethod
+  def load(cls, path: str) -> "Tokenizer":
+    with open(path, "rb") as f:
+      return cls(f.read())
+
+
+def train(texts: Iterable[str], vocab_size: int, model_type: str = "bpe",
+          byte_fallback: bool = False) -> Tokenizer:
+  """Trains in memory; a few MB of text take a second or two."""
+  buffer = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(texts), model_writer=buffer, vocab_size=vocab_size,
+      model_type=model_type, pad_id=PAD_ID, eos_id=EOS_ID, bos_id=BOS_ID, unk_id=UNK_ID,
+      user_defined_symbols=list(ROLE_TOKENS), byte_fallback=byte_fallback,
+      split_digits=True, normalization_rule_name="identity", character_coverage=1.0,
+      max_sentence_length=1 << 16, input_sentence_size=500_000, shuffle_input_sentence=True,
+      num_threads=2, minloglevel=2)
+  return Tokenizer(buffer.getvalue())
+
+
+def cache_key(*parts) -> str:
+  return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
+
+
+def load_or_train(path: str, texts_fn, vocab_size: int, **kwargs) -> Tokenizer:
+  """The tokenizer at `path`, training it from `texts_fn()` first if absent."""
+  if os.path.exists(path):
+    tok = Tokenizer.load(path)
+    if tok.vocab_size != vocab_size:
+      raise ValueError(f"{path} has vocab size {tok.vocab_size}, but config.model.vocab_size "
+                       f"is {vocab_size}")
+    return tok
+  tok = train(texts_fn(), vocab_size, **kwargs)
+  tok.save(path)
+  return tok
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    f.write(data)
+  os.replace(tmp, path)

@@ -1,0 +1,59 @@
+"""Defaults of each component, in one place; stage configs compose and override them."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from research.models import config as model_config
+from research.training import partitioning
+
+
+def base(stage: str) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.stage = stage
+  c.seed = 0                      # drives every rng: init, data order, sampling
+  c.init_from = ""                # workdir of an earlier stage to start from
+  c.mesh = mesh()
+  c.sharding = ml_collections.ConfigDict({"rules": partitioning.DEFAULT_RULES})
+  c.optimizer = optimizer()
+  c.train = train()
+  return c
+
+
+def model(preset: str, **overrides) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({"preset": preset, **model_config.preset(preset), **overrides})
+
+
+def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.ConfigDict:
+  """Sizes of the (data, fsdp, tensor) mesh axes; -1 takes the remaining devices."""
+  return ml_collections.ConfigDict({"data": data, "fsdp": fsdp, "tensor": tensor})
+
+
+def optimizer(**overrides) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      "lr": 1e-3, "warmup_steps": 50, "min_lr_ratio": 0.1, "b1": 0.9, "b2": 0.95,
+      "eps": 1e-8, "weight_decay": 0.1, "grad_clip_norm": 1.0, "grad_accum_steps": 1,
+      **overrides})
+
+
+def train(**overrides) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      "steps": 1000, "log_every": 10, "eval_every": 200, "eval_batches": 8,
+      "checkpoint_every": 200, "max_to_keep": 2, **overrides})
+
+
+def data(**overrides) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      "source": "embedded",          # 'embedded' | 'tfds:NAME' | path.txt | path.jsonl
+      "corpus_seed": 0,              # the embedded corpus is a function of (seed, size)
+      "corpus_size": 15_000,         # reviews; ~7 MB of text
+      "text_field": "text",          # JSONL / TFDS field holding the document
+      "tfds_splits": ml_collections.ConfigDict({"train": "train", "validation": "test"}),
+      "tfds_data_dir": "",
+      "holdout_every": 20,           # local files: every 20th record is held out
+      "seq_len": 256,
+      "batch_size": 16,              # global, over all hosts and devices
+      "tokenizer_path": "",          # empty: upstream stage's, else trained here
+      "tokenizer_train_docs": 20_000,
+      "tokenizer_byte_fallback": False,
+      **overrides})

@@ -1,0 +1,72 @@
+"""Runs one stage of the pipeline from a config file.
+
+  python -m research.main --config=configs/clm.py[:preset] [--workdir=DIR] \
+      [--config.a.b=value ...] [--dry_run]
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import sys
+
+from absl import app, flags
+import jax
+from ml_collections import config_flags
+
+from research import cli
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/STAGE.py[:arg]",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "output directory (default: runs/<stage>)")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "report parameter count and per-device memory "
+                             "from abstract shapes, then exit")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() "
+                                 "(multi-host TPU/GPU)")
+
+STAGES = {"clm": "research.stages.clm"}
+
+
+def stage_module(name: str):
+  if name not in STAGES:
+    raise ValueError(f"config.stage={name!r}; known stages: {sorted(STAGES)}")
+  return importlib.import_module(STAGES[name])
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # Library chatter (orbax, tfds) stays out of the way; absl resets this level
+  # while parsing flags, so it is set here rather than before app.run.
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("--config=configs/STAGE.py[:arg] is required")
+  workdir = _WORKDIR.value or os.path.join("runs", config.stage)
+  if _DRY_RUN.value:
+    from research.models.decoder import Decoder
+    from research.stages import common
+    report = common.describe(config, Decoder(common.decoder_config(config)))
+    print(json.dumps({"preset": config.model.get("preset", ""), **report}, indent=2))
+    return
+  from research.training.loop import NonFiniteLossError
+  try:
+    summary = stage_module(config.stage).run(config, workdir)
+  except NonFiniteLossError as e:
+    sys.exit(f"error: {e}")
+  print(json.dumps({k: v for k, v in summary.items() if k != "samples"}, indent=2, default=float))
+  for sample in summary.get("samples", []):
+    print("---\n" + sample)
+
+
+def run() -> None:
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found"
+  app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+  run()

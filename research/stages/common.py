@@ -1,0 +1,119 @@
+"""What every stage sets up the same way: tokenizer, model, mesh, optimizer, state."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research.models import config as model_config
+from research.models.decoder import Decoder
+from research.training import checkpoint, optimizer, partitioning, state as state_lib
+from research.data import tokenizer as tokenizer_lib
+
+TOKENIZER_FILE = "tokenizer.model"
+
+
+def tokenizer_for(config, workdir: str, texts_fn: Callable) -> tokenizer_lib.Tokenizer:
+  """`config.data.tokenizer_path`, else the upstream stage's, else trained here.
+
+  A stage that starts from `config.init_from` must use that run's tokenizer
+  (token ids are what the weights learned). The tokenizer is copied into this
+  workdir so the next stage can find it.
+  """
+  path = config.data.tokenizer_path
+  if not path and config.get("init_from"):
+    path = os.path.join(config.init_from, TOKENIZER_FILE)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"config.init_from={config.init_from!r} has no {TOKENIZER_FILE}")
+  own = os.path.join(workdir, TOKENIZER_FILE)
+  vocab = config.model.vocab_size
+  if path:
+    tok = tokenizer_lib.Tokenizer.load(path)
+    if tok.vocab_size != vocab:
+      raise ValueError(f"tokenizer {path} has {tok.vocab_size} tokens but config.model.vocab_size "
+                       f"is {vocab}")
+    if os.path.abspath(path) != os.path.abspath(own) and jax.process_index() == 0:
+      tok.save(own)
+    return tok
+  return tokenizer_lib.load_or_train(own, texts_fn, vocab,
+                                     byte_fallback=config.data.tokenizer_byte_fallback)
+
+
+def decoder_config(config) -> model_config.DecoderConfig:
+  return model_config.from_config(config.model)
+
+
+@dataclasses.dataclass
+class Setup:
+  mesh: Any
+  rules: Any
+  tx: Any
+  schedule: Any
+  state: Any
+  shardings: Any
+  abstract_state: Any
+
+
+def mesh_and_rules(config):
+  mesh = partitioning.make_mesh(config.mesh)
+  rules = partitioning.rules_from_config(config)
+  for key, size in (("config.data.batch_size", config.data.batch_size),):
+    ways = partitioning.batch_axis_size(mesh, rules)
+    if size % ways:
+      raise ValueError(f"{key}={size} must be divisible by the {ways} ways the batch is "
+                       f"sharded (config.mesh {dict(mesh.shape)})")
+  return mesh, rules
+
+
+def init_fn(module: nn.Module, seq_len: int = 8) -> Callable:
+  """rng -> boxed params of a module that takes token ids."""
+  return lambda rng: module.init(rng, jnp.ones((1, seq_len), jnp.int32))["params"]
+
+
+def setup(config, module: nn.Module, total_steps: int,
+          init_params: Callable | None = None, params=None) -> Setup:
+  """Mesh, optimizer and the sharded TrainState (`params` replaces the init)."""
+  mesh, rules = mesh_and_rules(config)
+  tx, schedule = optimizer.make_optimizer(config.optimizer, total_steps)
+  init_params = init_params or init_fn(module)
+  abstract, shardings = state_lib.abstract_state(init_params, tx, mesh, rules, config.seed)
+  if params is None and config.get("init_from"):
+    params = checkpoint.restore_params(os.path.join(config.init_from, "checkpoints"),
+                                       abstract.params, shardings.params)
+    logging.info("initialised parameters from %s", config.init_from)
+  state, shardings = state_lib.create_state(init_params, tx, mesh, rules, config.seed, params)
+  return Setup(mesh, rules, tx, schedule, state, shardings, abstract)
+
+
+def describe(config, module: nn.Module) -> dict[str, Any]:
+  """Parameter count and per-device bytes, from abstract shapes only (no allocation)."""
+  mesh, rules = mesh_and_rules(config)
+  tx, _ = optimizer.make_optimizer(config.optimizer, max(config.train.steps, 2))
+  abstract, shardings = state_lib.abstract_state(init_fn(module), tx, mesh, rules, config.seed)
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+  params_b = partitioning.per_device_bytes(abstract.params, shardings.params)
+  opt_b = partitioning.per_device_bytes(abstract.opt_state, shardings.opt_state)
+  return {"parameters": n_params, "mesh": dict(mesh.shape), "devices": mesh.size,
+          "param_bytes_per_device": params_b, "optimizer_bytes_per_device": opt_b,
+          "state_gib_per_device": round((params_b + opt_b) / 2**30, 3)}
+
+
+def write_json(workdir: str, name: str, payload: dict) -> str:
+  path = os.path.join(workdir, name)
+  if jax.process_index() == 0:
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump(payload, f, indent=2, default=float)
+  return path
+
+
+def derived_seed(seed: int, purpose: str) -> int:
+  """One config seed, a distinct stream per purpose (data order, sampling, ...)."""
+  return int(np.random.SeedSequence([seed, *purpose.encode()]).generate_state(1)[0])

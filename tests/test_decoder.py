@@ -1,0 +1,128 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from research.models import config as model_config
+from research.models import decoder as dec
+from tests import reference
+
+
+def tiny(**overrides):
+  return model_config.DecoderConfig(**{**model_config.preset("tiny"), **overrides})
+
+
+def init(cfg, seed=0):
+  model = dec.Decoder(cfg)
+  params = nn.unbox(model.init(jax.random.PRNGKey(seed), jnp.ones((1, 4), jnp.int32))["params"])
+  return model, params
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_matches_numpy_reference_with_packing_and_padding(tie):
+  cfg = tiny(tie_embeddings=tie, num_layers=2)
+  model, params = init(cfg)
+  # Two packed documents (positions restart) then two padding positions.
+  tokens = np.array([5, 17, 3, 99, 42, 7, 8, 0, 0], np.int32)
+  segments = np.array([1, 1, 1, 1, 2, 2, 2, 0, 0], np.int32)
+  positions = np.array([0, 1, 2, 3, 0, 1, 2, 0, 0], np.int32)
+  got = model.apply({"params": params}, tokens[None], positions[None], segments[None])[0]
+  want = reference.decoder_logits(jax.device_get(params), cfg, tokens, positions, segments)
+  real = segments != 0
+  np.testing.assert_allclose(np.asarray(got)[real], want[real], atol=2e-5, rtol=1e-4)
+  assert np.isfinite(np.asarray(got)).all()  # padding rows stay finite
+
+
+def test_causal_future_tokens_do_not_change_past_logits():
+  model, params = init(tiny())
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, 512, (2, 16)).astype(np.int32)
+  changed = tokens.copy()
+  changed[:, 9:] = rng.integers(0, 512, (2, 7))
+  a = model.apply({"params": params}, tokens)
+  b = model.apply({"params": params}, changed)
+  np.testing.assert_array_equal(np.asarray(a[:, :9]), np.asarray(b[:, :9]))
+  assert np.abs(np.asarray(a[:, 9:] - b[:, 9:])).max() > 1e-3
+
+
+def test_causal_by_gradient():
+  """d logits[t] / d (input embedding row of a future token) is zero (untied, so the
+  unembedding does not route gradient to every row)."""
+  model, params = init(tiny(tie_embeddings=False))
+  tokens = jnp.arange(10, 20, dtype=jnp.int32)[None]
+
+  def logit_sum_at(t, emb):
+    p = {**params, "embedding": emb}
+    return model.apply({"params": p}, tokens)[0, t].sum()
+
+  grad = jax.grad(lambda emb: logit_sum_at(4, emb))(params["embedding"])
+  future_rows = np.asarray(grad)[15:20]  # tokens 15..19 sit at positions 5..9
+  past_rows = np.asarray(grad)[10:15]
+  assert np.abs(future_rows).max() == 0.0
+  assert np.abs(past_rows).max() > 0.0
+
+
+def test_packed_documents_do_not_attend_to_each_other():
+  model, params = init(tiny())
+  doc_a, doc_b = np.arange(3, 10, dtype=np.int32), np.arange(50, 56, dtype=np.int32)
+  packed = np.concatenate([doc_a, doc_b])[None]
+  seg = np.array([[1] * 7 + [2] * 6], np.int32)
+  pos = np.array([list(range(7)) + list(range(6))], np.int32)
+  both = model.apply({"params": params}, packed, pos, seg)[0]
+  alone_a = model.apply({"params": params}, doc_a[None])[0]
+  alone_b = model.apply({"params": params}, doc_b[None])[0]
+  np.testing.assert_allclose(both[:7], alone_a, atol=1e-5)
+  np.testing.assert_allclose(both[7:], alone_b, atol=1e-5)
+
+
+def test_scan_and_remat_match_unrolled_layers():
+  cfg = tiny()
+  model, params = init(cfg)
+  tokens = np.random.default_rng(1).integers(0, 512, (2, 12)).astype(np.int32)
+  scanned = dec.stack_layer_params(params, cfg.num_layers)
+  ref_logits = model.apply({"params": params}, tokens)
+  g_ref = jax.jit(jax.grad(lambda p: model.apply({"params": p}, tokens).mean()))(params)
+  for remat in ("none", "full", "dots_no_batch"):
+    m = dec.Decoder(tiny(scan_layers=True, remat=remat))
+    logits = jax.jit(lambda p: m.apply({"params": p}, tokens))(scanned)
+    grads = jax.jit(jax.grad(lambda p: m.apply({"params": p}, tokens).mean()))(scanned)
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+                 dec.unstack_layer_params(grads), g_ref)
+
+
+def test_scan_init_layout_has_layers_axis_and_names():
+  model = dec.Decoder(tiny(scan_layers=True))
+  boxed = model.init(jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32))["params"]
+  specs = nn.get_partition_spec(boxed)
+  assert tuple(specs["layers"]["attention"]["query"]["kernel"]) == ("layers", "embed", "heads", "kv")
+  assert tuple(specs["layers"]["mlp"]["down"]["kernel"]) == ("layers", "mlp", "embed")
+  assert tuple(specs["embedding"]) == ("vocab", "embed")
+
+
+def test_bfloat16_compute_close_to_float32():
+  model, params = init(tiny())
+  tokens = np.random.default_rng(2).integers(0, 512, (2, 12)).astype(np.int32)
+  f32 = model.apply({"params": params}, tokens)
+  bf16 = dec.Decoder(tiny(dtype="bfloat16")).apply({"params": params}, tokens)
+  assert bf16.dtype == jnp.float32  # logits are upcast for the loss
+  assert np.abs(np.asarray(bf16 - f32)).max() < 0.1
+
+
+def test_param_count_matches_formula_and_llama2_7b():
+  cfg = tiny()
+  _, params = init(cfg)
+  assert sum(x.size for x in jax.tree.leaves(params)) == cfg.num_params()
+  seven_b = model_config.DecoderConfig(**model_config.preset("7b"))
+  assert seven_b.num_params() == 6_738_415_616  # Llama-2-7B, published count
+  abstract = jax.eval_shape(dec.Decoder(seven_b).init, jax.random.PRNGKey(0),
+                            jnp.ones((1, 4), jnp.int32))
+  assert sum(np.prod(x.shape) for x in jax.tree.leaves(nn.unbox(abstract))) == 6_738_415_616
+
+
+def test_bad_config_names_the_key():
+  with pytest.raises(ValueError, match="num_kv_heads"):
+    tiny(num_heads=4, num_kv_heads=3)
+  with pytest.raises(ValueError, match="model.dtype"):
+    tiny(dtype="float8")

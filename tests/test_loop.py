@@ -83,7 +83,8 @@ def test_nan_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
   with pytest.raises(NonFiniteLossError) as info:
     clm.run(config, workdir)
   message = str(info.value)
-  bad_step = int(message.split("at step ")[1].split(";")[0])
+  bad_step = int(message.split("at step ")[1].split(" ")[0])
+  assert "loss=" in message and "param_norm=" in message
   assert f"last good checkpoint is step {bad_step - 1}" in message
   # The last checkpoint restores and is finite.
   model = Decoder(common.decoder_config(config))

@@ -78,17 +78,18 @@ def assert_params_close(a, b):
 
 def test_parameters_and_optimizer_state_really_are_sharded(devices):
   _, state, _ = _setup((2, 2, 2), devices)
+  cfg = model_config.DecoderConfig(**model_config.preset("tiny"))
   up = state.params["layer_0"]["mlp"]["up"]["kernel"]  # (embed, mlp)
   assert up.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
   assert len(up.addressable_shards) == 8
-  assert up.addressable_shards[0].data.shape == (64 // 2, 192 // 2)
+  assert up.addressable_shards[0].data.shape == (cfg.d_model // 2, cfg.mlp_dim // 2)
   mu = state.opt_state[1][0].mu["layer_0"]["mlp"]["up"]["kernel"]
   assert mu.sharding.spec == up.sharding.spec
   q = state.params["layer_0"]["attention"]["query"]["kernel"]  # (embed, heads, kv)
   assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
   _, state_fsdp, _ = _setup((1, 8, 1), devices)
   emb = state_fsdp.params["embedding"]  # (vocab, embed): embed over fsdp=8
-  assert emb.addressable_shards[0].data.shape == (512, 64 // 8)
+  assert emb.addressable_shards[0].data.shape == (cfg.vocab_size, cfg.d_model // 8)
 
 
 def test_scanned_layers_shard_and_match(devices):

@@ -38,6 +38,7 @@ class LoopResult:
   preempted: bool
   train_metrics: dict[str, float]
   eval_metrics: dict[str, float]
+  eval_history: dict[int, dict[str, float]]  # step -> metrics, this session's evals
 
 
 def evaluate(eval_step, params, batches: Iterable[dict], mesh, rules,
@@ -113,8 +114,10 @@ def run(*, train_cfg, workdir: str, state, abstract_state, state_shardings, trai
       return {}
     metrics = evaluate(eval_step, state.params, eval_batches(), mesh, rules, train_cfg.eval_batches)
     writer.write(step, metrics, "eval")
+    eval_history[step] = metrics
     return metrics
 
+  eval_history: dict[int, dict[str, float]] = {}
   pending: list[tuple[int, Any]] = []  # (step, device metrics) not yet read back
   window: list[dict] = []
   last_train: dict[str, float] = {}
@@ -128,14 +131,19 @@ def run(*, train_cfg, workdir: str, state, abstract_state, state_shardings, trai
     while len(pending) > keep:
       step, device_metrics = pending.pop(0)
       metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-      if not np.isfinite(metrics["loss"]):
+      # The loss of step k is computed before update k, the parameters after it:
+      # a state is good only if both (and the gradient) are finite.
+      watched = {k: metrics[k] for k in ("loss", "grad_norm", "param_norm") if k in metrics}
+      if not all(np.isfinite(v) for v in watched.values()):
         bar.close()
         ckpt.close()
         writer.close()
         good = ckpt.latest_step()
         where = (f"the last good checkpoint is step {good} in {ckpt.directory}" if good
                  else "no checkpoint was saved before it")
-        raise NonFiniteLossError(f"loss is {metrics['loss']} at step {step}; stopped, {where}")
+        values = ", ".join(f"{k}={v}" for k, v in watched.items())
+        raise NonFiniteLossError(f"non-finite training state at step {step} ({values}); "
+                                 f"stopped, {where}")
       window.append(metrics)
       if step % train_cfg.log_every == 0 or step == total:
         now = time.time()
@@ -147,6 +155,9 @@ def run(*, train_cfg, workdir: str, state, abstract_state, state_shardings, trai
         writer.write(step, last_train, "train")
         bar.set_postfix(loss=f"{last_train['loss']:.4f}",
                         **({"tok/s": f"{last_train['tokens_per_sec']:.0f}"} if tokens_per_batch else {}))
+
+  if start == 0 and eval_step is not None and train_cfg.eval_every:
+    last_eval = do_eval(0)  # the starting point of every eval curve
 
   bar = tqdm(total=total, initial=start, desc=os.path.basename(os.path.normpath(workdir)),
              dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0,
@@ -185,4 +196,4 @@ def run(*, train_cfg, workdir: str, state, abstract_state, state_shardings, trai
   ckpt.close()
   writer.close()
   return LoopResult(state=state, step=step, preempted=preempted, train_metrics=last_train,
-                    eval_metrics=last_eval)
+                    eval_metrics=last_eval, eval_history=eval_history)

@@ -1,20 +1,212 @@
-"""Generation.
+"""Generation: a jitted KV-cache sampler, and the plain no-cache greedy reference.
 
-`greedy_uncached` is the plain reference loop: every new token re-runs the
-full forward pass over the whole buffer (O(N^2) work), one jitted step reused
-for all N tokens.
+`Sampler` prefills the prompts in one forward pass, then decodes one token per
+step against a KV cache inside `lax.while_loop` (which stops early once every
+row has emitted EOS). Prompts are left-aligned into a bucketed width, so every
+row's last prompt token sits in the same cache slot and one compilation serves
+every call with the same (batch, prompt bucket, max new tokens, settings).
+
+It returns what the RL losses need: the sampled tokens, their mask and lengths,
+and each token's log-prob both under the sampling distribution (temperature,
+top-k, top-p) and under the unmodified model (temperature 1, no filtering).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+import functools
+from typing import Callable, Sequence
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research.models.decoder import CACHE_AXES, Decoder, init_cache
+from research.training import partitioning
 
-def right_pad(token_lists, pad_id: int, length: int | None = None):
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  max_new_tokens: int
+  temperature: float = 1.0
+  top_k: int = 0          # keep the k most likely tokens; 0 = off
+  top_p: float = 1.0      # keep the smallest set with probability >= top_p; 1 = off
+  greedy: bool = False    # argmax; the sampling log-prob of a greedy token is 0
+
+  def __post_init__(self):
+    if self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+    if not self.greedy and self.temperature <= 0:
+      raise ValueError(f"temperature must be > 0 (or greedy=True), got {self.temperature}")
+    if not 0 < self.top_p <= 1:
+      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@flax.struct.dataclass
+class SampleOutput:
+  prompts: jax.Array          # BxP left-aligned prompts (pad on the left)
+  prompt_lengths: jax.Array   # B
+  tokens: jax.Array           # BxN response tokens, pad after the end
+  mask: jax.Array             # BxN True for response tokens (EOS included)
+  lengths: jax.Array          # B response lengths
+  logprobs: jax.Array         # BxN under the sampling distribution (0 where masked)
+  model_logprobs: jax.Array   # BxN under the raw model, temperature 1 (0 where masked)
+  ended: jax.Array            # B True where the row emitted EOS (not truncated)
+
+
+def filter_logits(logits_BxV, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+  """Temperature, then top-k, then top-p (nucleus, Holtzman et al. 2020).
+
+  Removed tokens get -inf. Ties at a threshold are kept. top-p keeps the
+  smallest prefix of the sorted distribution whose mass reaches top_p, measured
+  on what top-k left (renormalised), like HF transformers' sequential warpers.
+  """
+  logits = logits_BxV.astype(jnp.float32) / temperature
+  if top_k:
+    kth_Bx1 = jax.lax.top_k(logits, top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth_Bx1, -jnp.inf, logits)
+  if top_p < 1.0:
+    sorted_BxV = jnp.sort(logits, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(sorted_BxV, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    keep = mass_before < top_p
+    threshold_Bx1 = jnp.min(jnp.where(keep, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < threshold_Bx1, -jnp.inf, logits)
+  return logits
+
+
+def _choose(logits_BxV, key, cfg: SamplingConfig):
+  """(token, log-prob under the sampling distribution, log-prob under the model)."""
+  model_lp_BxV = jax.nn.log_softmax(logits_BxV.astype(jnp.float32), axis=-1)
+  if cfg.greedy:
+    token_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    sample_lp_B = jnp.zeros(token_B.shape, jnp.float32)
+  else:
+    filtered = filter_logits(logits_BxV, cfg.temperature, cfg.top_k, cfg.top_p)
+    token_B = jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
+    sample_lp_B = jnp.take_along_axis(jax.nn.log_softmax(filtered, axis=-1),
+                                      token_B[:, None], axis=-1)[:, 0]
+  model_lp_B = jnp.take_along_axis(model_lp_BxV, token_B[:, None], axis=-1)[:, 0]
+  return token_B, sample_lp_B, model_lp_B
+
+
+def generate(params, prompts_BxP, prompt_lengths_B, rng, *, model: Decoder,
+             cfg: SamplingConfig, eos_id: int, pad_id: int) -> SampleOutput:
+  """Pure generation from left-aligned prompts (jit it; see `Sampler`)."""
+  b, p = prompts_BxP.shape
+  n = cfg.max_new_tokens
+  pad_count_B = p - prompt_lengths_B
+  slots_P = jnp.arange(p, dtype=jnp.int32)
+  kv_valid_BxS = jnp.concatenate(
+      [slots_P[None] >= pad_count_B[:, None], jnp.zeros((b, n), bool)], axis=1)
+  positions_BxP = jnp.maximum(slots_P[None] - pad_count_B[:, None], 0)
+  cache = jax.tree.map(lambda a: flax.linen.with_logical_constraint(a, CACHE_AXES),
+                       init_cache(model.cfg, b, p + n))
+
+  def last_logits(tokens, positions, kv_valid, cache, index):
+    def fn(m, *args):
+      hidden, new_cache = m.decode(*args)
+      return m.logits(hidden[:, -1:])[:, 0], new_cache
+    return model.apply({"params": params}, tokens, positions, kv_valid, cache, index, method=fn)
+
+  logits_BxV, cache = last_logits(prompts_BxP, positions_BxP, kv_valid_BxS, cache, 0)
+
+  def cond(carry):
+    i, done_B = carry[0], carry[5]
+    return (i < n) & ~jnp.all(done_B)
+
+  def body(carry):
+    i, cache, kv_valid, logits, next_pos_B, done_B, out = carry
+    token_B, lp_B, model_lp_B = _choose(logits, jax.random.fold_in(rng, i), cfg)
+    alive_B = ~done_B
+    token_B = jnp.where(alive_B, token_B, pad_id)
+    out = {"tokens": out["tokens"].at[:, i].set(token_B),
+           "mask": out["mask"].at[:, i].set(alive_B),
+           "logprobs": out["logprobs"].at[:, i].set(jnp.where(alive_B, lp_B, 0.0)),
+           "model_logprobs": out["model_logprobs"].at[:, i].set(
+               jnp.where(alive_B, model_lp_B, 0.0))}
+    done_B = done_B | (token_B == eos_id)
+    kv_valid = kv_valid.at[:, p + i].set(True)
+    logits, cache = last_logits(token_B[:, None], next_pos_B[:, None], kv_valid, cache, p + i)
+    return i + 1, cache, kv_valid, logits, next_pos_B + 1, done_B, out
+
+  out = {"tokens": jnp.full((b, n), pad_id, jnp.int32), "mask": jnp.zeros((b, n), bool),
+         "logprobs": jnp.zeros((b, n), jnp.float32),
+         "model_logprobs": jnp.zeros((b, n), jnp.float32)}
+  carry = (jnp.int32(0), cache, kv_valid_BxS, logits_BxV, prompt_lengths_B.astype(jnp.int32),
+           jnp.zeros((b,), bool), out)
+  _, _, _, _, _, done_B, out = jax.lax.while_loop(cond, body, carry)
+  return SampleOutput(prompts=prompts_BxP, prompt_lengths=prompt_lengths_B,
+                      tokens=out["tokens"], mask=out["mask"], lengths=out["mask"].sum(1),
+                      logprobs=out["logprobs"], model_logprobs=out["model_logprobs"],
+                      ended=done_B)
+
+
+def left_align(prompts_BxP: np.ndarray, lengths_B: np.ndarray, padding: str,
+               width: int, pad_id: int) -> np.ndarray:
+  """Right- or left-padded prompts -> left-padded at `width` (real tokens last)."""
+  if padding not in ("left", "right"):
+    raise ValueError(f"padding must be 'left' or 'right', got {padding!r}")
+  b, p = prompts_BxP.shape
+  out = np.full((b, width), pad_id, np.int32)
+  for i, n in enumerate(lengths_B):
+    row = prompts_BxP[i, :n] if padding == "right" else prompts_BxP[i, p - n:]
+    out[i, width - n:] = row
+  return out
+
+
+class Sampler:
+  """Batched, sharded, compiled-once generation for a `Decoder`.
+
+  `sampler(params, prompts, rng, cfg)` takes token lists, or an array with
+  `lengths` and its `padding` side. The batch is padded to a multiple of the
+  mesh's batch split and the prompt width to a multiple of `bucket`; both
+  paddings are removed from the returned arrays.
+  """
+
+  def __init__(self, model: Decoder, *, eos_id: int, pad_id: int = 0, mesh=None, rules=None,
+               bucket: int = 16):
+    self.model, self.eos_id, self.pad_id, self.bucket = model, eos_id, pad_id, bucket
+    if mesh is None:
+      mesh = partitioning.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    self.mesh, self.rules = mesh, rules or partitioning.DEFAULT_RULES
+    self._fns: dict[SamplingConfig, Callable] = {}
+
+  def _fn(self, cfg: SamplingConfig):
+    if cfg not in self._fns:
+      self._fns[cfg] = jax.jit(functools.partial(
+          generate, model=self.model, cfg=cfg, eos_id=self.eos_id, pad_id=self.pad_id))
+    return self._fns[cfg]
+
+  def compilations(self) -> int:
+    return sum(fn._cache_size() for fn in self._fns.values())
+
+  def __call__(self, params, prompts, rng, cfg: SamplingConfig, *, lengths=None,
+               padding: str = "right") -> SampleOutput:
+    if lengths is None:
+      tokens_BxP, lengths = right_pad(prompts, self.pad_id)
+      padding = "right"
+    else:
+      tokens_BxP = np.asarray(prompts, np.int32)
+    lengths = np.asarray(lengths, np.int32)
+    if (lengths < 1).any():
+      raise ValueError("every prompt needs at least one token (e.g. BOS)")
+    width = -(-int(lengths.max()) // self.bucket) * self.bucket
+    if width + cfg.max_new_tokens > self.model.cfg.max_len:
+      raise ValueError(f"prompt bucket {width} + max_new_tokens {cfg.max_new_tokens} exceeds "
+                       f"model.max_len={self.model.cfg.max_len}")
+    padded, _ = partitioning.pad_rows(
+        {"prompts": left_align(tokens_BxP, lengths, padding, width, self.pad_id),
+         "lengths": lengths}, self.mesh, self.rules,
+        fill={"prompts": self.pad_id, "lengths": 1})  # filler rows: one pad token
+    batch = partitioning.shard_batch(padded, self.mesh, self.rules)
+    with partitioning.activate(self.mesh, self.rules):
+      out = self._fn(cfg)(params, batch["prompts"], batch["lengths"], rng)
+    return jax.tree.map(lambda x: x[:len(lengths)], out)
+
+
+def right_pad(token_lists: Sequence[Sequence[int]], pad_id: int, length: int | None = None):
   """List of token lists -> (BxP int32 array, lengths_B)."""
   lengths = np.asarray([len(t) for t in token_lists], np.int32)
   width = int(lengths.max()) if length is None else length
@@ -38,7 +230,7 @@ def _greedy_step(logits_fn, params, buffer_BxT, lengths_B, done_B, eos_id: int):
 
 def greedy_uncached(logits_fn: Callable, params, prompts_BxP, prompt_lengths_B,
                     max_new_tokens: int, eos_id: int, pad_id: int = 0):
-  """Greedy continuation of right-padded prompts without a KV cache.
+  """Reference greedy loop without a cache: each token re-runs the full forward.
 
   `logits_fn(params, tokens_BxT) -> logits_BxTxV` is a causal model, so padding
   to the right of a row's length cannot change the logits at its last token.

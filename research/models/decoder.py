@@ -134,7 +134,10 @@ class Attention(nn.Module):
   cfg: DecoderConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS):
+  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache=None, cache_index=None):
+    """With `cache` ({'k', 'v'}: BxSxKxE), writes this call's keys and values at
+    slots [cache_index, cache_index + L) and attends over all S slots; returns
+    (output, updated cache). Without, attends within x; returns (output, None)."""
     c = self.cfg
     dt, pdt = c.compute_dtype, c.weight_dtype
     d, h, k, e = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
@@ -144,10 +147,16 @@ class Attention(nn.Module):
     q = _constrain(apply_rope(q, positions_BxL, c.rope_theta), ACT_BxLxHxE)
     kk = _constrain(apply_rope(kk, positions_BxL, c.rope_theta), ACT_BxLxKxE)
     v = _constrain(v, ACT_BxLxKxE)
+    if cache is not None:
+      write = lambda buf, new: _constrain(jax.lax.dynamic_update_slice_in_dim(
+          buf, new.astype(buf.dtype), cache_index, axis=1), ACT_BxLxKxE)
+      cache = {"k": write(cache["k"], kk), "v": write(cache["v"], v)}
+      kk, v = cache["k"], cache["v"]
     out_BxLxHxE = grouped_query_attention(q, kk, v, mask_BxLxS)
     out_BxLxHxE = _constrain(out_BxLxHxE, ACT_BxLxHxE)
-    return Projection((h, e), (d,), ("heads", "kv", "embed"), dt, pdt,
-                      init_scale=c.out_init_scale, name="out")(out_BxLxHxE)
+    out = Projection((h, e), (d,), ("heads", "kv", "embed"), dt, pdt,
+                     init_scale=c.out_init_scale, name="out")(out_BxLxHxE)
+    return out, cache
 
 
 class SwiGLU(nn.Module):
@@ -172,18 +181,20 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm transformer block. Returns (x, None) so that nn.scan can stack it."""
+  """Pre-norm transformer block. Returns (x, this layer's cache or None), the
+  carry/output shape nn.scan stacks over layers."""
 
   cfg: DecoderConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS):
+  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache=None, cache_index=None):
     c = self.cfg
     norm = lambda name: RMSNorm(c.norm_eps, c.compute_dtype, c.weight_dtype, name=name)
-    x_BxLxD = x_BxLxD + Attention(c, name="attention")(
-        norm("attention_norm")(x_BxLxD), positions_BxL, mask_BxLxS)
+    attended, cache = Attention(c, name="attention")(
+        norm("attention_norm")(x_BxLxD), positions_BxL, mask_BxLxS, cache, cache_index)
+    x_BxLxD = x_BxLxD + attended
     x_BxLxD = x_BxLxD + SwiGLU(c, name="mlp")(norm("mlp_norm")(x_BxLxD))
-    return _constrain(x_BxLxD, ACT_BxLxD), None
+    return _constrain(x_BxLxD, ACT_BxLxD), cache
 
 
 def _block_class(cfg: DecoderConfig):
@@ -209,7 +220,7 @@ class Decoder(nn.Module):
 
   def setup(self):
     c = self.cfg
-    # Small init + sqrt(D) input scale: O(1) residual stream and O(1) tied logits.
+    # Small init + sqrt(D) input scale: an O(1) residual stream.
     self.embedding = self.param(
         "embedding",
         nn.with_logical_partitioning(nn.initializers.normal(c.d_model ** -0.5), ("vocab", "embed")),
@@ -218,7 +229,7 @@ class Decoder(nn.Module):
     if c.scan_layers:
       self.layers = nn.scan(
           block, variable_axes={"params": 0}, split_rngs={"params": True},
-          in_axes=(nn.broadcast, nn.broadcast), length=c.num_layers,
+          in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast), length=c.num_layers,
           metadata_params={nn.PARTITION_NAME: "layers"})(c, name="layers")
     else:
       self.layers = [block(c, name=f"layer_{i}") for i in range(c.num_layers)]
@@ -226,6 +237,26 @@ class Decoder(nn.Module):
     if not c.tie_embeddings:
       self.unembed = Projection((c.d_model,), (c.vocab_size,), ("embed", "vocab"),
                                 c.compute_dtype, c.weight_dtype, name="unembed")
+
+  def _embed(self, tokens_BxL):
+    c = self.cfg
+    # Gather the (fsdp/tensor-sharded) table first: a gather from a sharded table
+    # into batch-sharded activations makes GSPMD replicate the result instead.
+    table_VxD = _constrain(self.embedding, (None, "act_embed"))
+    x_BxLxD = jnp.take(table_VxD, tokens_BxL, axis=0).astype(c.compute_dtype)
+    return _constrain(x_BxLxD * jnp.sqrt(c.d_model).astype(c.compute_dtype), ACT_BxLxD)
+
+  def _layers(self, x_BxLxD, positions_BxL, mask_BxLxS, cache, cache_index):
+    if self.cfg.scan_layers:
+      return self.layers(x_BxLxD, positions_BxL, mask_BxLxS, cache, cache_index)
+    new_caches = []
+    for i, layer in enumerate(self.layers):
+      layer_cache = None if cache is None else jax.tree.map(lambda a, i=i: a[i], cache)
+      x_BxLxD, layer_cache = layer(x_BxLxD, positions_BxL, mask_BxLxS, layer_cache, cache_index)
+      new_caches.append(layer_cache)
+    if cache is None:
+      return x_BxLxD, None
+    return x_BxLxD, jax.tree.map(lambda *a: jnp.stack(a), *new_caches)
 
   def trunk(self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None):
     """Final hidden states, BxLxD, in the compute dtype."""
@@ -236,19 +267,25 @@ class Decoder(nn.Module):
       positions_BxL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
     index_BxL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
     mask_BxLxL = attention_mask(segment_ids_BxL, segment_ids_BxL, index_BxL, index_BxL)
-
-    c = self.cfg
-    # Gather the (fsdp/tensor-sharded) table first: a gather from a sharded table
-    # into batch-sharded activations makes GSPMD replicate the result instead.
-    table_VxD = _constrain(self.embedding, (None, "act_embed"))
-    x_BxLxD = jnp.take(table_VxD, tokens_BxL, axis=0).astype(c.compute_dtype)
-    x_BxLxD = _constrain(x_BxLxD * jnp.sqrt(c.d_model).astype(c.compute_dtype), ACT_BxLxD)
-    if c.scan_layers:
-      x_BxLxD, _ = self.layers(x_BxLxD, positions_BxL, mask_BxLxL)
-    else:
-      for layer in self.layers:
-        x_BxLxD, _ = layer(x_BxLxD, positions_BxL, mask_BxLxL)
+    x_BxLxD, _ = self._layers(self._embed(tokens_BxL), positions_BxL, mask_BxLxL, None, None)
     return self.final_norm(x_BxLxD)
+
+  def decode(self, tokens_BxT, positions_BxT, kv_valid_BxS, cache, cache_index):
+    """Runs T new tokens against a KV cache (prefill: T = prompt width; decode: 1).
+
+    The tokens occupy cache slots [cache_index, cache_index + T); each attends to
+    every valid slot at or before its own. `kv_valid_BxS` marks the slots that
+    hold real tokens (after this call's writes). Returns (hidden_BxTxD, cache).
+    """
+    b, t = tokens_BxT.shape
+    slots_BxT = jnp.broadcast_to(cache_index + jnp.arange(t, dtype=jnp.int32), (b, t))
+    s = kv_valid_BxS.shape[1]
+    kv_slots_BxS = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+    valid = kv_valid_BxS.astype(jnp.int32)
+    mask_BxTxS = attention_mask(jnp.ones((b, t), jnp.int32), valid, slots_BxT, kv_slots_BxS)
+    x_BxTxD, cache = self._layers(self._embed(tokens_BxT), positions_BxT, mask_BxTxS, cache,
+                                  cache_index)
+    return self.final_norm(x_BxTxD), cache
 
   def logits(self, hidden_BxLxD):
     """Unembedding; logits are returned in float32 for a stable softmax."""
@@ -263,6 +300,15 @@ class Decoder(nn.Module):
 
   def __call__(self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None):
     return self.logits(self.trunk(tokens_BxL, positions_BxL, segment_ids_BxL))
+
+
+def init_cache(cfg: DecoderConfig, batch: int, length: int) -> dict:
+  """Zeroed KV cache: {'k', 'v'} of shape (layers, batch, length, kv heads, head dim)."""
+  shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+  return {"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype)}
+
+
+CACHE_AXES = ("layers",) + ACT_BxLxKxE  # logical names of each cache array
 
 
 def stack_layer_params(params: dict, num_layers: int) -> dict:

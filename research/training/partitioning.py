@@ -62,8 +62,17 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
 
 
 def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-  """A (data, fsdp, tensor) mesh with Auto axes (sharding propagated by GSPMD)."""
-  devices = list(jax.devices() if devices is None else devices)
+  """A (data, fsdp, tensor) mesh with Auto axes (sharding propagated by GSPMD).
+
+  `mesh_cfg.num_devices` (-1: all) takes the first N devices when `devices` is None.
+  """
+  if devices is None:
+    devices = jax.devices()
+    n = int(mesh_cfg.get("num_devices", -1))
+    if n > len(devices):
+      raise ValueError(f"config.mesh.num_devices={n} but only {len(devices)} devices exist")
+    devices = devices[:n] if n > 0 else devices
+  devices = list(devices)
   shape = mesh_shape(mesh_cfg, len(devices))
   if len(devices) == len(jax.devices()):
     # Topology-aware device order on TPU/GPU.
@@ -136,6 +145,25 @@ def shard_batch(batch: dict, mesh, rules) -> dict:
       return jax.device_put(x, sharding)
     return jax.make_array_from_process_local_data(sharding, x)
   return {k: put(v) for k, v in batch.items()}
+
+
+def pad_rows(arrays: dict, mesh, rules, fill: dict | None = None) -> tuple[dict, int]:
+  """Pads the leading axis to a multiple of the mesh's batch split.
+
+  Returns (padded arrays, original row count); `fill[key]` is the value of the
+  filler rows (default 0). Callers slice results back to the original rows.
+  """
+  fill = fill or {}
+  n = len(next(iter(arrays.values())))
+  ways = batch_axis_size(mesh, rules)
+  rows = -(-n // ways) * ways
+  out = {}
+  for key, x in arrays.items():
+    x = np.asarray(x)
+    padded = np.full((rows, *x.shape[1:]), fill.get(key, 0), x.dtype)
+    padded[:n] = x
+    out[key] = padded
+  return out, n
 
 
 def per_device_bytes(abstract_tree, shardings) -> int:

@@ -1,0 +1,68 @@
+"""Prints samples from a trained run's checkpoint.
+
+  python -m research.sample --workdir=runs/clm --prompt="I watched" --prompt="The plot"
+  python -m research.sample --workdir=runs/clm --prompts_file=prompts.txt \
+      --temperature=0.8 --top_p=0.9 --num_samples=3 --max_new_tokens=96
+
+Prompts come one per `--prompt` flag or one per line of `--prompts_file`; each
+is preceded by BOS. The model, tokenizer and mesh are the run's own
+(`config.json`, `tokenizer.model`, `checkpoints/` in the workdir).
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags
+import jax
+
+from research import sampling
+from research.data.tokenizer import Tokenizer
+from research.models.decoder import Decoder
+from research.stages import common
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "workdir of a CLM/SFT/DPO run", required=True)
+_PROMPT = flags.DEFINE_multi_string("prompt", [], "a prompt (repeatable)")
+_PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "a file with one prompt per line")
+_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "tokens to generate per prompt")
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "sampling temperature")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "keep the k most likely tokens (0: off)")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "nucleus mass (1: off)")
+_GREEDY = flags.DEFINE_bool("greedy", False, "argmax decoding")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "samples per prompt")
+_SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
+
+
+def read_prompts() -> list[str]:
+  prompts = list(_PROMPT.value)
+  if _PROMPTS_FILE.value:
+    with open(_PROMPTS_FILE.value, encoding="utf-8") as f:
+      prompts += [line.rstrip("\n") for line in f if line.strip()]
+  if not prompts:
+    raise app.UsageError("give --prompt=... (repeatable) or --prompts_file=FILE")
+  return prompts
+
+
+def main(argv) -> None:
+  del argv
+  workdir = _WORKDIR.value
+  config = common.load_config(workdir)
+  tok = Tokenizer.load(os.path.join(workdir, common.TOKENIZER_FILE))
+  model = Decoder(common.decoder_config(config))
+  mesh, rules = common.mesh_and_rules(config)
+  params = common.load_params(workdir, model, mesh, rules, step=_STEP.value)
+  prompts = read_prompts()
+  token_lists = [[tok.bos_id] + tok.encode(p) for p in prompts for _ in range(_NUM_SAMPLES.value)]
+  cfg = sampling.SamplingConfig(_MAX_NEW.value, temperature=_TEMPERATURE.value,
+                                top_k=_TOP_K.value, top_p=_TOP_P.value, greedy=_GREEDY.value)
+  sampler = sampling.Sampler(model, eos_id=tok.eos_id, pad_id=tok.pad_id, mesh=mesh, rules=rules)
+  out = jax.device_get(sampler(params, token_lists, jax.random.PRNGKey(_SEED.value), cfg))
+  for i, tokens in enumerate(token_lists):
+    ending = "" if out.ended[i] else " [truncated]"
+    print(f"--- {prompts[i // _NUM_SAMPLES.value]!r}\n{tok.decode(tokens[1:])}"
+          f"{tok.decode(out.tokens[i])}{ending}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -18,7 +18,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   preset = arg or "small"
   c = common.base("clm")
   c.model = common.model(preset)
-  c.objective = ml_collections.ConfigDict({"name": "clm", "z_loss": 1e-4})
+  c.objective = ml_collections.ConfigDict({"name": "clm", "z_loss": 1e-4,
+                                           "loss_normalization": "token"})
   c.data = common.data()
   c.sample = ml_collections.ConfigDict({"num_samples": 4, "prompt_tokens": 8,
                                         "max_new_tokens": 64})

@@ -25,8 +25,10 @@ def model(preset: str, **overrides) -> ml_collections.ConfigDict:
 
 
 def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.ConfigDict:
-  """Sizes of the (data, fsdp, tensor) mesh axes; -1 takes the remaining devices."""
-  return ml_collections.ConfigDict({"data": data, "fsdp": fsdp, "tensor": tensor})
+  """Sizes of the (data, fsdp, tensor) mesh axes; -1 takes the remaining devices.
+  `num_devices` (-1: all) uses only the first N devices."""
+  return ml_collections.ConfigDict({"data": data, "fsdp": fsdp, "tensor": tensor,
+                                    "num_devices": -1})
 
 
 def optimizer(**overrides) -> ml_collections.ConfigDict:

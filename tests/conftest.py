@@ -17,3 +17,22 @@ def devices():
   devs = jax.devices()
   assert len(devs) == 8, "tests expect 8 simulated CPU devices"
   return devs
+
+
+def tiny_clm_config(steps=300):
+  """The tiny CLM base that later stages' tests start from, on one device."""
+  from configs import clm as clm_config  # pylint: disable=g-import-not-at-top
+  config = clm_config.get_config("tiny")
+  config.mesh.num_devices = 1
+  config.train.update(steps=steps, eval_every=0, checkpoint_every=steps)
+  config.sample.num_samples = 0
+  return config
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory):
+  """Workdir of a tiny CLM run (~20 s), shared by the SFT/RM/DPO tests."""
+  from research.stages import clm  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp("tiny_base"))
+  clm.run(tiny_clm_config(), workdir)
+  return workdir

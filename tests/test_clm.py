@@ -53,3 +53,26 @@ def test_token_logprobs_sum_to_one_over_vocab():
   all_lp = np.stack([clm.token_logprobs(jnp.asarray(logits), np.full((2, 3), v))[0]
                      for v in range(6)], -1)
   np.testing.assert_allclose(np.exp(all_lp).sum(-1), 1.0, rtol=1e-5)
+
+
+def test_sequence_normalisation_matches_numpy():
+  rng = np.random.default_rng(2)
+  logits = rng.normal(0, 2, (2, 10, 7)).astype(np.float32)
+  targets = rng.integers(0, 7, (2, 10)).astype(np.int32)
+  segments = np.array([[1, 1, 1, 2, 2, 2, 2, 2, 0, 0], [1, 1, 2, 2, 2, 3, 3, 3, 3, 3]], np.int32)
+  mask = np.array([[0, 1, 1, 0, 1, 1, 1, 1, 0, 0], [0, 0, 0, 1, 1, 0, 0, 0, 0, 1]], np.int32)
+  loss, metrics = clm.cross_entropy(jnp.asarray(logits), targets, mask, 1e-3, segments,
+                                    "sequence")
+  logp = reference.log_softmax(logits.astype(np.float64))
+  nll = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
+  log_z = np.log(np.exp(logits.astype(np.float64)).sum(-1))
+  per_example = []
+  for row in range(2):
+    for seg in set(segments[row]) - {0}:
+      m = (segments[row] == seg) & (mask[row] == 1)
+      if m.any():  # row 1 segment 1 has no masked token: skipped
+        per_example.append(nll[row][m].mean() + 1e-3 * (log_z[row][m] ** 2).mean())
+  assert len(per_example) == 4
+  np.testing.assert_allclose(loss, np.mean(per_example), rtol=1e-5)
+  # nll stays the token mean whatever the normalisation.
+  np.testing.assert_allclose(metrics["nll"], nll[mask == 1].mean(), rtol=1e-5)

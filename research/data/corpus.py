@@ -127,7 +127,10 @@ def make_review(seed: int, index: int, rating: int | None = None) -> Review:
   """Review `index` of the corpus with this seed; `rating` forces the sentiment."""
   r = random.Random(seed * 1_000_003 + index)
   w = _Writer(r)
-  rating = r.randint(1, 10) if rating is None else rating
+  # The draw is always made, so forcing `rating` keeps every other choice
+  # (title, director, opening, plot) the same: the same film, judged differently.
+  drawn = r.randint(1, 10)
+  rating = drawn if rating is None else rating
   if not 1 <= rating <= 10:
     raise ValueError(f"rating must be in 1..10, got {rating}")
   polarity = (rating - 5.5) / 4.5

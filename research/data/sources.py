@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from research.data import corpus
 
@@ -54,8 +54,11 @@ class TFDSSource:
     return {k: (v.decode("utf-8") if isinstance(v, bytes) else v) for k, v in record.items()}
 
 
-def read_jsonl(path: str, required: Sequence[str] = ()) -> list[dict]:
-  """Parses a JSONL file; a malformed line raises DataError naming path:line."""
+def read_jsonl(path: str, required: Sequence[str] = (),
+               validate: Callable[[dict, str], Any] | None = None) -> list[dict]:
+  """Parses a JSONL file; a malformed line raises DataError naming path:line.
+
+  `validate(record, "path:line")` may raise a DataError of its own."""
   records = []
   with open(path, encoding="utf-8") as f:
     for lineno, line in enumerate(f, start=1):
@@ -71,6 +74,8 @@ def read_jsonl(path: str, required: Sequence[str] = ()) -> list[dict]:
       if missing:
         raise DataError(f"{path}:{lineno}: missing field(s) {missing}; expected fields "
                         f"{list(required)}, got {sorted(record)}")
+      if validate is not None:
+        validate(record, f"{path}:{lineno}")
       records.append(record)
   return records
 

@@ -79,7 +79,7 @@ class DecoderConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(vocab_size=512, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
+    "tiny": dict(vocab_size=1024, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
                  head_dim=16, mlp_dim=192, max_len=512),
     "small": dict(vocab_size=4096, d_model=384, num_layers=6, num_heads=6, num_kv_heads=2,
                   head_dim=64, mlp_dim=1024, max_len=1024),

@@ -1,10 +1,16 @@
 """Causal language modelling: masked next-token cross-entropy (SFT reuses it).
 
-loss = sum_t m_t * -log softmax(z_t)[y_t] / sum_t m_t
-     + z_loss_coef * sum_t m_t * (log sum_v exp z_tv)^2 / sum_t m_t
+Token normalisation (the default):
+  loss = sum_t m_t * -log softmax(z_t)[y_t] / sum_t m_t
+Sequence normalisation (each packed example counts once, however long):
+  loss = mean over examples s of  sum_{t in s} m_t nll_t / sum_{t in s} m_t
+plus, either way, z_loss_coef * the same mean of (log sum_v exp z_tv)^2, the
+auxiliary term of PaLM (Chowdhery et al. 2022, section 5) that keeps the
+softmax normaliser near 1.
 
-The z-loss is the auxiliary term of PaLM (Chowdhery et al. 2022, section 5) that
-keeps the softmax normaliser near 1.
+In SFT, token normalisation gives a one-token answer ("positive") a hundredth
+of the weight of a hundred-token one; sequence normalisation weights tasks by
+example count instead.
 """
 
 from __future__ import annotations
@@ -23,11 +29,28 @@ def token_logprobs(logits_BxLxV, targets_BxL):
   return target_logit_BxL - log_z_BxL, log_z_BxL
 
 
-def cross_entropy(logits_BxLxV, targets_BxL, mask_BxL, z_loss_coef: float = 0.0):
-  """Mean masked next-token NLL (+ optional z-loss) and its metrics.
+def sequence_mean(values_BxL, mask_BxL, segment_ids_BxL):
+  """Mean over packed examples of each example's masked mean (examples with no
+  masked token are skipped)."""
+  b, l = values_BxL.shape
+  ids = (jnp.arange(b, dtype=jnp.int32)[:, None] * (l + 1) + segment_ids_BxL).reshape(-1)
+  mask = mask_BxL.astype(bool)
+  sums = jax.ops.segment_sum(jnp.where(mask, values_BxL, 0.0).reshape(-1), ids,
+                             num_segments=b * (l + 1))
+  counts = jax.ops.segment_sum(mask.reshape(-1).astype(jnp.float32), ids,
+                               num_segments=b * (l + 1))
+  per_example = jnp.where(counts > 0, sums / jnp.maximum(counts, 1.0), 0.0)
+  return per_example.sum() / jnp.maximum((counts > 0).sum(), 1).astype(jnp.float32)
 
-  Masked positions are removed with `jnp.where`, so a non-finite logit at a
-  padding position cannot leak into the loss (NaN * 0 = NaN).
+
+def cross_entropy(logits_BxLxV, targets_BxL, mask_BxL, z_loss_coef: float = 0.0,
+                  segment_ids_BxL=None, normalization: str = "token"):
+  """Masked next-token NLL (+ optional z-loss) and its metrics.
+
+  `nll`, `perplexity` and `accuracy` are always token means (comparable across
+  runs); `loss` follows `normalization`. Masked positions are removed with
+  `jnp.where`, so a non-finite logit at a padding position cannot leak into the
+  loss (NaN * 0 = NaN).
   """
   mask = mask_BxL.astype(bool)
   logp_BxL, log_z_BxL = token_logprobs(logits_BxLxV, targets_BxL)
@@ -35,14 +58,21 @@ def cross_entropy(logits_BxLxV, targets_BxL, mask_BxL, z_loss_coef: float = 0.0)
   denom = jnp.maximum(num_tokens, 1).astype(jnp.float32)
   nll = jnp.where(mask, -logp_BxL, 0.0).sum() / denom
   z_loss = jnp.where(mask, jnp.square(log_z_BxL), 0.0).sum() / denom
+  if normalization == "sequence":
+    objective = (sequence_mean(-logp_BxL, mask, segment_ids_BxL)
+                 + z_loss_coef * sequence_mean(jnp.square(log_z_BxL), mask, segment_ids_BxL))
+  elif normalization == "token":
+    objective = nll + z_loss_coef * z_loss
+  else:
+    raise ValueError(f"config.objective.loss_normalization={normalization!r}; "
+                     f"expected 'token' or 'sequence'")
   # Reuses the max that logsumexp computes (an argmax is a separate full pass
   # over BxLxV on CPU); ties count as correct.
   correct = logp_BxL >= jnp.max(logits_BxLxV, axis=-1) - log_z_BxL
   accuracy = jnp.where(mask, correct, False).sum() / denom
-  loss = nll + z_loss_coef * z_loss
   metrics = {"nll": nll, "perplexity": jnp.exp(nll), "accuracy": accuracy,
              "z_loss": z_loss, "num_tokens": num_tokens}
-  return loss, metrics
+  return objective, metrics
 
 
 def loss_fn(params, batch, rng, *, model, config):
@@ -51,4 +81,5 @@ def loss_fn(params, batch, rng, *, model, config):
   logits_BxLxV = model.apply({"params": params}, batch["inputs"], batch["positions"],
                              batch["segment_ids"])
   return cross_entropy(logits_BxLxV, batch["targets"], batch["loss_mask"],
-                       config.objective.z_loss)
+                       config.objective.z_loss, batch["segment_ids"],
+                       config.objective.get("loss_normalization", "token"))

@@ -8,11 +8,10 @@ import os
 
 import jax
 
-from research import objectives, sampling
-from research.data import pipeline, sources, stats
+from research import sampling
+from research.data import instructions, pipeline, sources, stats
 from research.models.decoder import Decoder
 from research.stages import common
-from research.training import loop, partitioning, step as step_lib
 from research.training.writers import MetricWriter
 
 
@@ -20,29 +19,25 @@ def _first_texts(source, n: int):
   return (source[i]["text"] for i in range(min(n, len(source))))
 
 
+def _tokenizer_texts(source, n: int):
+  """Corpus text plus the later stages' fixed prompt text (one tokenizer serves all)."""
+  yield from _first_texts(source, n)
+  yield from instructions.boilerplate()
+
+
 def run(config, workdir: str, hooks=()) -> dict:
-  os.makedirs(workdir, exist_ok=True)
+  common.save_config(config, workdir)
   train_src = sources.text_source(config.data, "train")
   eval_src = sources.text_source(config.data, "validation")
   tok = common.tokenizer_for(config, workdir,
-                             lambda: _first_texts(train_src, config.data.tokenizer_train_docs))
+                             lambda: _tokenizer_texts(train_src, config.data.tokenizer_train_docs))
   model = Decoder(common.decoder_config(config))
-  s = common.setup(config, model, config.train.steps)
-
-  loss = functools.partial(objectives.get(config.objective.name), model=model, config=config)
-  train_step = step_lib.make_train_step(
-      loss, tx=s.tx, state_shardings=s.shardings, mesh=s.mesh, rules=s.rules,
-      schedule=s.schedule, microbatches=config.optimizer.grad_accum_steps)
-  eval_step = step_lib.make_eval_step(loss, params_sharding=s.shardings.params, mesh=s.mesh,
-                                      rules=s.rules)
   batches = functools.partial(pipeline.clm_batches, tokenizer=tok, seq_len=config.data.seq_len,
                               global_batch_size=config.data.batch_size,
                               seed=common.derived_seed(config.seed, "data"))
-  result = loop.run(
-      train_cfg=config.train, workdir=workdir, state=s.state, abstract_state=s.abstract_state,
-      state_shardings=s.shardings, train_step=train_step,
-      train_iter=iter(batches(train_src, train=True)), mesh=s.mesh, rules=s.rules,
-      eval_step=eval_step, eval_batches=lambda: iter(batches(eval_src, train=False)),
+  result, s, train_step = common.train(
+      config, workdir, model, train_iter=iter(batches(train_src, train=True)),
+      eval_batches=lambda: iter(batches(eval_src, train=False)),
       tokens_per_batch=config.data.batch_size * config.data.seq_len, hooks=hooks)
 
   entropy = stats.unigram_entropy(
@@ -64,12 +59,11 @@ def write_samples(config, workdir, model, params, tok, eval_src, mesh, rules, st
   n = min(config.sample.num_samples, len(eval_src))
   prompts = [[tok.bos_id] + tok.encode(eval_src[i]["text"])[:config.sample.prompt_tokens]
              for i in range(n)]
-  prompts_BxP, lengths = sampling.right_pad(prompts, tok.pad_id)
-  logits_fn = lambda p, t: model.apply({"params": p}, t)
-  with partitioning.activate(mesh, rules):
-    new, _ = sampling.greedy_uncached(logits_fn, params, prompts_BxP, lengths,
-                                      config.sample.max_new_tokens, tok.eos_id, tok.pad_id)
-  texts = [f"{tok.decode(p[1:])} >>> {tok.decode(c)}" for p, c in zip(prompts, new)]
+  sampler = sampling.Sampler(model, eos_id=tok.eos_id, pad_id=tok.pad_id, mesh=mesh, rules=rules)
+  out = jax.device_get(sampler(params, prompts, jax.random.PRNGKey(config.seed),
+                               sampling.SamplingConfig(config.sample.max_new_tokens,
+                                                       greedy=True)))
+  texts = [f"{tok.decode(p[1:])} >>> {tok.decode(c)}" for p, c in zip(prompts, out.tokens)]
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "samples.txt"), "w", encoding="utf-8") as f:
       f.write("\n\n".join(texts) + "\n")

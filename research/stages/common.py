@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -79,18 +80,62 @@ def init_fn(module: nn.Module, seq_len: int = 8) -> Callable:
 
 
 def setup(config, module: nn.Module, total_steps: int,
-          init_params: Callable | None = None, params=None) -> Setup:
-  """Mesh, optimizer and the sharded TrainState (`params` replaces the init)."""
+          init_params: Callable | None = None, init_subtree: str | None = None) -> Setup:
+  """Mesh, optimizer and the sharded TrainState.
+
+  With `config.init_from`, the parameters come from that run's checkpoint: all
+  of them, or, with `init_subtree`, only `params[init_subtree]` (a reward
+  model's trunk from an SFT run, with a fresh head).
+  """
   mesh, rules = mesh_and_rules(config)
   tx, schedule = optimizer.make_optimizer(config.optimizer, total_steps)
   init_params = init_params or init_fn(module)
   abstract, shardings = state_lib.abstract_state(init_params, tx, mesh, rules, config.seed)
-  if params is None and config.get("init_from"):
+  params = None
+  if config.get("init_from"):
+    target = abstract.params[init_subtree] if init_subtree else abstract.params
+    target_shardings = shardings.params[init_subtree] if init_subtree else shardings.params
     params = checkpoint.restore_params(os.path.join(config.init_from, "checkpoints"),
-                                       abstract.params, shardings.params)
-    logging.info("initialised parameters from %s", config.init_from)
-  state, shardings = state_lib.create_state(init_params, tx, mesh, rules, config.seed, params)
+                                       target, target_shardings)
+    logging.info("initialised %s from %s", init_subtree or "parameters", config.init_from)
+  if init_subtree:
+    state, shardings = state_lib.create_state(init_params, tx, mesh, rules, config.seed)
+    if params is not None:  # Adam's moments start at zero whatever the values
+      state = state.replace(params={**state.params, init_subtree: params})
+  else:
+    state, shardings = state_lib.create_state(init_params, tx, mesh, rules, config.seed, params)
   return Setup(mesh, rules, tx, schedule, state, shardings, abstract)
+
+
+def train(config, workdir: str, module: nn.Module, *, train_iter, eval_batches,
+          hooks=(), tokens_per_batch: int = 0, init_params: Callable | None = None,
+          init_subtree: str | None = None):
+  """Sharded state -> the registered objective through the one step factory -> the loop.
+
+  Returns (LoopResult, Setup, train_step)."""
+  from research import objectives  # pylint: disable=g-import-not-at-top
+  from research.training import loop, step as step_lib  # pylint: disable=g-import-not-at-top
+  s = setup(config, module, config.train.steps, init_params, init_subtree)
+  loss = functools.partial(objectives.get(config.objective.name), model=module, config=config)
+  train_step = step_lib.make_train_step(
+      loss, tx=s.tx, state_shardings=s.shardings, mesh=s.mesh, rules=s.rules,
+      schedule=s.schedule, microbatches=config.optimizer.grad_accum_steps)
+  eval_step = step_lib.make_eval_step(loss, params_sharding=s.shardings.params, mesh=s.mesh,
+                                      rules=s.rules)
+  result = loop.run(
+      train_cfg=config.train, workdir=workdir, state=s.state, abstract_state=s.abstract_state,
+      state_shardings=s.shardings, train_step=train_step, train_iter=train_iter, mesh=s.mesh,
+      rules=s.rules, eval_step=eval_step, eval_batches=eval_batches,
+      tokens_per_batch=tokens_per_batch, hooks=hooks)
+  return result, s, train_step
+
+
+def load_params(workdir: str, module: nn.Module, mesh, rules, step: int | None = None):
+  """A run's trained parameters for `module`, placed on `mesh` (no optimizer state)."""
+  abstract = jax.eval_shape(init_fn(module), jax.random.PRNGKey(0))
+  shardings = partitioning.logical_shardings(abstract, mesh, rules)
+  return checkpoint.restore_params(os.path.join(workdir, "checkpoints"), nn.unbox(abstract),
+                                   shardings, step=step)
 
 
 def describe(config, module: nn.Module) -> dict[str, Any]:
@@ -104,6 +149,26 @@ def describe(config, module: nn.Module) -> dict[str, Any]:
   return {"parameters": n_params, "mesh": dict(mesh.shape), "devices": mesh.size,
           "param_bytes_per_device": params_b, "optimizer_bytes_per_device": opt_b,
           "state_gib_per_device": round((params_b + opt_b) / 2**30, 3)}
+
+
+CONFIG_FILE = "config.json"
+
+
+def save_config(config, workdir: str) -> None:
+  """The run's resolved config, so tools (sampling, later stages) can rebuild its model."""
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+
+def load_config(workdir: str):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of a run?")
+  with open(path, encoding="utf-8") as f:
+    return ml_collections.ConfigDict(json.load(f))
 
 
 def write_json(workdir: str, name: str, payload: dict) -> str:

@@ -1,0 +1,42 @@
+"""Supervised fine-tuning on instructions, starting from a CLM run.
+
+  python -m research.main --config=configs/sft.py --workdir=runs/sft   # from runs/clm
+  python -m research.main --config=configs/sft.py:tiny --config.init_from=runs/clm_tiny
+  python -m research.main --config=configs/sft.py --config.data.source=my_data.jsonl
+  python -m research.main --config=configs/sft.py --config.data.template=chat
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """`arg` is the model preset; it must match the CLM run in `init_from`."""
+  preset = arg or "small"
+  c = common.base("sft")
+  c.init_from = "runs/clm"
+  c.model = common.model(preset)
+  # 'sequence': every example weighs the same, so one-word answers are not
+  # drowned out by hundred-token reviews (see research/objectives/clm.py).
+  c.objective = ml_collections.ConfigDict({"name": "clm", "z_loss": 0.0,
+                                           "loss_normalization": "sequence"})
+  c.data = common.data(
+      source="embedded",            # embedded | embedded_chat | file.jsonl | tfds:NAME
+      template="alpaca",            # alpaca | chat (role markers are tokenizer symbols)
+      # TFDS features -> record fields; '=text' is a literal. E.g. imdb_reviews:
+      field_map=ml_collections.ConfigDict({
+          "instruction": "=Is this movie review positive or negative?",
+          "input": "text", "output": "label"}),
+      label_names=("negative", "positive"),
+      seq_len=256, batch_size=8)
+  c.train.update(steps=300, eval_every=100, checkpoint_every=100)
+  c.optimizer.update(lr=5e-4, warmup_steps=20, weight_decay=0.0)
+  c.generate = ml_collections.ConfigDict({"num_examples": 64, "max_new_tokens": 24})
+  if preset == "tiny":
+    c.init_from = "runs/clm_tiny"
+    c.data.update(corpus_size=3000, seq_len=256, batch_size=8)
+    c.train.update(steps=600, eval_every=200, checkpoint_every=200, eval_batches=4)
+    c.optimizer.update(lr=2e-3, warmup_steps=10)
+    c.generate.num_examples = 76  # every held-out sentiment and title question
+  return c

@@ -1,0 +1,142 @@
+"""Instruction data for SFT: the embedded set built from the review corpus, JSONL, TFDS.
+
+Embedded tasks, one per review (`task_of`):
+
+  sentiment  "Is this movie review positive or negative?" + review -> positive|negative
+  title      "What film is this review about?" + review          -> the title
+  summary    "Summarize this review in one sentence." + review   -> a templated summary
+  write      "Write a [positive|negative] review of <title>."     -> the review itself
+
+`sentiment` and `title` have one right answer, so exact match measures whether
+the model follows the format. Reviews held out from the corpus (every 20th)
+give the held-out split. `embedded_chat` asks the first two as a two-turn chat.
+"""
+
+from __future__ import annotations
+
+import os
+
+from research.data import corpus
+from research.data.sources import DataError, TFDSSource, holdout, read_jsonl
+from research.data.templates import record_format
+
+TASKS = ("sentiment", "title", "summary", "write")
+EXACT_MATCH_TASKS = ("sentiment", "title")
+SENTIMENT_QUESTION = "Is this movie review positive or negative?"
+TITLE_QUESTION = "What film is this review about?"
+
+
+def boilerplate(copies: int = 200) -> list[str]:
+  """The pipeline's fixed prompt text (template preambles, task instructions), for
+  tokenizer training: without it the Alpaca preamble alone costs ~90 tokens."""
+  from research.data import templates  # pylint: disable=g-import-not-at-top
+  texts = [templates.ALPACA_PROMPT, templates.ALPACA_PROMPT_WITH_INPUT, SENTIMENT_QUESTION,
+           TITLE_QUESTION, "Summarize this review in one sentence.",
+           "Write a positive review of", "Write a negative review of", "Write a review of",
+           "The reviewer liked", "The reviewer disliked", "praising the", "criticising the"]
+  return texts * copies
+
+
+def _join(items) -> str:
+  items = list(items)
+  return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def summary(review: corpus.Review) -> str:
+  """One sentence that follows from the text: verdict and the aspects judged."""
+  verdict = "liked" if review.label else "disliked"
+  text = f"The reviewer {verdict} {review.title}"
+  parts = []
+  if review.praised:
+    parts.append(f"praising the {_join(review.praised)}")
+  if review.criticised:
+    parts.append(f"criticising the {_join(review.criticised)}")
+  return text + (", " + " but ".join(parts) if parts else "") + "."
+
+
+def sentiment_word(review: corpus.Review) -> str:
+  return "positive" if review.label else "negative"
+
+
+def review_task(review: corpus.Review, task: str) -> dict:
+  if task == "sentiment":
+    record = {"instruction": SENTIMENT_QUESTION, "input": review.text,
+              "output": sentiment_word(review)}
+  elif task == "title":
+    record = {"instruction": TITLE_QUESTION, "input": review.text, "output": review.title}
+  elif task == "summary":
+    record = {"instruction": "Summarize this review in one sentence.", "input": review.text,
+              "output": summary(review)}
+  elif task == "write":  # a third of them leave the sentiment open, as RLHF prompts do
+    sentiment = "" if (review.index // len(TASKS)) % 3 == 0 else sentiment_word(review) + " "
+    record = {"instruction": f"Write a {sentiment}review of {review.title}.",
+              "input": "", "output": review.text}
+  else:
+    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+  return {**record, "task": task}
+
+
+def review_chat(review: corpus.Review) -> dict:
+  return {"task": "chat", "messages": [
+      {"role": "user", "content": f"{review.text}\n\n{SENTIMENT_QUESTION}"},
+      {"role": "assistant", "content": sentiment_word(review)},
+      {"role": "user", "content": TITLE_QUESTION},
+      {"role": "assistant", "content": review.title}]}
+
+
+def embedded(data_cfg, split: str, chat: bool = False) -> list[dict]:
+  reviews = corpus.reviews(data_cfg.corpus_seed, data_cfg.corpus_size, split)
+  if chat:
+    return [review_chat(r) for r in reviews]
+  return [review_task(r, task_of(r.index)) for r in reviews]
+
+
+def task_of(index: int) -> str:
+  """Round-robin over tasks, offset per block of VALIDATION_EVERY so that the
+  held-out reviews (multiples of VALIDATION_EVERY) cover every task too."""
+  return TASKS[(index + index // corpus.VALIDATION_EVERY) % len(TASKS)]
+
+
+def _from_tfds(data_cfg, split: str) -> list[dict]:
+  """Maps TFDS features to instruction fields via `config.data.field_map`.
+
+  A value is a feature name, or a literal prefixed with '='; integer labels are
+  named through `config.data.label_names` (e.g. imdb_reviews as a sentiment task).
+  """
+  name = data_cfg.source[len("tfds:"):]
+  source = TFDSSource(name, data_cfg.tfds_splits[split], data_cfg.get("tfds_data_dir") or None)
+  labels = list(data_cfg.label_names)
+  records = []
+  for i in range(len(source)):
+    raw = source[i]
+    record = {}
+    for field, spec in data_cfg.field_map.items():
+      if spec.startswith("="):
+        record[field] = spec[1:]
+        continue
+      if spec not in raw:
+        raise DataError(f"tfds:{name} record {i} has no feature {spec!r} "
+                        f"(config.data.field_map.{field}); features: {sorted(raw)}")
+      value = raw[spec]
+      record[field] = labels[int(value)] if labels and not isinstance(value, str) else str(value)
+    records.append(record)
+  return records
+
+
+def instruction_records(data_cfg, split: str) -> list[dict]:
+  """Records of `split` for SFT, each validated as Alpaca or chat."""
+  spec = data_cfg.source
+  if spec in ("embedded", "embedded_chat"):
+    return embedded(data_cfg, split, chat=spec == "embedded_chat")
+  if spec.startswith("tfds:"):
+    records = _from_tfds(data_cfg, split)
+  elif spec.endswith(".jsonl"):
+    if not os.path.exists(spec):
+      raise FileNotFoundError(f"config.data.source={spec!r}: no such file")
+    return holdout(read_jsonl(spec, validate=record_format), split, data_cfg.holdout_every)
+  else:
+    raise ValueError(f"config.data.source={spec!r}: expected 'embedded', 'embedded_chat', "
+                     f"'tfds:NAME' or a .jsonl file")
+  for i, record in enumerate(records):
+    record_format(record, f"{spec} record {i}")
+  return records

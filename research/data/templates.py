@@ -1,0 +1,149 @@
+"""Prompt templates: a record -> (text, is_response) segments -> tokens and loss mask.
+
+The loss mask covers response tokens and the EOS that closes each response,
+never the prompt or padding. In chat, every assistant turn is a response.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from research.data.sources import DataError
+from research.data.tokenizer import ROLE_TOKENS, Tokenizer
+
+ALPACA_PROMPT = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+ALPACA_PROMPT_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides "
+    "further context. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+
+ALPACA_FIELDS = ("instruction", "input", "output")
+CHAT_ROLES = {"system": ROLE_TOKENS[0], "user": ROLE_TOKENS[1], "assistant": ROLE_TOKENS[2]}
+
+
+def alpaca_prompt(record: dict) -> str:
+  """The Alpaca template (Taori et al. 2023) up to and including '### Response:'."""
+  if record.get("input"):
+    return ALPACA_PROMPT_WITH_INPUT.format(instruction=record["instruction"],
+                                           input=record["input"])
+  return ALPACA_PROMPT.format(instruction=record["instruction"])
+
+
+def alpaca_segments(record: dict) -> list[tuple[str, bool]]:
+  return [(alpaca_prompt(record), False), (record["output"], True)]
+
+
+def chat_prompt(messages: Sequence[dict]) -> str:
+  """Messages rendered with role tokens, ending with the assistant marker."""
+  return "".join(f"{CHAT_ROLES[m['role']]} {m['content']} " for m in messages) \
+      + CHAT_ROLES["assistant"]
+
+
+def chat_segments(record: dict) -> list[tuple[str, bool]]:
+  segments: list[tuple[str, bool]] = []
+  for m in record["messages"]:
+    if m["role"] == "assistant":
+      segments += [(CHAT_ROLES["assistant"], False), (m["content"], True)]
+    else:
+      segments.append((f"{CHAT_ROLES[m['role']]} {m['content']} ", False))
+  return segments
+
+
+def render_prompt(prompt: str, template: str) -> str:
+  """A bare prompt (preference / RL data) as the policy saw prompts in SFT.
+
+  'none' leaves it raw: a text prefix to continue (the DPO paper's IMDb task).
+  """
+  if template == "alpaca":
+    return alpaca_prompt({"instruction": prompt})
+  if template == "chat":
+    return chat_prompt([{"role": "user", "content": prompt}])
+  if template == "none":
+    return prompt
+  raise ValueError(f"config.data.template={template!r}; expected 'alpaca', 'chat' or 'none'")
+
+
+def as_template(record: dict, template: str, where: str = "record") -> dict:
+  """The record in the layout `template` renders; Alpaca records become a one-turn chat."""
+  layout = record_format(record, where)
+  if layout == template:
+    return record
+  if template == "chat":
+    user = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
+    return {**{k: v for k, v in record.items() if k not in ALPACA_FIELDS},
+            "messages": [{"role": "user", "content": user},
+                         {"role": "assistant", "content": record["output"]}]}
+  raise DataError(f"{where}: a chat record cannot be rendered with the Alpaca template "
+                  f"(config.data.template='chat' renders it)")
+
+
+def segments(record: dict, template: str) -> list[tuple[str, bool]]:
+  if template == "alpaca":
+    return alpaca_segments(record)
+  if template == "chat":
+    return chat_segments(record)
+  raise ValueError(f"config.data.template={template!r}; expected 'alpaca' or 'chat'")
+
+
+def generation_prompt(record: dict, template: str, tok: Tokenizer):
+  """(prompt ids, reference answer): everything before the last response, tokenised
+  segment by segment exactly as in training, so the model sees the same ids."""
+  segs = segments(record, template)
+  last = max(i for i, (_, is_response) in enumerate(segs) if is_response)
+  ids = [tok.bos_id]
+  for text, is_response in segs[:last]:
+    ids += tok.encode(text) + ([tok.eos_id] if is_response else [])
+  return ids, segs[last][0]
+
+
+def tokenize(record: dict, template: str, tok: Tokenizer):
+  """-> (ids, response_mask): [BOS] prompt response EOS ...; mask on responses + EOS.
+
+  Segments are encoded one by one (never merged across a prompt/response
+  boundary), so `generation_prompt` reproduces the prompt ids exactly.
+  """
+  ids, mask = [tok.bos_id], [False]
+  for text, is_response in segments(record, template):
+    piece = tok.encode(text) + ([tok.eos_id] if is_response else [])
+    ids += piece
+    mask += [is_response] * len(piece)
+  return np.asarray(ids, np.int32), np.asarray(mask, bool)
+
+
+def fit(ids, mask, max_tokens: int):
+  """Truncation policy: cut the prompt from the left (keeping BOS), keep every response.
+
+  Returns (ids, mask, status) with status 'ok', 'truncated' or 'dropped' (the
+  responses alone do not fit).
+  """
+  if len(ids) <= max_tokens:
+    return ids, mask, "ok"
+  excess = len(ids) - max_tokens
+  first_response = int(np.argmax(mask))
+  if first_response - 1 < excess:  # not enough prompt (after BOS) to cut
+    return ids, mask, "dropped"
+  keep = np.r_[0, np.arange(1 + excess, len(ids))]
+  return ids[keep], mask[keep], "truncated"
+
+
+def record_format(record: dict, where: str) -> str:
+  """'alpaca' or 'chat' from the fields; a clear error naming both layouts otherwise."""
+  if "messages" in record:
+    messages = record["messages"]
+    if not isinstance(messages, list) or not messages:
+      raise DataError(f"{where}: 'messages' must be a non-empty list")
+    for m in messages:
+      if not isinstance(m, dict) or m.get("role") not in CHAT_ROLES or "content" not in m:
+        raise DataError(f"{where}: each message needs 'role' in {sorted(CHAT_ROLES)} and "
+                        f"'content', got {m!r}"[:300])
+    if not any(m["role"] == "assistant" for m in messages):
+      raise DataError(f"{where}: a chat record needs at least one assistant message")
+    return "chat"
+  if "instruction" in record and "output" in record:
+    return "alpaca"
+  raise DataError(f"{where}: unknown record layout with fields {sorted(record)}; expected "
+                  f"{{instruction, input (optional), output}} or {{messages: [{{role, content}}]}}")

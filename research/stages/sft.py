@@ -1,0 +1,114 @@
+"""Stage 2: supervised fine-tuning on instructions, the loss on responses only.
+
+Starts from `config.init_from` (a CLM run). Reports the response loss and
+perplexity on held-out data, and generation metrics for the base model and the
+fine-tuned one on held-out prompts: exact match against the reference answer
+(on the tasks that have one) and the rate of answers closed with EOS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+
+from research import sampling
+from research.data import instructions, sft, templates
+from research.models.decoder import Decoder
+from research.stages import common
+
+
+def _record_texts(records, limit: int):
+  for record in records[:limit]:
+    layout = templates.record_format(record, "record")
+    yield from (m["content"] for m in record["messages"]) if layout == "chat" else \
+        (record["instruction"], record.get("input", ""), record["output"])
+
+
+def run(config, workdir: str, hooks=()) -> dict:
+  common.save_config(config, workdir)
+  train_records = instructions.instruction_records(config.data, "train")
+  eval_records = instructions.instruction_records(config.data, "validation")
+  tok = common.tokenizer_for(config, workdir, lambda: _record_texts(
+      train_records, config.data.tokenizer_train_docs))
+  d = config.data
+  train_data = sft.build(train_records, tok, d.template, d.seq_len)
+  eval_data = sft.build(eval_records, tok, d.template, d.seq_len)
+  model = Decoder(common.decoder_config(config))
+  batches = lambda data, train: sft.batches(
+      data, seq_len=d.seq_len, global_batch_size=d.batch_size,
+      seed=common.derived_seed(config.seed, "data"), train=train)
+  result, s, train_step = common.train(
+      config, workdir, model, train_iter=iter(batches(train_data, True)),
+      eval_batches=lambda: iter(batches(eval_data, False)),
+      tokens_per_batch=d.batch_size * d.seq_len, hooks=hooks)
+
+  summary = {"step": result.step, "preempted": result.preempted,
+             "data": {"train": train_data.stats, "validation": eval_data.stats},
+             "train": result.train_metrics, "eval": result.eval_metrics,
+             "eval_at_start": result.eval_history.get(0, {}),
+             "compilations": train_step.compilations()}
+  if not result.preempted and config.generate.num_examples:
+    cases = generation_cases(eval_data.records, config)
+    base = (common.load_params(config.init_from, model, s.mesh, s.rules)
+            if config.init_from else None)
+    summary["generate"] = {}
+    outputs = {}
+    for name, params in (("base", base), ("tuned", result.state.params)):
+      if params is not None:
+        summary["generate"][name], outputs[name] = evaluate_generation(
+            model, params, tok, cases, config, s.mesh, s.rules)
+    write_samples(workdir, cases, outputs)
+  common.write_json(workdir, "summary.json", summary)
+  return summary
+
+
+def generation_cases(records, config) -> list[dict]:
+  """Held-out records to generate for: the exact-match tasks when the data has them."""
+  exact = [r for r in records if r.get("task") in instructions.EXACT_MATCH_TASKS]
+  return (exact or records)[:config.generate.num_examples]
+
+
+def evaluate_generation(model, params, tok, cases, config, mesh, rules):
+  """Greedy answers -> (metrics, decoded answers).
+
+  ends_with_eos: the answer was closed with EOS within max_new_tokens.
+  exact_match[/task]: closed with EOS and equal to the reference (stripped).
+  valid[/task]: the answer is one of the task's reference answers in this set
+  (for sentiment: exactly 'positive' or 'negative'), i.e. the format is right.
+  """
+  template = config.data.template
+  prompts, answers = [], []
+  for record in cases:
+    ids, answer = templates.generation_prompt(record, template, tok)
+    prompts.append(ids[-config.data.seq_len:])
+    answers.append(answer.strip())
+  sampler = sampling.Sampler(model, eos_id=tok.eos_id, pad_id=tok.pad_id, mesh=mesh, rules=rules)
+  out = jax.device_get(sampler(params, prompts, jax.random.PRNGKey(0), sampling.SamplingConfig(
+      config.generate.max_new_tokens, greedy=True)))
+  decoded = [tok.decode(t).strip() for t in out.tokens]
+  ended = np.asarray(out.ended)
+  metrics = {"ends_with_eos": float(ended.mean()),
+             "response_tokens": float(np.asarray(out.lengths).mean())}
+  tasks = [r.get("task", "all") for r in cases]
+  if any(t in instructions.EXACT_MATCH_TASKS for t in tasks):
+    exact = np.asarray([e and g == a for e, g, a in zip(ended, decoded, answers)])
+    metrics["exact_match"] = float(exact.mean())
+    for task in sorted(set(tasks)):
+      rows = [i for i, t in enumerate(tasks) if t == task]
+      allowed = {answers[i] for i in rows}
+      metrics[f"exact_match/{task}"] = float(exact[rows].mean())
+      metrics[f"valid/{task}"] = float(np.mean([ended[i] and decoded[i] in allowed
+                                                for i in rows]))
+  return metrics, decoded
+
+
+def write_samples(workdir: str, cases, outputs: dict[str, list[str]]) -> None:
+  if jax.process_index():
+    return
+  with open(os.path.join(workdir, "samples.jsonl"), "w", encoding="utf-8") as f:
+    for i, case in enumerate(cases):
+      f.write(json.dumps({"record": case,
+                          **{name: texts[i] for name, texts in outputs.items()}}) + "\n")

@@ -26,7 +26,8 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "report parameter count and per-d
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() "
                                  "(multi-host TPU/GPU)")
 
-STAGES = {"clm": "research.stages.clm"}
+STAGES = {"clm": "research.stages.clm", "sft": "research.stages.sft",
+          "reward": "research.stages.reward"}
 
 
 def stage_module(name: str):

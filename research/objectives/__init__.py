@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-from research.objectives import clm
+from research.objectives import clm, reward
 
 LOSSES: dict[str, Callable] = {
     "clm": clm.loss_fn,
+    "reward": reward.loss_fn,
 }
 
 

@@ -1,0 +1,42 @@
+"""Reward model: a scalar head on the SFT trunk, fitted to preference rankings.
+
+  python -m research.main --config=configs/reward.py --workdir=runs/reward   # from runs/sft
+  python -m research.main --config=configs/reward.py:tiny --config.init_from=runs/sft_tiny
+  python -m research.main --config=configs/reward.py --config.data.label_noise=0.3
+  python -m research.main --config=configs/reward.py --config.data.source=prefs.jsonl \
+      --config.data.num_responses=2
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """`arg` is the model preset; it must match the run in `init_from`."""
+  preset = arg or "small"
+  c = common.base("reward")
+  c.init_from = "runs/sft"
+  c.model = common.model(preset)
+  c.objective = ml_collections.ConfigDict({
+      "name": "reward",
+      "margin": 0.0,          # constant margin in -log sigmoid(r_w - r_l - margin)
+      "center_coef": 0.01,    # reward centring, c * (sum_k r_k)^2 per prompt
+  })
+  c.data = common.data(
+      source="embedded",        # embedded | file.jsonl | tfds:NAME
+      template="alpaca",        # how prompts are rendered: alpaca | chat | none
+      prompt_format="instruction",  # embedded: instruction | prefix
+      num_responses=4,          # K responses per prompt (pairs: 2)
+      label_noise=0.0,          # probability of flipping a training label
+      field_map=ml_collections.ConfigDict({"prompt": "prompt", "chosen": "chosen",
+                                           "rejected": "rejected"}),
+      corpus_size=4000, seq_len=256, batch_size=8)
+  c.train.update(steps=300, eval_every=100, checkpoint_every=100)
+  c.optimizer.update(lr=1e-4, warmup_steps=20, weight_decay=0.0)
+  if preset == "tiny":
+    c.init_from = "runs/sft_tiny"
+    c.data.update(corpus_size=2000, seq_len=256, batch_size=8)
+    c.train.update(steps=300, eval_every=100, checkpoint_every=100, eval_batches=6)
+    c.optimizer.update(lr=1e-3, warmup_steps=20)
+  return c

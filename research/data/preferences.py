@@ -1,0 +1,155 @@
+"""Preference data: prompts with K ranked responses (pairs are K = 2).
+
+A record is {prompt, responses: [...], ranks: [...]} with rank 0 the best and
+equal ranks ties. Sources (`config.data.source`):
+
+  embedded         K reviews of the same film (same opening, same plot, different
+                   latent ratings, `corpus.make_review(..., rating=r)`), ranked by
+                   the ground-truth scorer: more positive is preferred.
+  file.jsonl       {prompt, chosen, rejected} or {prompt, responses, ranking} where
+                   ranking[k] is the rank of responses[k] (0 = best, ties equal).
+  tfds:NAME        `config.data.field_map` names the prompt/chosen/rejected features.
+
+Prompt formats for the embedded set (`config.data.prompt_format`):
+  instruction      "Write a review of <title>." -> the whole review
+  prefix           the review's first 2-8 words -> the rest (the DPO paper's IMDb task)
+
+`config.data.label_noise` flips training labels to model annotators who
+disagree: a pair is swapped with that probability; a ranking gets one pass of
+adjacent swaps, each with that probability. Held-out labels stay clean.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from research.data import corpus, scorer
+from research.data.sources import DataError, TFDSSource, holdout, read_jsonl
+
+
+def ranks_from_scores(scores) -> list[int]:
+  """Rank 0 for the highest score; equal scores share a rank."""
+  order = sorted(set(scores), reverse=True)
+  return [order.index(s) for s in scores]
+
+
+def embedded_record(seed: int, index: int, k: int, prompt_format: str) -> dict:
+  rng = random.Random(seed * 7_919 + index)
+  ratings = rng.sample(range(1, 11), k)
+  reviews = [corpus.make_review(seed, index, rating=r) for r in ratings]
+  if prompt_format == "instruction":
+    prompt = f"Write a review of {reviews[0].title}."
+    responses = [r.text for r in reviews]
+    judged = responses
+  elif prompt_format == "prefix":
+    n = 2 + index % 7
+    words = reviews[0].text.split(" ")
+    prompt = " ".join(words[:n])
+    responses = [" " + " ".join(r.text.split(" ")[n:]) for r in reviews]
+    judged = [prompt + resp for resp in responses]
+  else:
+    raise ValueError(f"config.data.prompt_format={prompt_format!r}; expected 'instruction' "
+                     f"or 'prefix'")
+  scores = [scorer.score(t) for t in judged]
+  return {"prompt": prompt, "responses": responses, "ranks": ranks_from_scores(scores),
+          "scores": scores, "ratings": ratings, "index": index}
+
+
+def embedded(data_cfg, split: str) -> list[dict]:
+  k = data_cfg.num_responses
+  return [embedded_record(data_cfg.corpus_seed, i, k, data_cfg.prompt_format)
+          for i in range(data_cfg.corpus_size)
+          if (i % corpus.VALIDATION_EVERY == 0) == (split == "validation")]
+
+
+def add_label_noise(records: list[dict], rate: float, seed: int) -> list[dict]:
+  """Annotator disagreement: swaps pair labels / adjacent ranks with probability `rate`."""
+  if rate <= 0:
+    return records
+  rng = random.Random(seed)
+  out = []
+  for record in records:
+    ranks = list(record["ranks"])
+    order = sorted(range(len(ranks)), key=lambda i: ranks[i])  # best first
+    for pos in range(len(order) - 1):
+      a, b = order[pos], order[pos + 1]
+      if ranks[a] != ranks[b] and rng.random() < rate:
+        ranks[a], ranks[b] = ranks[b], ranks[a]
+        order[pos], order[pos + 1] = b, a
+    out.append({**record, "ranks": ranks, "clean_ranks": list(record["ranks"])})
+  return out
+
+
+def normalize(record: dict, where: str) -> dict:
+  """Either JSONL layout -> {prompt, responses, ranks}; errors name the expected layouts."""
+  if "chosen" in record and "rejected" in record and "prompt" in record:
+    out = {"prompt": record["prompt"], "responses": [record["chosen"], record["rejected"]],
+           "ranks": [0, 1]}
+    if "margin" in record:
+      out["margin"] = float(record["margin"])
+    return out
+  if "responses" in record and "ranking" in record and "prompt" in record:
+    responses, ranking = record["responses"], record["ranking"]
+    if not isinstance(responses, list) or len(responses) < 2:
+      raise DataError(f"{where}: 'responses' must list at least 2 responses")
+    if (not isinstance(ranking, list) or len(ranking) != len(responses)
+        or not all(isinstance(r, int) and r >= 0 for r in ranking)):
+      raise DataError(f"{where}: 'ranking' must give a rank >= 0 (0 = best) for each of the "
+                      f"{len(responses)} responses, got {ranking!r}")
+    return {"prompt": record["prompt"], "responses": responses, "ranks": ranking}
+  raise DataError(f"{where}: unknown preference layout with fields {sorted(record)}; expected "
+                  f"{{prompt, chosen, rejected}} or {{prompt, responses, ranking}}")
+
+
+def _from_tfds(data_cfg, split: str) -> list[dict]:
+  name = data_cfg.source[len("tfds:"):]
+  source = TFDSSource(name, data_cfg.tfds_splits[split], data_cfg.get("tfds_data_dir") or None)
+  fields = data_cfg.field_map
+  records = []
+  for i in range(len(source)):
+    raw = source[i]
+    missing = [f for f in ("prompt", "chosen", "rejected") if fields[f] not in raw]
+    if missing:
+      raise DataError(f"tfds:{name} record {i} lacks features for {missing} "
+                      f"(config.data.field_map); features: {sorted(raw)}")
+    records.append(normalize({f: raw[fields[f]] for f in ("prompt", "chosen", "rejected")},
+                             f"tfds:{name} record {i}"))
+  return records
+
+
+def preference_records(data_cfg, split: str, seed: int = 0) -> list[dict]:
+  spec = data_cfg.source
+  if spec == "embedded":
+    records = embedded(data_cfg, split)
+  elif spec.startswith("tfds:"):
+    records = _from_tfds(data_cfg, split)
+  elif spec.endswith(".jsonl"):
+    rows = read_jsonl(spec, validate=normalize)
+    records = holdout([normalize(r, spec) for r in rows], split, data_cfg.holdout_every)
+  else:
+    raise ValueError(f"config.data.source={spec!r}: expected 'embedded', 'tfds:NAME' or a "
+                     f".jsonl file")
+  if split == "train":
+    records = add_label_noise(records, data_cfg.label_noise, seed)
+  return records
+
+
+def pairs(records: list[dict]) -> list[dict]:
+  """Rankings expanded to (prompt, chosen, rejected) pairs, ties skipped (for DPO)."""
+  out = []
+  for r in records:
+    ranks = r["ranks"]
+    for i in range(len(ranks)):
+      for j in range(len(ranks)):
+        if ranks[i] < ranks[j]:
+          out.append({"prompt": r["prompt"], "chosen": r["responses"][i],
+                      "rejected": r["responses"][j]})
+  return out
+
+
+def spearman(a, b) -> float:
+  """Spearman rank correlation (average ranks for ties)."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  return float(stats.spearmanr(np.asarray(a), np.asarray(b)).correlation)

@@ -27,7 +27,7 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.ini
                                  "(multi-host TPU/GPU)")
 
 STAGES = {"clm": "research.stages.clm", "sft": "research.stages.sft",
-          "reward": "research.stages.reward"}
+          "reward": "research.stages.reward", "dpo": "research.stages.dpo"}
 
 
 def stage_module(name: str):

@@ -36,3 +36,21 @@ def tiny_base(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("tiny_base"))
   clm.run(tiny_clm_config(), workdir)
   return workdir
+
+
+@pytest.fixture(scope="session")
+def tiny_sft_run(tiny_base, tmp_path_factory):
+  """(workdir, summary) of the tiny SFT run from `tiny_base` (~60 s), shared by the
+  SFT end-to-end test and the DPO/RLHF tests that start from it."""
+  from configs import sft as sft_config  # pylint: disable=g-import-not-at-top
+  from research.stages import sft  # pylint: disable=g-import-not-at-top
+  config = sft_config.get_config("tiny")
+  config.init_from = tiny_base
+  config.mesh.num_devices = 1
+  workdir = str(tmp_path_factory.mktemp("tiny_sft"))
+  return workdir, sft.run(config, workdir)
+
+
+@pytest.fixture(scope="session")
+def tiny_sft(tiny_sft_run):
+  return tiny_sft_run[0]

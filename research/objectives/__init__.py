@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Callable
 
-from research.objectives import clm, reward
+from research.objectives import clm, dpo, reward
 
 LOSSES: dict[str, Callable] = {
     "clm": clm.loss_fn,
     "reward": reward.loss_fn,
+    **dpo.LOSSES,  # dpo, cdpo, ipo, slic, simpo, orpo
 }
 
 

@@ -1,0 +1,50 @@
+"""DPO and variants on preference pairs, starting from (and regularised to) the SFT run.
+
+  python -m research.main --config=configs/dpo.py --workdir=runs/dpo          # from runs/sft
+  python -m research.main --config=configs/dpo.py --config.objective.name=ipo
+  python -m research.main --config=configs/dpo.py --config.objective.beta=0.5
+  python -m research.main --config=configs/dpo.py:tiny --config.init_from=runs/sft_tiny
+
+Objectives (research/objectives/dpo.py): dpo, cdpo (label_smoothing), ipo, slic,
+simpo (simpo_gamma), orpo (orpo_lambda); any adds nll_coef * NLL(chosen).
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """`arg` is the model preset; it must match the SFT run in `init_from`."""
+  preset = arg or "small"
+  c = common.base("dpo")
+  c.init_from = "runs/sft"
+  c.model = common.model(preset)
+  c.objective = ml_collections.ConfigDict({
+      "name": "dpo",
+      "beta": 0.1,
+      "label_smoothing": 0.0,   # cdpo
+      "simpo_gamma": 0.5,       # simpo target margin
+      "orpo_lambda": 0.1,       # orpo odds-ratio weight
+      "nll_coef": 0.0,          # + nll_coef * NLL(chosen) for any objective
+      "reference": "online",    # online | precompute (cached in the workdir)
+  })
+  c.data = common.data(
+      source="embedded", template="alpaca", prompt_format="instruction", num_responses=4,
+      label_noise=0.0,
+      field_map=ml_collections.ConfigDict({"prompt": "prompt", "chosen": "chosen",
+                                           "rejected": "rejected"}),
+      corpus_size=2000, seq_len=256, batch_size=8)
+  c.train.update(steps=300, eval_every=100, checkpoint_every=100, eval_batches=8)
+  c.optimizer.update(lr=1e-5, warmup_steps=20, weight_decay=0.0)
+  c.evaluate = ml_collections.ConfigDict({
+      "num_prompts": 64, "max_new_tokens": 160, "samples_per_prompt": 1,
+      "reward_model": "",  # a reward-model workdir, to also report its scores
+  })
+  if preset == "tiny":
+    c.init_from = "runs/sft_tiny"
+    c.data.update(corpus_size=1000, seq_len=256, batch_size=8)
+    c.train.update(steps=150, eval_every=50, checkpoint_every=50, eval_batches=4)
+    c.optimizer.update(lr=1e-4, warmup_steps=10)
+    c.evaluate.update(num_prompts=32, max_new_tokens=200)
+  return c

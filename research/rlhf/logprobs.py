@@ -1,0 +1,36 @@
+"""Per-token log-probs of padded sequences under a decoder (policy, reference).
+
+Positions are computed from the mask (cumsum - 1), so a row padded on the left,
+the right, or both (a left-aligned prompt followed by a right-padded response)
+gives the same numbers as the unpadded sequence.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from research.objectives.clm import token_logprobs
+
+
+def positions_from_mask(mask_BxT):
+  return jnp.maximum(jnp.cumsum(mask_BxT.astype(jnp.int32), axis=1) - 1, 0)
+
+
+def sequence_token_logprobs(model, params, tokens_BxT, mask_BxT, temperature: float = 1.0):
+  """log p(token_t | tokens_<t) at index t (0 at t = 0 and at padding), and logits.
+
+  `temperature` divides the logits first: PPO's ratio and KL must use the
+  sampling temperature (RLHF_DETAILS.md).
+  """
+  logits_BxTxV = model.apply({"params": params}, tokens_BxT, positions_from_mask(mask_BxT),
+                             mask_BxT.astype(jnp.int32))
+  logp_BxT1, _ = token_logprobs(logits_BxTxV[:, :-1] / temperature, tokens_BxT[:, 1:])
+  logp_BxT = jnp.pad(logp_BxT1, ((0, 0), (1, 0)))
+  return jnp.where(mask_BxT.astype(bool), logp_BxT, 0.0), logits_BxTxV
+
+
+def response_logprob_sums(model, params, tokens_BxT, mask_BxT, response_mask_BxT):
+  """(sum of response-token log-probs, response length) per row."""
+  logp_BxT, _ = sequence_token_logprobs(model, params, tokens_BxT, mask_BxT)
+  response = response_mask_BxT.astype(bool)
+  return jnp.where(response, logp_BxT, 0.0).sum(-1), response.sum(-1)

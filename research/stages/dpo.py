@@ -1,0 +1,74 @@
+"""Stage: DPO and its variants, from preference pairs, with the SFT model as reference.
+
+The policy starts from `config.init_from` (the SFT run), which is also the
+frozen reference. Rankings are expanded to all their ordered pairs. After
+training: held-out preference metrics, and the policy report (ground-truth score
+of greedy samples against the reference's, sequence-level KL to the reference).
+"""
+
+from __future__ import annotations
+
+from research.data import comparisons, preferences
+from research.models.decoder import Decoder
+from research.objectives import dpo
+from research.reward_fn import RewardFunction
+from research.rlhf import evaluation, reference
+from research.stages import common
+
+
+def pair_records(records) -> list[dict]:
+  return [{"prompt": p["prompt"], "responses": [p["chosen"], p["rejected"]], "ranks": [0, 1]}
+          for p in preferences.pairs(records)]
+
+
+def run(config, workdir: str, hooks=()) -> dict:
+  common.save_config(config, workdir)
+  d, obj = config.data, config.objective
+  if not config.init_from:
+    raise ValueError("config.init_from must name the SFT run (the policy's start and the "
+                     "reference)")
+  train_records = preferences.preference_records(
+      d, "train", seed=common.derived_seed(config.seed, "label_noise"))
+  eval_records = preferences.preference_records(d, "validation")
+  tok = common.tokenizer_for(config, workdir, lambda: ())
+  encode = lambda records: comparisons.encode(pair_records(records), tok, d.template,
+                                              d.seq_len, 2)
+  (train_ex, train_stats), (eval_ex, eval_stats) = encode(train_records), encode(eval_records)
+  model = Decoder(common.decoder_config(config))
+  mesh, rules = common.mesh_and_rules(config)
+  ref_params = common.load_params(config.init_from, model, mesh, rules)
+
+  scorer = None if obj.name in dpo.REFERENCE_FREE else \
+      reference.ReferenceScorer(model, ref_params, mesh, rules)
+  if scorer is not None and obj.reference == "precompute":
+    train_ex = reference.precompute(train_ex, scorer, d.batch_size, workdir, "train")
+    eval_ex = reference.precompute(eval_ex, scorer, d.batch_size, workdir, "eval")
+    scorer = None  # already in the examples
+  elif obj.reference not in ("precompute", "online"):
+    raise ValueError(f"config.objective.reference={obj.reference!r}; expected 'precompute' "
+                     f"or 'online'")
+  batches = lambda examples, train: comparisons.batches(
+      examples, global_batch_size=d.batch_size, seed=common.derived_seed(config.seed, "data"),
+      train=train)
+  wrap = lambda it: it if "ref_logps" in train_ex[0] else reference.WithReference(it, scorer)
+  result, s, train_step = common.train(
+      config, workdir, model, train_iter=wrap(iter(batches(train_ex, True))),
+      eval_batches=lambda: wrap(iter(batches(eval_ex, False))), hooks=hooks)
+
+  summary = {"step": result.step, "preempted": result.preempted, "objective": obj.name,
+             "beta": obj.beta,
+             "data": {"train_pairs": train_stats, "eval_pairs": eval_stats},
+             "train": result.train_metrics, "eval": result.eval_metrics,
+             "eval_at_start": result.eval_history.get(0, {}),
+             "compilations": train_step.compilations()}
+  if not result.preempted and config.evaluate.num_prompts:
+    prompts = sorted({r["prompt"] for r in eval_records})[:config.evaluate.num_prompts]
+    reward_fn = (RewardFunction.load(config.evaluate.reward_model, mesh, rules)
+                 if config.evaluate.reward_model else None)
+    summary["policy"] = evaluation.policy_report(
+        model, result.state.params, ref_params, tok, prompts, template=d.template,
+        prompt_format=d.prompt_format, mesh=mesh, rules=rules,
+        max_new_tokens=config.evaluate.max_new_tokens, seed=config.seed, reward_fn=reward_fn,
+        samples_per_prompt=config.evaluate.samples_per_prompt)
+  common.write_json(workdir, "summary.json", summary)
+  return summary

@@ -27,7 +27,8 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.ini
                                  "(multi-host TPU/GPU)")
 
 STAGES = {"clm": "research.stages.clm", "sft": "research.stages.sft",
-          "reward": "research.stages.reward", "dpo": "research.stages.dpo"}
+          "reward": "research.stages.reward", "dpo": "research.stages.dpo",
+          "rlhf": "research.stages.rlhf", "best_of_n": "research.stages.best_of_n"}
 
 
 def stage_module(name: str):

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from research.models.heads import ScalarModel
+from research.models.logprobs import positions_from_mask
 from research.stages import common
 from research.training import partitioning
 
@@ -26,7 +27,9 @@ class RewardFunction:
                scale: float = 1.0):
     self.model, self.params, self.mesh, self.rules = model, params, mesh, rules
     self.offset, self.scale = float(offset), float(scale)
-    self._fn = jax.jit(lambda p, t, m: model.apply({"params": p}, t, m)[1])
+    # Positions from the mask: rollout rows are left-padded prompts + responses.
+    self._fn = jax.jit(lambda p, t, m: model.apply({"params": p}, t, m,
+                                                   positions_from_mask(m))[1])
 
   def raw(self, tokens_BxL, mask_BxL) -> np.ndarray:
     """Unnormalised scores, as a host array."""

@@ -183,7 +183,8 @@ class Sampler:
     return sum(fn._cache_size() for fn in self._fns.values())
 
   def __call__(self, params, prompts, rng, cfg: SamplingConfig, *, lengths=None,
-               padding: str = "right") -> SampleOutput:
+               padding: str = "right", prompt_width: int = 0) -> SampleOutput:
+    """`prompt_width` > 0 fixes the prompt bucket (one compilation for a whole run)."""
     if lengths is None:
       tokens_BxP, lengths = right_pad(prompts, self.pad_id)
       padding = "right"
@@ -193,6 +194,11 @@ class Sampler:
     if (lengths < 1).any():
       raise ValueError("every prompt needs at least one token (e.g. BOS)")
     width = -(-int(lengths.max()) // self.bucket) * self.bucket
+    if prompt_width:
+      if width > prompt_width:
+        raise ValueError(f"a prompt has {int(lengths.max())} tokens, more than the fixed "
+                         f"prompt width {prompt_width}")
+      width = prompt_width
     if width + cfg.max_new_tokens > self.model.cfg.max_len:
       raise ValueError(f"prompt bucket {width} + max_new_tokens {cfg.max_new_tokens} exceeds "
                        f"model.max_len={self.model.cfg.max_len}")

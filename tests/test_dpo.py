@@ -9,7 +9,8 @@ from configs import dpo as dpo_config
 from research.models import config as model_config
 from research.models.decoder import Decoder
 from research.objectives import dpo
-from research.rlhf import logprobs, reference
+from research.models import logprobs
+from research.rlhf import reference
 from research.stages import dpo as dpo_stage
 from research.training import partitioning
 from tests import reference as ref_np

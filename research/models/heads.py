@@ -28,12 +28,12 @@ def last_token_index(mask_BxL):
 class ScalarHead(nn.Module):
   """D -> 1 linear map with a bias, in float32."""
 
-  init: str = "reward"  # reward | zeros
+  kind: str = "reward"  # reward | zeros: the initialisation (`init` is Module.init)
 
   @nn.compact
   def __call__(self, hidden_BxLxD):
     d = hidden_BxLxD.shape[-1]
-    kernel_init = (nn.initializers.zeros if self.init == "zeros"
+    kernel_init = (nn.initializers.zeros if self.kind == "zeros"
                    else nn.initializers.normal(stddev=(d + 1) ** -0.5))
     kernel = self.param("kernel", nn.with_logical_partitioning(kernel_init, ("embed",)), (d,))
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ()), ())
@@ -51,7 +51,8 @@ class ScalarModel(nn.Module):
     self.head = ScalarHead(self.head_init)
 
   def __call__(self, tokens_BxL, mask_BxL=None, positions_BxL=None):
-    """`mask_BxL` marks real tokens (default: all); padding must be on the right."""
+    """`mask_BxL` marks real tokens (default: all). Without `positions_BxL`, padding
+    must be on the right; with positions from the mask, either side works."""
     if mask_BxL is None:
       mask_BxL = jnp.ones(tokens_BxL.shape, bool)
     segment_ids = mask_BxL.astype(jnp.int32)

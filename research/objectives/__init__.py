@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-from research.objectives import clm, dpo, reward
+from research.objectives import clm, dpo, policy_gradient, reward
 
 LOSSES: dict[str, Callable] = {
     "clm": clm.loss_fn,
     "reward": reward.loss_fn,
     **dpo.LOSSES,  # dpo, cdpo, ipo, slic, simpo, orpo
+    **policy_gradient.LOSSES,  # ppo, a2c
 }
 
 

@@ -18,15 +18,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from research.models.logprobs import token_logprobs  # re-exported: the CLM building block
+
 BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
-
-
-def token_logprobs(logits_BxLxV, targets_BxL):
-  """log p(target) per position, and log Z (the log normaliser)."""
-  logits = logits_BxLxV.astype(jnp.float32)
-  log_z_BxL = jax.nn.logsumexp(logits, axis=-1)
-  target_logit_BxL = jnp.take_along_axis(logits, targets_BxL[..., None], axis=-1)[..., 0]
-  return target_logit_BxL - log_z_BxL, log_z_BxL
 
 
 def sequence_mean(values_BxL, mask_BxL, segment_ids_BxL):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from research.rlhf.logprobs import sequence_token_logprobs
+from research.models.logprobs import sequence_token_logprobs
 
 REFERENCE_FREE = ("simpo", "orpo")
 

@@ -8,46 +8,14 @@ estimated from samples at temperature 1 (unbiased; k1 summed over tokens).
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import numpy as np
 
 from research import sampling
-from research.data import comparisons, scorer
+from research.data import comparisons
 from research.rlhf.reference import ReferenceScorer
-
-
-def ground_truth(prompt: str, response: str, prompt_format: str) -> float:
-  """The embedded task's reward: positivity of the review the policy wrote."""
-  text = prompt + response if prompt_format == "prefix" else response
-  return scorer.score(text)
-
-
-@dataclasses.dataclass
-class Rollouts:
-  """Prompts joined with sampled responses: what scoring and log-prob passes need."""
-  tokens: np.ndarray          # BxT  left-aligned prompt, then the response, then padding
-  mask: np.ndarray            # BxT  real tokens
-  response_mask: np.ndarray   # BxT  response tokens (EOS included)
-  texts: list[str]            # decoded responses
-  lengths: np.ndarray         # B
-  ended: np.ndarray           # B    emitted EOS
-  sample: sampling.SampleOutput
-
-
-def rollout(sampler: sampling.Sampler, params, prompt_ids, tok, rng, cfg) -> Rollouts:
-  out = jax.device_get(sampler(params, prompt_ids, rng, cfg))
-  prompts, plens = np.asarray(out.prompts), np.asarray(out.prompt_lengths)
-  p = prompts.shape[1]
-  prompt_mask = np.arange(p)[None] >= (p - plens)[:, None]
-  response_mask = np.asarray(out.mask)
-  return Rollouts(
-      tokens=np.concatenate([prompts, np.asarray(out.tokens)], 1),
-      mask=np.concatenate([prompt_mask, response_mask], 1),
-      response_mask=np.concatenate([np.zeros_like(prompt_mask), response_mask], 1),
-      texts=[tok.decode(t) for t in out.tokens], lengths=np.asarray(out.lengths),
-      ended=np.asarray(out.ended), sample=out)
+from research.rlhf.rewards import ground_truth
+from research.rlhf.rollout import rollout
 
 
 def policy_report(model, policy_params, ref_params, tok, prompts: list[str], *, template: str,
@@ -71,18 +39,36 @@ def policy_report(model, policy_params, ref_params, tok, prompts: list[str], *, 
     if name == "policy":
       report["samples"] = [{"prompt": p, "response": r, "ground_truth": g}
                            for p, r, g in zip(prompts[:8], roll.texts[:8], gt[:8])]
-  # KL(pi || pi_ref) from temperature-1 samples of the policy.
-  many = [i for i in ids for _ in range(samples_per_prompt)]
-  sampled = rollout(sampler, policy_params, many, tok, jax.random.PRNGKey(seed + 1),
-                    sampling.SamplingConfig(max_new_tokens, temperature=1.0))
-  policy_lp = np.asarray(sampled.sample.model_logprobs).sum(1)
-  ref_lp = ReferenceScorer(model, ref_params, mesh, rules)(
-      sampled.tokens, sampled.mask, sampled.response_mask)
-  report["kl"] = float(np.mean(policy_lp - ref_lp))
-  report["sampled/ground_truth"] = float(np.mean(
-      [ground_truth(prompts[i // samples_per_prompt], r, prompt_format)
-       for i, r in enumerate(sampled.texts)]))
+  report.update(sampled_report(sampler, model, policy_params, ref_params, tok, prompts, ids,
+                               prompt_format=prompt_format, mesh=mesh, rules=rules,
+                               max_new_tokens=max_new_tokens, seed=seed + 1, reward_fn=reward_fn,
+                               samples_per_prompt=samples_per_prompt))
   # Per prompt, judged by the ground-truth scorer; ties count a half.
   wins = np.sign(greedy_scores["policy"] - greedy_scores["reference"])
   report["win_rate_vs_reference"] = float(np.mean((wins + 1) / 2))
   return report
+
+
+def sampled_report(sampler, model, policy_params, ref_params, tok, prompts, ids, *,
+                   prompt_format: str, mesh, rules, max_new_tokens: int, seed: int,
+                   reward_fn=None, reward=None, samples_per_prompt: int = 1) -> dict:
+  """Temperature-1 samples of the policy: KL(pi || pi_ref) summed over the response
+  (k1, unbiased), and their mean ground-truth score; with `reward_fn` (tokens, mask)
+  also the reward model's, with `reward` (an `rlhf.rewards` source) also its."""
+  many = [i for i in ids for _ in range(samples_per_prompt)]
+  sampled = rollout(sampler, policy_params, many, tok, jax.random.PRNGKey(seed),
+                    sampling.SamplingConfig(max_new_tokens, temperature=1.0))
+  policy_lp = np.asarray(sampled.sample.model_logprobs).sum(1)
+  ref_lp = ReferenceScorer(model, ref_params, mesh, rules)(
+      sampled.tokens, sampled.mask, sampled.response_mask)
+  out = {"kl": float(np.mean(policy_lp - ref_lp)),
+         "sampled/ground_truth": float(np.mean(
+             [ground_truth(prompts[i // samples_per_prompt], r, prompt_format)
+              for i, r in enumerate(sampled.texts)])),
+         "sampled/length": float(sampled.lengths.mean())}
+  if reward_fn is not None:
+    out["sampled/reward_model"] = float(np.mean(reward_fn(sampled.tokens, sampled.mask)))
+  if reward is not None:
+    out["sampled/reward"] = float(np.mean(reward(
+        sampled, [prompts[i // samples_per_prompt] for i in range(len(many))])))
+  return out

@@ -17,7 +17,7 @@ import os
 import jax
 import numpy as np
 
-from research.rlhf import logprobs
+from research.models import logprobs
 from research.training import partitioning
 
 CACHE_FILE = "reference_logps.npz"

@@ -130,12 +130,37 @@ def train(config, workdir: str, module: nn.Module, *, train_iter, eval_batches,
   return result, s, train_step
 
 
-def load_params(workdir: str, module: nn.Module, mesh, rules, step: int | None = None):
-  """A run's trained parameters for `module`, placed on `mesh` (no optimizer state)."""
+# Where each stage keeps the language model's parameters inside its `params`
+# (RLHF trains {'policy': ..., 'value': ...}; the others train the decoder alone).
+POLICY_SUBTREE = {"rlhf": "policy"}
+
+
+def load_params(workdir: str, module: nn.Module, mesh, rules, step: int | None = None,
+                subtree: str | None = None):
+  """A run's trained parameters for `module`, placed on `mesh` (no optimizer state);
+  with `subtree`, those stored under `params[subtree]`."""
   abstract = jax.eval_shape(init_fn(module), jax.random.PRNGKey(0))
   shardings = partitioning.logical_shardings(abstract, mesh, rules)
-  return checkpoint.restore_params(os.path.join(workdir, "checkpoints"), nn.unbox(abstract),
-                                   shardings, step=step)
+  abstract = nn.unbox(abstract)
+  if subtree:
+    abstract, shardings = {subtree: abstract}, {subtree: shardings}
+  params = checkpoint.restore_params(os.path.join(workdir, "checkpoints"), abstract, shardings,
+                                     step=step)
+  return params[subtree] if subtree else params
+
+
+def load_policy(workdir: str, mesh=None, rules=None):
+  """(Decoder, params) of the language model trained by any stage's run."""
+  from research.models.decoder import Decoder  # pylint: disable=g-import-not-at-top
+  config = load_config(workdir)
+  if config.stage == "best_of_n":  # the policy is the last round's fine-tuning run
+    with open(os.path.join(workdir, "summary.json"), encoding="utf-8") as f:
+      workdir = json.load(f)["final"]
+  if mesh is None:
+    mesh, rules = mesh_and_rules(config)
+  model = Decoder(decoder_config(config))
+  return model, load_params(workdir, model, mesh, rules,
+                            subtree=POLICY_SUBTREE.get(config.stage))
 
 
 def describe(config, module: nn.Module) -> dict[str, Any]:

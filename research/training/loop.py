@@ -64,7 +64,7 @@ def evaluate(eval_step, params, batches: Iterable[dict], mesh, rules,
   return out
 
 
-class _SigtermFlag:
+class SigtermFlag:
   """Turns SIGTERM into a flag the loop polls (pre-emption on TPU VMs and clusters)."""
 
   def __init__(self):
@@ -164,7 +164,7 @@ def run(*, train_cfg, workdir: str, state, abstract_state, state_shardings, trai
              disable=jax.process_index() != 0)
   preempted = False
   step = start
-  with _SigtermFlag() as sigterm:
+  with SigtermFlag() as sigterm:
     while step < total:
       batch = partitioning.shard_batch(next(train_iter), mesh, rules)
       data_state = train_iter.get_state()

@@ -137,14 +137,14 @@ def activate(mesh, rules):
 
 
 def shard_batch(batch: dict, mesh, rules) -> dict:
-  """Host numpy batch (this process's rows) -> global sharded jax arrays."""
+  """Host numpy batch (this process's rows; nested dicts too) -> global sharded arrays."""
   def put(x):
     x = np.asarray(x)
     sharding = data_sharding(mesh, rules, x.ndim)
     if jax.process_count() == 1:
       return jax.device_put(x, sharding)
     return jax.make_array_from_process_local_data(sharding, x)
-  return {k: put(v) for k, v in batch.items()}
+  return jax.tree.map(put, batch)
 
 
 def pad_rows(arrays: dict, mesh, rules, fill: dict | None = None) -> tuple[dict, int]:

@@ -1,4 +1,4 @@
-"""Per-token log-probs of padded sequences under a decoder (policy, reference).
+"""Per-token log-probs of padded sequences under a decoder (CLM, DPO, RLHF).
 
 Positions are computed from the mask (cumsum - 1), so a row padded on the left,
 the right, or both (a left-aligned prompt followed by a right-padded response)
@@ -7,9 +7,16 @@ gives the same numbers as the unpadded sequence.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
-from research.objectives.clm import token_logprobs
+
+def token_logprobs(logits_BxLxV, targets_BxL):
+  """log p(target) per position, and log Z (the log normaliser)."""
+  logits = logits_BxLxV.astype(jnp.float32)
+  log_z_BxL = jax.nn.logsumexp(logits, axis=-1)
+  target_logit_BxL = jnp.take_along_axis(logits, targets_BxL[..., None], axis=-1)[..., 0]
+  return target_logit_BxL - log_z_BxL, log_z_BxL
 
 
 def positions_from_mask(mask_BxT):

@@ -1,0 +1,81 @@
+"""RLHF: PPO (or A2C) on reward-model scores minus beta * KL to the SFT model.
+
+  python -m research.main --config=configs/rlhf.py --workdir=runs/ppo   # runs/sft + runs/reward
+  python -m research.main --config=configs/rlhf.py --config.objective.name=a2c \
+      --config.ppo.epochs=1 --workdir=runs/a2c
+  python -m research.main --config=configs/rlhf.py --config.objective.kl.target=6   # adaptive
+  python -m research.main --config=configs/rlhf.py --config.objective.ptx_coef=1.0   # PPO-ptx
+  python -m research.main --config=configs/rlhf.py --config.reward.source=ground_truth
+  python -m research.main --config=configs/rlhf.py:tiny --config.init_from=runs/sft_tiny \
+      --config.reward.model=runs/reward_tiny
+
+`train.steps` counts iterations (rollout + update phase); each makes
+ppo.epochs * data.batch_size / ppo.minibatch_size optimizer steps.
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """`arg` is the model preset; it must match the SFT run in `init_from`."""
+  preset = arg or "small"
+  c = common.base("rlhf")
+  c.init_from = "runs/sft"
+  c.model = common.model(preset)
+  c.reward = ml_collections.ConfigDict({
+      "source": "model",        # model | ground_truth
+      "model": "runs/reward",   # reward-model workdir (normalised scores)
+  })
+  c.objective = ml_collections.ConfigDict({
+      "name": "ppo",            # ppo | a2c
+      "critic": "separate",     # separate (own trunk) | shared (value head on the policy)
+      "critic_init": "reward_model",  # separate critic: reward_model | policy
+      "kl": ml_collections.ConfigDict({
+          "beta": 0.05,         # initial / fixed KL coefficient
+          "target": 0.0,        # > 0: adaptive controller (Ziegler et al.), e.g. 6
+          "horizon": 10000,
+          "estimator": "k1",    # k1 | k2 | k3, per token, in the reward
+      }),
+      "clip": 0.2,              # policy ratio clip
+      "value_clip": 0.2,
+      "vf_coef": 0.1,
+      "entropy_coef": 0.0,
+      "gamma": 1.0,
+      "lam": 0.95,
+      "whiten_advantages": True,
+      "whiten_rewards": False,
+      "score_norm": "none",     # none | running | batch (reward models come normalised)
+      "missing_eos_score": None,  # e.g. -1.0: the score of a response with no EOS
+      "temperature": 1.0,       # sampling, and the log-probs of the ratio and the KL
+      "ptx_coef": 0.0,          # PPO-ptx: + ptx_coef * per-token CLM loss (InstructGPT eq. 2)
+  })
+  c.rollout = ml_collections.ConfigDict({
+      "max_new_tokens": 96, "top_k": 0, "top_p": 1.0,
+      "prompt_width": 0,        # 0: the longest prompt, rounded up to the sampler's bucket
+  })
+  c.ppo = ml_collections.ConfigDict({"epochs": 4, "minibatch_size": 8})
+  # Prompts: the preference data's (embedded: "Write a review of <film>.").
+  c.data = common.data(source="embedded", template="alpaca", prompt_format="instruction",
+                       num_responses=2, label_noise=0.0,
+                       field_map=ml_collections.ConfigDict({"prompt": "prompt", "chosen": "chosen",
+                                                            "rejected": "rejected"}),
+                       corpus_size=2000, batch_size=32)
+  # Pretraining text for PPO-ptx and for the held-out pretraining loss.
+  c.ptx = common.data(source="embedded", corpus_size=2000, seq_len=128, batch_size=8)
+  c.train.update(steps=100, log_every=10, checkpoint_every=20)
+  c.optimizer.update(lr=1e-5, warmup_steps=10, weight_decay=0.0, min_lr_ratio=1.0)
+  c.evaluate = ml_collections.ConfigDict({
+      "num_prompts": 64, "max_new_tokens": 160, "samples_per_prompt": 1,
+      "reward_model": "",       # also report this reward model's scores ("" = the training one)
+      "pretrain_batches": 8,    # held-out CLM loss of the policy (what ptx protects); 0 = off
+  })
+  if preset == "tiny":
+    c.init_from = "runs/sft_tiny"
+    c.reward.model = "runs/reward_tiny"
+    c.rollout.max_new_tokens = 64
+    c.optimizer.update(lr=1e-4)
+    c.train.update(steps=40, checkpoint_every=10)
+    c.evaluate.update(num_prompts=32, max_new_tokens=200)
+  return c

@@ -1,0 +1,149 @@
+"""Per-token rewards, KL estimators, GAE, whitening and the KL controllers of RLHF.
+
+Arrays are BxT over the full rollout row (prompt, response, padding), aligned
+with `models.logprobs.sequence_token_logprobs`: index t holds the quantities of
+*emitting* token t (its log-prob, and the value of the state before it).
+`mask` marks the response tokens (EOS included), which are contiguous.
+
+References: Ziegler et al. 2019 (lm-human-preferences: the per-token reward,
+the adaptive KL controller); Schulman et al. 2016 (GAE, eq. 16); Schulman 2020,
+"Approximating KL divergence" (k1, k2, k3); Huang et al. 2024, "The N+
+implementation details of RLHF with PPO" (whitening).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+def kl_per_token(logp_BxT, ref_logp_BxT, mask_BxT, estimator: str = "k1"):
+  """Per-token estimate of KL(pi || pi_ref) from tokens sampled from pi.
+
+  With log r = log pi_ref - log pi:  k1 = -log r (unbiased, can be negative),
+  k2 = (log r)^2 / 2 (biased, low variance), k3 = (r - 1) - log r (unbiased,
+  never negative). Zero where `mask` is False.
+  """
+  log_r = ref_logp_BxT - logp_BxT
+  if estimator == "k1":
+    kl = -log_r
+  elif estimator == "k2":
+    kl = 0.5 * jnp.square(log_r)
+  elif estimator == "k3":
+    kl = jnp.expm1(log_r) - log_r
+  else:
+    raise ValueError(f"KL estimator {estimator!r}; expected one of {KL_ESTIMATORS}")
+  return jnp.where(mask_BxT.astype(bool), kl, 0.0)
+
+
+def last_index(mask_BxT):
+  """Index of each row's last True (its EOS or final response token)."""
+  t = mask_BxT.shape[1]
+  return jnp.max(jnp.where(mask_BxT.astype(bool), jnp.arange(t)[None], 0), axis=1)
+
+
+def token_rewards(scores_B, kl_BxT, mask_BxT, beta):
+  """r_t = -beta * KL_t on response tokens, plus the sequence score at the last one
+  (Ziegler et al. 2019, sec. 2.2; InstructGPT eq. 2 without the ptx term).
+
+  Returns (rewards_BxT, non_score_reward_BxT)."""
+  non_score = jnp.where(mask_BxT.astype(bool), -beta * kl_BxT, 0.0)
+  t = mask_BxT.shape[1]
+  at_last = jnp.arange(t)[None] == last_index(mask_BxT)[:, None]
+  return non_score + jnp.where(at_last, scores_B[:, None], 0.0), non_score
+
+
+def gae(rewards_BxT, values_BxT, mask_BxT, gamma: float = 1.0, lam: float = 0.95):
+  """Generalised advantage estimation (Schulman et al. 2016, eq. 16) over masked rows.
+
+  delta_t = r_t + gamma * V_{t+1} - V_t, with V = 0 after the last response token;
+  A_t = delta_t + gamma * lam * A_{t+1}. Returns (advantages_BxT, returns_BxT =
+  A + V), zero outside the mask. The reverse scan runs over T; entries outside
+  the mask never leak in.
+  """
+  m = mask_BxT.astype(bool)
+  values = jnp.where(m, values_BxT, 0.0)
+  rewards = jnp.where(m, rewards_BxT, 0.0)
+  next_values = jnp.pad(values[:, 1:], ((0, 0), (0, 1)))
+  next_mask = jnp.pad(m[:, 1:], ((0, 0), (0, 1)), constant_values=False)
+  deltas = rewards + gamma * jnp.where(next_mask, next_values, 0.0) - values
+
+  def step(carry_B, xs):
+    delta_B, next_valid_B, valid_B = xs
+    adv_B = delta_B + gamma * lam * jnp.where(next_valid_B, carry_B, 0.0)
+    adv_B = jnp.where(valid_B, adv_B, 0.0)
+    return adv_B, adv_B
+
+  _, adv_TxB = jax.lax.scan(step, jnp.zeros(rewards.shape[0], rewards.dtype),
+                            (deltas.T, next_mask.T, m.T), reverse=True)
+  advantages = adv_TxB.T
+  return advantages, jnp.where(m, advantages + values, 0.0)
+
+
+def masked_mean(x, mask, axis=None):
+  mask = mask.astype(x.dtype)
+  return (x * mask).sum(axis) / jnp.maximum(mask.sum(axis), 1.0)
+
+
+def masked_var(x, mask):
+  """Unbiased (Bessel-corrected) variance over the masked entries."""
+  mean = masked_mean(x, mask)
+  n = mask.astype(x.dtype).sum()
+  centred = jnp.where(mask.astype(bool), x - mean, 0.0)
+  return jnp.square(centred).sum() / jnp.maximum(n - 1.0, 1.0)
+
+
+def whiten(x, mask, shift_mean: bool = True, eps: float = 1e-8):
+  """(x - mean) / std over the masked entries; `shift_mean=False` puts the mean back
+  (how rewards are whitened: the scale changes, the sign of the mean does not)."""
+  mean, var = masked_mean(x, mask), masked_var(x, mask)
+  out = (x - mean) * jax.lax.rsqrt(var + eps)
+  if not shift_mean:
+    out = out + mean
+  return jnp.where(mask.astype(bool), out, 0.0)
+
+
+@dataclasses.dataclass
+class FixedKLController:
+  value: float
+
+  def update(self, kl: float, n_steps: int) -> None:
+    del kl, n_steps
+
+  def state_dict(self) -> dict:
+    return {"value": self.value}
+
+  def load_state_dict(self, state: dict) -> None:
+    self.value = float(state["value"])
+
+
+@dataclasses.dataclass
+class AdaptiveKLController:
+  """Ziegler et al. 2019, sec. 2.2: e = clip(KL / target - 1, -0.2, 0.2);
+  beta <- beta * (1 + e * n_steps / horizon), where n_steps counts the episodes
+  (sequences) of the batch that measured KL."""
+
+  value: float
+  target: float
+  horizon: float
+
+  def update(self, kl: float, n_steps: int) -> None:
+    error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+    self.value *= 1.0 + error * n_steps / self.horizon
+
+  def state_dict(self) -> dict:
+    return {"value": self.value}
+
+  def load_state_dict(self, state: dict) -> None:
+    self.value = float(state["value"])
+
+
+def kl_controller(cfg):
+  """From `config.objective.kl`: {beta, target (0 or None = fixed), horizon}."""
+  if cfg.get("target"):
+    return AdaptiveKLController(float(cfg.beta), float(cfg.target), float(cfg.horizon))
+  return FixedKLController(float(cfg.beta))

@@ -1,0 +1,42 @@
+"""Rollouts: prompts -> the KV-cache sampler -> prompt + response rows.
+
+A row is the left-aligned prompt followed by the response and right padding
+(the sampler's layout), so every row's response starts at the same column and
+one jitted log-prob pass over BxT serves the policy, the reference and the critic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from research import sampling
+
+
+@dataclasses.dataclass
+class Rollouts:
+  """Prompts joined with sampled responses: what scoring and log-prob passes need."""
+  tokens: np.ndarray          # BxT  left-aligned prompt, then the response, then padding
+  mask: np.ndarray            # BxT  real tokens
+  response_mask: np.ndarray   # BxT  response tokens (EOS included)
+  texts: list[str]            # decoded responses
+  lengths: np.ndarray         # B
+  ended: np.ndarray           # B    emitted EOS
+  sample: sampling.SampleOutput
+
+
+def rollout(sampler: sampling.Sampler, params, prompt_ids, tok, rng, cfg,
+            prompt_width: int = 0) -> Rollouts:
+  out = jax.device_get(sampler(params, prompt_ids, rng, cfg, prompt_width=prompt_width))
+  prompts, plens = np.asarray(out.prompts), np.asarray(out.prompt_lengths)
+  p = prompts.shape[1]
+  prompt_mask = np.arange(p)[None] >= (p - plens)[:, None]
+  response_mask = np.asarray(out.mask)
+  return Rollouts(
+      tokens=np.concatenate([prompts, np.asarray(out.tokens)], 1),
+      mask=np.concatenate([prompt_mask, response_mask], 1),
+      response_mask=np.concatenate([np.zeros_like(prompt_mask), response_mask], 1),
+      texts=[tok.decode(t) for t in out.tokens], lengths=np.asarray(out.lengths),
+      ended=np.asarray(out.ended), sample=out)

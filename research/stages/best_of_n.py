@@ -1,0 +1,129 @@
+"""Stage: best-of-n rejection-sampling fine-tuning, for several rounds (Llama 2 style).
+
+Round r: the current policy (round 1: the SFT run in `config.init_from`) samples
+`best_of_n.n` responses for each of `best_of_n.prompts_per_round` prompts; the
+reward (`config.reward`, or the `reward` argument) keeps the best per prompt;
+the policy is fine-tuned on them with the SFT objective for `train.steps` steps
+into `workdir/round_<r>`, which the next round starts from. Finished rounds are
+skipped on a rerun. Each round is evaluated on held-out prompts: the mean
+reward of temperature-1 samples and their KL to the SFT model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import jax
+import numpy as np
+
+from research import sampling
+from research.data import comparisons, sft
+from research.models.decoder import Decoder
+from research.rlhf import best_of_n, evaluation, rewards
+from research.stages import common
+from research.stages.rlhf import prompts_for
+
+ROUND_SUMMARY = "round_summary.json"
+
+
+def round_prompts(config, round_index: int, num_prompts: int) -> np.ndarray:
+  """A fresh slice of one fixed permutation per round (wrapping around)."""
+  per = config.best_of_n.prompts_per_round
+  order = np.random.default_rng(common.derived_seed(config.seed, "bon_prompts")).permutation(
+      num_prompts)
+  return order[np.arange(round_index * per, (round_index + 1) * per) % num_prompts]
+
+
+def run(config, workdir: str, hooks=(), reward=None) -> dict:
+  if not config.init_from:
+    raise ValueError("config.init_from must name the SFT run (round 1's policy and the "
+                     "reference)")
+  if config.data.template not in ("alpaca", "chat"):
+    raise ValueError(f"config.data.template={config.data.template!r}: best-of-n fine-tunes "
+                     f"with the SFT templates, 'alpaca' or 'chat'")
+  common.save_config(config, workdir)
+  b = config.best_of_n
+  mesh, rules = common.mesh_and_rules(config)
+  tok = common.tokenizer_for(config, workdir, lambda: ())
+  model = Decoder(common.decoder_config(config))
+  ref_params = common.load_params(config.init_from, model, mesh, rules)
+  source = rewards.as_source(reward) if reward is not None else \
+      rewards.from_config(config, mesh, rules)
+  prompts = prompts_for(config, "train")
+  ids = [comparisons.prompt_ids(p, config.data.template, tok) for p in prompts]
+  eval_prompts = prompts_for(config, "validation")[:config.evaluate.num_prompts]
+  eval_ids = [comparisons.prompt_ids(p, config.data.template, tok) for p in eval_prompts]
+  sampler = sampling.Sampler(model, eos_id=tok.eos_id, pad_id=tok.pad_id, mesh=mesh, rules=rules)
+  sample_cfg = sampling.SamplingConfig(b.max_new_tokens, temperature=b.temperature)
+
+  def evaluate(params, r: int) -> dict:
+    return evaluation.sampled_report(
+        sampler, model, params, ref_params, tok, eval_prompts, eval_ids,
+        prompt_format=config.data.prompt_format, mesh=mesh, rules=rules,
+        max_new_tokens=config.evaluate.max_new_tokens,
+        seed=common.derived_seed(config.seed, f"bon_eval_{r}"), reward=source,
+        samples_per_prompt=config.evaluate.samples_per_prompt)
+
+  history = [{"round": 0, **evaluate(ref_params, 0)}]  # the SFT model
+  current, params = config.init_from, ref_params
+  for r in range(1, b.rounds + 1):
+    round_dir = os.path.join(workdir, f"round_{r}")
+    done = os.path.join(round_dir, ROUND_SUMMARY)
+    if os.path.exists(done):
+      with open(done, encoding="utf-8") as f:
+        history.append(json.load(f))
+      current = round_dir
+      continue
+    params = common.load_params(current, model, mesh, rules) if r > 1 else ref_params
+    chosen = round_prompts(config, r - 1, len(prompts))
+    texts, scores, ended, _ = best_of_n.sample_and_score(
+        sampler, params, [prompts[i] for i in chosen], [ids[i] for i in chosen], tok, source,
+        n=b.n, cfg=sample_cfg, rng=jax.random.PRNGKey(common.derived_seed(config.seed, f"bon_{r}")),
+        chunk=b.sample_batch)
+    records, stats = best_of_n.best_records([prompts[i] for i in chosen], texts, scores, ended,
+                                            b.require_eos)
+    if not records:
+      raise RuntimeError(f"round {r}: no sampled response ended with EOS within "
+                         f"best_of_n.max_new_tokens={b.max_new_tokens}; raise it or set "
+                         f"best_of_n.require_eos=False")
+    os.makedirs(round_dir, exist_ok=True)
+    with open(os.path.join(round_dir, "best_responses.jsonl"), "w", encoding="utf-8") as f:
+      f.writelines(json.dumps(rec) + "\n" for rec in records)
+    round_config = copy.deepcopy(config)
+    with round_config.unlocked():
+      round_config.init_from = current
+      round_config.stage = "sft"
+    common.save_config(round_config, round_dir)
+    data = sft.build(records, tok, config.data.template, config.data.seq_len)
+    batches = lambda train, data=data: sft.batches(
+        data, seq_len=config.data.seq_len, global_batch_size=config.data.batch_size,
+        seed=common.derived_seed(config.seed, f"bon_data_{r}"), train=train)
+    result, _, _ = common.train(round_config, round_dir, model, train_iter=iter(batches(True)),
+                                eval_batches=lambda: iter(batches(False)), hooks=hooks)
+    if result.preempted:
+      return {"preempted": True, "round": r}
+    entry = {"round": r, **stats, "train": result.train_metrics,
+             **evaluate(result.state.params, r)}
+    common.write_json(round_dir, ROUND_SUMMARY, entry)
+    history.append(entry)
+    current = round_dir
+
+  key = "sampled/reward"
+  summary = {"rounds": history, "n": b.n, "final": current,
+             "curves": {k: curve_ends_of_rounds(history, k) for k in (key, "kl")}}
+  if config.evaluate.report:
+    summary["policy"] = evaluation.policy_report(
+        model, common.load_params(current, model, mesh, rules), ref_params, tok, eval_prompts,
+        template=config.data.template, prompt_format=config.data.prompt_format, mesh=mesh,
+        rules=rules, max_new_tokens=config.evaluate.max_new_tokens, seed=config.seed,
+        samples_per_prompt=config.evaluate.samples_per_prompt)
+  common.write_json(workdir, "summary.json", summary)
+  return summary
+
+
+def curve_ends_of_rounds(history: list[dict], key: str) -> dict:
+  """The SFT model's value (round 0) and the last round's."""
+  return {"start": history[0][key], "end": history[-1][key]}
+

@@ -1,0 +1,172 @@
+"""Stage: RLHF with PPO or A2C on a KL-penalised reward, optionally PPO-ptx.
+
+The policy starts from `config.init_from` (the SFT run), which is also the
+frozen reference. Scores come from `config.reward` (a reward-model run or the
+embedded ground truth) or from the `reward` argument (any callable, see
+`rlhf/rewards.py`). The critic is a separate model initialised from the reward
+model (or the policy), or a value head on the policy's trunk.
+
+After training: the reward and KL curves' start and end values, the policy
+report on held-out prompts (ground-truth score, KL to the SFT model, win rate),
+and the CLM loss on held-out pretraining text (what PPO-ptx protects).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from research.data import comparisons, pipeline, preferences, sources
+from research.models.decoder import Decoder
+from research.objectives import clm, policy_gradient
+from research.reward_fn import RewardFunction
+from research.rlhf import evaluation, ppo, rewards
+from research.rlhf.actor_critic import ActorCritic
+from research.stages import common
+from research.training import loop, optimizer, partitioning, state as state_lib, step as step_lib
+
+
+def prompts_for(config, split: str) -> list[str]:
+  """The distinct prompts of the preference data (`config.data`), in a fixed order."""
+  return sorted({r["prompt"] for r in preferences.preference_records(config.data, split)})
+
+
+def _value_params(config, model: ActorCritic, sft_params, abstract_value, mesh, rules):
+  o = config.objective
+  if o.critic == "shared":
+    return None  # the fresh zero head
+  if o.critic_init == "reward_model":
+    if not config.reward.model:
+      raise ValueError("config.objective.critic_init='reward_model' needs config.reward.model; "
+                       "or set critic_init='policy' or critic='shared'")
+    return common.load_params(config.reward.model, model.value_module, mesh, rules)
+  if o.critic_init == "policy":
+    # The trunk only: a scalar model has no unembedding.
+    trunk = {k: jax.tree.map(jnp.copy, sft_params[k]) for k in abstract_value["decoder"]}
+    head = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), abstract_value["head"])
+    return {"decoder": trunk, "head": head}
+  raise ValueError(f"config.objective.critic_init={o.critic_init!r}; expected 'reward_model' "
+                   f"or 'policy'")
+
+
+def _critic_cfg(config):
+  """A separate critic from a reward model takes that model's size."""
+  o = config.objective
+  if o.critic == "separate" and o.critic_init == "reward_model" and config.reward.model:
+    return common.decoder_config(common.load_config(config.reward.model))
+  return None
+
+
+def build_state(config, model: ActorCritic, sft_params, mesh, rules, total_updates: int):
+  """(state, abstract_state, shardings, tx, schedule) with {'policy', 'value'} params."""
+  tx, schedule = optimizer.make_optimizer(config.optimizer, total_updates)
+  init = lambda rng: model.init(rng, jnp.ones((1, 8), jnp.int32))
+  abstract, shardings = state_lib.abstract_state(init, tx, mesh, rules, config.seed)
+  value = _value_params(config, model, sft_params, abstract.params["value"], mesh, rules)
+  if value is None:
+    value = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), abstract.params["value"])
+  # The policy's copy: the state is donated each step, the reference must survive.
+  params = {"policy": jax.tree.map(jnp.copy, sft_params), "value": value}
+  state, shardings = state_lib.create_state(init, tx, mesh, rules, config.seed, params)
+  return state, abstract, shardings, tx, schedule
+
+
+def _validate(config) -> None:
+  o = config.objective
+  if not config.init_from:
+    raise ValueError("config.init_from must name the SFT run (the policy's start and the "
+                     "reference)")
+  if o.name not in policy_gradient.LOSSES:
+    raise ValueError(f"config.objective.name={o.name!r}; expected one of "
+                     f"{sorted(policy_gradient.LOSSES)}")
+  if o.name == "a2c" and config.ppo.epochs != 1:
+    raise ValueError(f"A2C makes one pass over each rollout: set config.ppo.epochs=1 "
+                     f"(got {config.ppo.epochs})")
+
+
+def pretrain_loss(config, model: Decoder, params, tok, mesh, rules) -> float:
+  """Per-token CLM loss of `params` on held-out pretraining text (`config.ptx`)."""
+  batches = pipeline.clm_batches(sources.text_source(config.ptx, "validation"), tok,
+                                 seq_len=config.ptx.seq_len,
+                                 global_batch_size=config.ptx.batch_size, seed=0, train=False)
+  plain_clm = ml_collections.ConfigDict({"objective": {"z_loss": 0.0}})
+  loss = functools.partial(clm.loss_fn, model=model, config=plain_clm)
+  eval_step = step_lib.make_eval_step(
+      loss, params_sharding=partitioning.logical_shardings(
+          jax.eval_shape(common.init_fn(model), jax.random.PRNGKey(0)), mesh, rules),
+      mesh=mesh, rules=rules)
+  return loop.evaluate(eval_step, params, iter(batches), mesh, rules,
+                       config.evaluate.pretrain_batches)["nll"]
+
+
+def curve_ends(history: list[dict], key: str) -> dict:
+  """Mean of the first and last tenth of a per-iteration curve."""
+  values = np.asarray([h[key] for h in history])
+  k = max(1, len(values) // 10)
+  return {"start": float(values[:k].mean()), "end": float(values[-k:].mean())}
+
+
+def run(config, workdir: str, hooks=(), reward=None) -> dict:
+  _validate(config)
+  common.save_config(config, workdir)
+  o = config.objective
+  mesh, rules = common.mesh_and_rules(config)
+  tok = common.tokenizer_for(config, workdir, lambda: ())
+  policy = Decoder(common.decoder_config(config))
+  model = ActorCritic(policy, o.critic, _critic_cfg(config))
+  ref_params = common.load_params(config.init_from, policy, mesh, rules)
+  minibatches = config.data.batch_size // config.ppo.minibatch_size
+  total_updates = config.train.steps * config.ppo.epochs * minibatches
+  state, abstract, shardings, tx, schedule = build_state(config, model, ref_params, mesh, rules,
+                                                         total_updates)
+  loss = functools.partial(policy_gradient.LOSSES[o.name], model=model, config=config)
+  train_step = step_lib.make_train_step(loss, tx=tx, state_shardings=shardings, mesh=mesh,
+                                        rules=rules, schedule=schedule)
+  source = rewards.as_source(reward) if reward is not None else \
+      rewards.from_config(config, mesh, rules)
+  prompts = prompts_for(config, "train")
+  ptx_iter = None
+  if o.ptx_coef > 0:
+    ptx_iter = iter(pipeline.clm_batches(
+        sources.text_source(config.ptx, "train"), tok, seq_len=config.ptx.seq_len,
+        global_batch_size=config.ptx.batch_size, seed=common.derived_seed(config.seed, "ptx"),
+        train=True))
+  result = ppo.run(config, workdir, model=model, state=state, abstract_state=abstract,
+                   shardings=shardings, train_step=train_step, ref_params=ref_params,
+                   prompts=prompts,
+                   prompt_ids=[comparisons.prompt_ids(p, config.data.template, tok)
+                               for p in prompts],
+                   reward=source, tok=tok, mesh=mesh, rules=rules, ptx_iter=ptx_iter,
+                   hooks=hooks)
+
+  summary = {"iteration": result.iteration, "preempted": result.preempted,
+             "objective": o.name, "critic": o.critic, "ptx_coef": o.ptx_coef,
+             "num_prompts": len(prompts), "optimizer_steps": int(result.state.step),
+             "compilations": train_step.compilations()}
+  if result.history:
+    summary["curves"] = {k: curve_ends(result.history, k) for k in (
+        "objective/raw_scores", "objective/scores", "objective/kl", "objective/beta",
+        "response/length")}
+    summary["last"] = result.history[-1]
+  if not result.preempted and config.evaluate.num_prompts:
+    policy_params = result.state.params["policy"]
+    eval_prompts = prompts_for(config, "validation")[:config.evaluate.num_prompts]
+    rm = config.evaluate.reward_model or (config.reward.model
+                                          if config.reward.source == "model" else "")
+    summary["policy"] = evaluation.policy_report(
+        policy, policy_params, ref_params, tok, eval_prompts, template=config.data.template,
+        prompt_format=config.data.prompt_format, mesh=mesh, rules=rules,
+        max_new_tokens=config.evaluate.max_new_tokens, seed=config.seed,
+        reward_fn=RewardFunction.load(rm, mesh, rules) if rm else None,
+        samples_per_prompt=config.evaluate.samples_per_prompt)
+  if not result.preempted and config.evaluate.pretrain_batches:
+    summary["pretrain_loss"] = {
+        "policy": pretrain_loss(config, policy, result.state.params["policy"], tok, mesh, rules),
+        "reference": pretrain_loss(config, policy, ref_params, tok, mesh, rules)}
+  common.write_json(workdir, "summary.json", summary)
+  return summary
+

@@ -28,7 +28,8 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.ini
 
 STAGES = {"clm": "research.stages.clm", "sft": "research.stages.sft",
           "reward": "research.stages.reward", "dpo": "research.stages.dpo",
-          "rlhf": "research.stages.rlhf", "best_of_n": "research.stages.best_of_n"}
+          "rlhf": "research.stages.rlhf", "best_of_n": "research.stages.best_of_n",
+          "preferences": "research.stages.preferences", "evaluate": "research.stages.evaluate"}
 
 
 def stage_module(name: str):

@@ -83,7 +83,9 @@ def orpo_loss(pi_w, pi_l, n_w, n_l, lam):
 
 # --- registered loss_fns ----------------------------------------------------------
 
-def _finish(losses_B, rewards_w, rewards_l, sums, nll_chosen, extra_nll_coef):
+def finish(losses_B, rewards_w, rewards_l, sums, nll_chosen, extra_nll_coef):
+  """(loss, metrics) from per-pair losses and implicit rewards: the shared tail of
+  every pair objective (a new one can reuse it; see colabs/new_objective.ipynb)."""
   loss = losses_B.mean() + extra_nll_coef * nll_chosen
   metrics = {"rewards/chosen": rewards_w.mean(), "rewards/rejected": rewards_l.mean(),
              "rewards/margins": (rewards_w - rewards_l).mean(),
@@ -93,7 +95,8 @@ def _finish(losses_B, rewards_w, rewards_l, sums, nll_chosen, extra_nll_coef):
   return loss, metrics
 
 
-def _pieces(params, batch, model):
+def pieces(params, batch, model):
+  """Policy sums, lengths, chosen NLL, and (pi_w, pi_l, ref_w, ref_l) of a pair batch."""
   sums, lengths, nll = policy_logps(params, batch, model)
   ref = batch["ref_logps"].astype(jnp.float32)
   return sums, lengths, nll, (sums[:, 0], sums[:, 1], ref[:, 0], ref[:, 1])
@@ -102,36 +105,36 @@ def _pieces(params, batch, model):
 def dpo_fn(params, batch, rng, *, model, config):
   del rng
   o = config.objective
-  sums, _, nll, (pw, pl, rw, rl) = _pieces(params, batch, model)
-  return _finish(*dpo_loss(pw, pl, rw, rl, o.beta), sums, nll, o.nll_coef)
+  sums, _, nll, (pw, pl, rw, rl) = pieces(params, batch, model)
+  return finish(*dpo_loss(pw, pl, rw, rl, o.beta), sums, nll, o.nll_coef)
 
 
 def cdpo_fn(params, batch, rng, *, model, config):
   del rng
   o = config.objective
-  sums, _, nll, (pw, pl, rw, rl) = _pieces(params, batch, model)
-  return _finish(*dpo_loss(pw, pl, rw, rl, o.beta, o.label_smoothing), sums, nll, o.nll_coef)
+  sums, _, nll, (pw, pl, rw, rl) = pieces(params, batch, model)
+  return finish(*dpo_loss(pw, pl, rw, rl, o.beta, o.label_smoothing), sums, nll, o.nll_coef)
 
 
 def ipo_fn(params, batch, rng, *, model, config):
   del rng
   o = config.objective
-  sums, n, nll, (pw, pl, rw, rl) = _pieces(params, batch, model)
-  return _finish(*ipo_loss(pw, pl, rw, rl, n[:, 0], n[:, 1], o.beta), sums, nll, o.nll_coef)
+  sums, n, nll, (pw, pl, rw, rl) = pieces(params, batch, model)
+  return finish(*ipo_loss(pw, pl, rw, rl, n[:, 0], n[:, 1], o.beta), sums, nll, o.nll_coef)
 
 
 def slic_fn(params, batch, rng, *, model, config):
   del rng
   o = config.objective
-  sums, _, nll, (pw, pl, rw, rl) = _pieces(params, batch, model)
-  return _finish(*slic_loss(pw, pl, rw, rl, o.beta), sums, nll, o.nll_coef)
+  sums, _, nll, (pw, pl, rw, rl) = pieces(params, batch, model)
+  return finish(*slic_loss(pw, pl, rw, rl, o.beta), sums, nll, o.nll_coef)
 
 
 def simpo_fn(params, batch, rng, *, model, config):
   del rng
   o = config.objective
   sums, n, nll = policy_logps(params, batch, model)
-  return _finish(*simpo_loss(sums[:, 0], sums[:, 1], n[:, 0], n[:, 1], o.beta, o.simpo_gamma),
+  return finish(*simpo_loss(sums[:, 0], sums[:, 1], n[:, 0], n[:, 1], o.beta, o.simpo_gamma),
                  sums, nll, o.nll_coef)
 
 
@@ -140,7 +143,7 @@ def orpo_fn(params, batch, rng, *, model, config):
   o = config.objective
   sums, n, nll = policy_logps(params, batch, model)
   # ORPO's own SFT term is the chosen NLL with weight 1, plus any extra nll_coef.
-  return _finish(*orpo_loss(sums[:, 0], sums[:, 1], n[:, 0], n[:, 1], o.orpo_lambda),
+  return finish(*orpo_loss(sums[:, 0], sums[:, 1], n[:, 0], n[:, 1], o.orpo_lambda),
                  sums, nll, 1.0 + o.nll_coef)
 
 

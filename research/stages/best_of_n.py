@@ -97,11 +97,12 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
       round_config.stage = "sft"
     common.save_config(round_config, round_dir)
     data = sft.build(records, tok, config.data.template, config.data.seq_len)
-    batches = lambda train, data=data: sft.batches(
+    batches = lambda train, data=data: sft.batches(  # pylint: disable=cell-var-from-loop
         data, seq_len=config.data.seq_len, global_batch_size=config.data.batch_size,
         seed=common.derived_seed(config.seed, f"bon_data_{r}"), train=train)
+    # Held-out evaluation is by sampling (below), not by the loss on these targets.
     result, _, _ = common.train(round_config, round_dir, model, train_iter=iter(batches(True)),
-                                eval_batches=lambda: iter(batches(False)), hooks=hooks)
+                                eval_batches=None, hooks=hooks)
     if result.preempted:
       return {"preempted": True, "round": r}
     entry = {"round": r, **stats, "train": result.train_metrics,

@@ -112,6 +112,8 @@ def train(config, workdir: str, module: nn.Module, *, train_iter, eval_batches,
           init_subtree: str | None = None):
   """Sharded state -> the registered objective through the one step factory -> the loop.
 
+  `eval_batches=None` trains without held-out evaluation.
+
   Returns (LoopResult, Setup, train_step)."""
   from research import objectives  # pylint: disable=g-import-not-at-top
   from research.training import loop, step as step_lib  # pylint: disable=g-import-not-at-top
@@ -120,8 +122,8 @@ def train(config, workdir: str, module: nn.Module, *, train_iter, eval_batches,
   train_step = step_lib.make_train_step(
       loss, tx=s.tx, state_shardings=s.shardings, mesh=s.mesh, rules=s.rules,
       schedule=s.schedule, microbatches=config.optimizer.grad_accum_steps)
-  eval_step = step_lib.make_eval_step(loss, params_sharding=s.shardings.params, mesh=s.mesh,
-                                      rules=s.rules)
+  eval_step = None if eval_batches is None else step_lib.make_eval_step(
+      loss, params_sharding=s.shardings.params, mesh=s.mesh, rules=s.rules)
   result = loop.run(
       train_cfg=config.train, workdir=workdir, state=s.state, abstract_state=s.abstract_state,
       state_shardings=s.shardings, train_step=train_step, train_iter=train_iter, mesh=s.mesh,

@@ -1,0 +1,53 @@
+"""Matplotlib figures for experiment tables (headless: the Agg backend)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+
+
+def _num(x):
+  try:
+    return float(x)
+  except (TypeError, ValueError):
+    return float("nan")
+
+
+def bars(rows: list[dict], label: str, metrics: list[str], path: str, title: str = "") -> None:
+  """One panel per metric, one bar per row."""
+  fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2))
+  names = [str(r[label]) for r in rows]
+  for ax, metric in zip(axes, metrics):
+    ax.bar(names, [_num(r.get(metric)) for r in rows], color="tab:blue")
+    ax.set_title(metric)
+    ax.tick_params(axis="x", rotation=45)
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def frontier(rows: list[dict], path: str, *, x: str = "kl", y: str = "ground_truth",
+             group: str = "method", label: str = "", title: str = "") -> None:
+  """Reward against KL, one marker and line per method, points sorted by KL."""
+  fig, ax = plt.subplots(figsize=(6.4, 4.6))
+  markers = "osD^v<>ph*"
+  for i, name in enumerate(sorted({r[group] for r in rows})):
+    pts = sorted(((_num(r[x]), _num(r[y]), r.get(label, "")) for r in rows if r[group] == name))
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=markers[i % len(markers)],
+            label=name, linestyle="-" if len(pts) > 1 else "none")
+    if label:
+      for px, py, text in pts:
+        ax.annotate(str(text), (px, py), textcoords="offset points", xytext=(4, 4), fontsize=7)
+  ax.set_xlabel("KL(policy || SFT), nats per response")
+  ax.set_ylabel("ground-truth reward (mean over samples)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  if title:
+    ax.set_title(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=130)
+  plt.close(fig)

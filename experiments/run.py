@@ -1,0 +1,66 @@
+"""Runs an experiment file: every point (or one), then the table and the plots.
+
+  python -m experiments.run experiments/dpo_frontier.py [--size=default] [--root=DIR]
+  python -m experiments.run experiments/dpo_frontier.py --list        # one command per point
+  python -m experiments.run experiments/dpo_frontier.py --point=dpo_beta0.1
+  python -m experiments.run experiments/dpo_frontier.py --collect     # table + plots only
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import shlex
+import sys
+
+from experiments import runner
+
+
+def load(path: str):
+  """The experiment module at `path` (a file) or dotted name."""
+  if path.endswith(".py"):
+    if not os.path.exists(path):
+      sys.exit(f"error: no experiment file {path}")
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(f"experiments.{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+  return importlib.import_module(path)
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("experiment", help="experiments/NAME.py")
+  parser.add_argument("--size", default="default", help="smoke | default | small")
+  parser.add_argument("--root", default="", help="output directory (default runs/<name>[_size])")
+  parser.add_argument("--point", default="", help="run only this point (its needs must be done)")
+  parser.add_argument("--list", action="store_true", help="print one command per point, in waves")
+  parser.add_argument("--collect", action="store_true", help="only rebuild the table and plots")
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(message)s")
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  module = load(args.experiment)
+  name = os.path.splitext(os.path.basename(args.experiment))[0]
+  root = args.root or os.path.join("runs", name if args.size == "default" else f"{name}_{args.size}")
+  exp = module.experiment(args.size, root)
+  if args.list:
+    for i, wave in enumerate(exp.waves()):
+      print(f"# wave {i + 1}: independent of each other; after wave {i}" if i else
+            "# wave 1")
+      for point in wave:
+        print(" ".join(shlex.quote(a) for a in (
+            "python", "-m", "experiments.run", args.experiment, f"--size={args.size}",
+            f"--root={root}", f"--point={point}")))
+    return
+  if args.collect:
+    rows = runner.collect(exp, root)
+  else:
+    rows = runner.run(exp, root, only=args.point or None)
+  print(f"{len(rows)} finished points -> {os.path.join(root, 'results.csv')}")
+
+
+if __name__ == "__main__":
+  main()

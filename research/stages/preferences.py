@@ -1,0 +1,61 @@
+"""Stage: a preference set sampled from a policy and labelled by a reward.
+
+The DPO paper's controlled-sentiment setup (Rafailov et al. 2023, sec. 6.1):
+`preferences.k` samples per prompt from the SFT model, ranked by the
+ground-truth scorer (or a reward model), all K(K-1)/2 pairs usable. Writes
+
+  preferences.jsonl  {prompt, responses, ranking}: for `configs/reward.py` and
+                     `configs/dpo.py` with `--config.data.source=<this file>`;
+  preferred.jsonl    {instruction, input, output} of each prompt's best response:
+                     "Preferred-FT" (SFT on the chosen responses).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+
+from research import sampling
+from research.data import comparisons, preferences
+from research.rlhf import best_of_n, rewards
+from research.stages import common
+from research.stages.rlhf import prompts_for
+
+
+def run(config, workdir: str, hooks=(), reward=None) -> dict:
+  del hooks
+  if not config.init_from:
+    raise ValueError("config.init_from must name the policy to sample from (the SFT run)")
+  common.save_config(config, workdir)
+  p = config.preferences
+  mesh, rules = common.mesh_and_rules(config)
+  tok = common.tokenizer_for(config, workdir, lambda: ())
+  model, params = common.load_policy(config.init_from, mesh, rules)
+  source = rewards.as_source(reward) if reward is not None else \
+      rewards.from_config(config, mesh, rules)
+  prompts = prompts_for(config, "train")[:p.num_prompts]
+  ids = [comparisons.prompt_ids(x, config.data.template, tok) for x in prompts]
+  sampler = sampling.Sampler(model, eos_id=tok.eos_id, pad_id=tok.pad_id, mesh=mesh, rules=rules)
+  texts, scores, ended, lengths = best_of_n.sample_and_score(
+      sampler, params, prompts, ids, tok, source, n=p.k,
+      cfg=sampling.SamplingConfig(p.max_new_tokens, temperature=p.temperature),
+      rng=jax.random.PRNGKey(common.derived_seed(config.seed, "preferences")),
+      chunk=p.sample_batch)
+  kept = 0
+  with open(os.path.join(workdir, "preferences.jsonl"), "w", encoding="utf-8") as f:
+    for prompt, responses, row, done in zip(prompts, texts, scores, ended):
+      if p.require_eos and not done.all():
+        continue  # a truncated response would teach the policy to stop mid-review
+      f.write(json.dumps({"prompt": prompt, "responses": responses,
+                          "ranking": preferences.ranks_from_scores(row.tolist())}) + "\n")
+      kept += 1
+  records, stats = best_of_n.best_records(prompts, texts, scores, ended, p.require_eos)
+  with open(os.path.join(workdir, "preferred.jsonl"), "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r) + "\n" for r in records)
+  summary = {"prompts": len(prompts), "k": p.k, "kept_prompts": kept,
+             "mean_score": float(scores.mean()), "best_score": stats["best/score"],
+             "ended": float(ended.mean()), "mean_length": float(lengths.mean())}
+  common.write_json(workdir, "summary.json", summary)
+  return summary

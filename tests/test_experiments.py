@@ -1,0 +1,61 @@
+"""The experiment runner (skip finished points, CSV, plots, cluster commands) and the
+whole pipeline at the `smoke` size."""
+
+import os
+
+import pytest
+
+from experiments import chain, dpo_frontier, pipeline, runner
+from experiments import run as run_cli
+from experiments.runner import Experiment, Point
+
+
+def test_points_must_come_after_what_they_need():
+  c = chain.clm(chain.size("smoke"))
+  with pytest.raises(ValueError, match="must come earlier"):
+    Experiment("bad", [Point("b", c, needs=("a",)), Point("a", c)])
+  with pytest.raises(ValueError, match="two points"):
+    Experiment("bad", [Point("a", c), Point("a", c)])
+  with pytest.raises(ValueError, match="known sizes"):
+    chain.size("huge")
+
+
+def test_frontier_points_and_waves():
+  exp = dpo_frontier.experiment("default", "/r")
+  names = [p.name for p in exp.points]
+  assert names[:4] == ["clm", "sft", "preferences", "reward"]
+  assert {f"dpo_beta{b:g}" for b in dpo_frontier.DPO_BETAS} <= set(names)
+  assert {f"eval_best_of_{n}" for n in dpo_frontier.BEST_OF} <= set(names)
+  waves = exp.waves()
+  assert waves[0] == ["clm"] and waves[1] == ["sft"]
+  # Every method's training runs in one wave, after the reward model's.
+  assert set(waves.pop(-1)) <= {n for n in names if n.startswith("eval_")}
+  dpo = exp.point("dpo_beta0.1").config
+  assert dpo.data.source == "/r/preferences/preferences.jsonl" and dpo.init_from == "/r/sft"
+
+
+def test_list_prints_one_command_per_point(capsys):
+  run_cli.main(["experiments/pipeline.py", "--size=smoke", "--root=/tmp/x", "--list"])
+  out = capsys.readouterr().out
+  commands = [l for l in out.splitlines() if l.startswith("python")]
+  assert len(commands) == len(pipeline.experiment("smoke", "/tmp/x").points)
+  assert "--point=clm" in commands[0] and "# wave 2" in out
+
+
+def test_pipeline_smoke_runs_end_to_end_and_reruns_skip(tmp_path):
+  root = str(tmp_path)
+  exp = pipeline.experiment("smoke", root)
+  rows = runner.run(exp, root)
+  methods = [r["method"] for r in rows if r.get("method")]
+  assert methods == list(pipeline.METHODS)
+  for r in rows:
+    if r.get("method"):
+      assert 0 <= r["ground_truth"] <= 1 and 0 <= r["win_rate"] <= 1, r
+  assert os.path.exists(os.path.join(root, "report.md"))
+  assert os.path.getsize(os.path.join(root, "report.png")) > 10_000
+  table = runner.read_csv(os.path.join(root, "results.csv"))
+  assert [t["point"] for t in table] == [p.name for p in exp.points]
+  # A rerun finds every point finished and only rebuilds the table.
+  stamp = os.path.getmtime(os.path.join(root, "ppo", "summary.json"))
+  runner.run(exp, root)
+  assert os.path.getmtime(os.path.join(root, "ppo", "summary.json")) == stamp

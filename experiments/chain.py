@@ -24,7 +24,7 @@ SIZES = {
     "smoke": dict(preset="tiny", devices=1, clm=20, sft=20, reward=20, dpo=10, rlhf=3,
                   bon_rounds=1, bon_steps=10, bon_prompts=16, prefs=32, eval_prompts=8,
                   eval_samples=1, new_tokens=48),
-    "default": dict(preset="tiny", devices=-1, clm=300, sft=600, reward=300, dpo=150, rlhf=30,
+    "default": dict(preset="tiny", devices=-1, clm=300, sft=600, reward=300, dpo=450, rlhf=30,
                     bon_rounds=2, bon_steps=40, bon_prompts=64, prefs=600, eval_prompts=64,
                     eval_samples=2, new_tokens=200),
     "small": dict(preset="small", devices=-1, clm=2000, sft=600, reward=300, dpo=300, rlhf=100,

@@ -1,7 +1,6 @@
 import json
 import re
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds

@@ -1,7 +1,6 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -9,7 +8,6 @@ from configs import dpo as dpo_config
 from research.models import config as model_config
 from research.models.decoder import Decoder
 from research.objectives import dpo
-from research.models import logprobs
 from research.rlhf import reference
 from research.stages import dpo as dpo_stage
 from research.training import partitioning
@@ -78,7 +76,7 @@ def tiny_policy(seed=0):
 def pair_batch(left_pad: bool):
   """Two pairs; prompts of different lengths; padding on the left or right."""
   rng = np.random.default_rng(1)
-  rows, lengths = [], []
+  rows = []
   for prompt_len in (3, 6):
     prompt = [2] + list(rng.integers(4, 1000, prompt_len - 1))
     for resp_len in (4, 7):

@@ -42,7 +42,36 @@ def test_list_prints_one_command_per_point(capsys):
   assert "--point=clm" in commands[0] and "# wave 2" in out
 
 
+def test_runner_skips_finished_points_and_collects_a_table(tmp_path):
+  root = str(tmp_path)
+  s = chain.size("smoke")
+  analysed = []
+
+  def clm(steps):
+    c = chain.clm(s)
+    c.train.update(steps=steps, checkpoint_every=steps)
+    c.optimizer.warmup_steps = 1
+    c.data.corpus_size = 200
+    return c
+
+  exp = Experiment("two", [Point("a", clm(4), tags={"steps": 4}),
+                           Point("b", clm(8), needs=("a",), tags={"steps": 8})],
+                   row=lambda p, summ: {"loss": summ["eval"]["nll"]},
+                   analyse=lambda rows, out: analysed.append(len(rows)))
+  with pytest.raises(RuntimeError, match="needs 'a'"):
+    runner.run(exp, root, only="b")
+  rows = runner.run(exp, root)
+  assert [(r["point"], r["steps"]) for r in rows] == [("a", 4), ("b", 8)]
+  assert rows[1]["loss"] < rows[0]["loss"] and analysed == [2]
+  stamp = os.path.getmtime(os.path.join(root, "a", "summary.json"))
+  runner.run(exp, root)
+  assert os.path.getmtime(os.path.join(root, "a", "summary.json")) == stamp
+  assert [t["point"] for t in runner.read_csv(os.path.join(root, "results.csv"))] == ["a", "b"]
+
+
+@pytest.mark.slow
 def test_pipeline_smoke_runs_end_to_end_and_reruns_skip(tmp_path):
+  """~3 min: every stage and the report (the tour colab covers most of it by default)."""
   root = str(tmp_path)
   exp = pipeline.experiment("smoke", root)
   rows = runner.run(exp, root)

@@ -7,7 +7,6 @@ import struct
 import subprocess
 import sys
 
-import pytest
 from tensorboardX.proto import event_pb2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -153,7 +153,6 @@ def load_params(workdir: str, module: nn.Module, mesh, rules, step: int | None =
 
 def load_policy(workdir: str, mesh=None, rules=None):
   """(Decoder, params) of the language model trained by any stage's run."""
-  from research.models.decoder import Decoder  # pylint: disable=g-import-not-at-top
   config = load_config(workdir)
   if config.stage == "best_of_n":  # the policy is the last round's fine-tuning run
     with open(os.path.join(workdir, "summary.json"), encoding="utf-8") as f:

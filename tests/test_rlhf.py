@@ -95,7 +95,7 @@ def test_ptx_keeps_the_pretraining_loss_lower(runs):
 
 def test_best_of_n_raises_the_reward_of_the_fine_tuned_policy(tiny_sft, tmp_path):
   """2 rounds of best-of-8 on 64 prompts, 40 SFT steps each. Seen: sampled ground truth
-  on held-out prompts 0.50 -> 0.70."""
+  on held-out prompts 0.49 -> 0.56 -> 0.65 by round, KL to the SFT model 0 -> 5 -> 13."""
   config = bon_config.get_config("tiny")
   config.init_from = tiny_sft
   config.mesh.num_devices = 1

@@ -33,11 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The SFT objective on the selected responses.
   c.objective = ml_collections.ConfigDict({"name": "clm", "z_loss": 0.0,
                                            "loss_normalization": "sequence"})
-  c.data = common.data(source="embedded", template="alpaca", prompt_format="instruction",
-                       num_responses=2, label_noise=0.0,
-                       field_map=ml_collections.ConfigDict({"prompt": "prompt", "chosen": "chosen",
-                                                            "rejected": "rejected"}),
-                       corpus_size=2000, seq_len=256, batch_size=8)
+  c.data = common.preference_data(seq_len=256)  # prompts; seq_len/batch_size: fine-tuning
   c.train.update(steps=100, eval_every=0, checkpoint_every=100, eval_batches=4)
   c.optimizer.update(lr=5e-5, warmup_steps=10, weight_decay=0.0)
   c.evaluate = ml_collections.ConfigDict({

@@ -59,3 +59,19 @@ def data(**overrides) -> ml_collections.ConfigDict:
       "tokenizer_train_docs": 20_000,
       "tokenizer_byte_fallback": False,
       **overrides})
+
+
+def preference_data(**overrides) -> ml_collections.ConfigDict:
+  """Preference records (and the prompts RL, best-of-n and evaluation draw from them)."""
+  return data(**{
+      "source": "embedded",          # embedded | file.jsonl | tfds:NAME
+      "template": "alpaca",          # how prompts are rendered: alpaca | chat | none
+      "prompt_format": "instruction",  # embedded: instruction | prefix
+      "num_responses": 2,            # K responses per prompt (pairs: 2)
+      "label_noise": 0.0,            # probability of flipping a training label
+      # TFDS features -> {prompt, chosen, rejected}
+      "field_map": ml_collections.ConfigDict({"prompt": "prompt", "chosen": "chosen",
+                                              "rejected": "rejected"}),
+      "corpus_size": 2000,
+      "batch_size": 8,
+      **overrides})

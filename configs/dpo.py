@@ -29,12 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "nll_coef": 0.0,          # + nll_coef * NLL(chosen) for any objective
       "reference": "online",    # online | precompute (cached in the workdir)
   })
-  c.data = common.data(
-      source="embedded", template="alpaca", prompt_format="instruction", num_responses=4,
-      label_noise=0.0,
-      field_map=ml_collections.ConfigDict({"prompt": "prompt", "chosen": "chosen",
-                                           "rejected": "rejected"}),
-      corpus_size=2000, seq_len=256, batch_size=8)
+  c.data = common.preference_data(num_responses=4, seq_len=256)
   c.train.update(steps=300, eval_every=100, checkpoint_every=100, eval_batches=8)
   c.optimizer.update(lr=1e-5, warmup_steps=20, weight_decay=0.0)
   c.evaluate = ml_collections.ConfigDict({

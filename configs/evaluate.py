@@ -24,6 +24,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "select_by": "reward_model",  # best-of-n: reward_model | ground_truth
       "sample_batch": 64,
   })
-  c.data = common.data(source="embedded", template="alpaca", prompt_format="instruction",
-                       num_responses=2, label_noise=0.0, corpus_size=2000, batch_size=8)
+  c.data = common.preference_data()  # held-out prompts
   return c

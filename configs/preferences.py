@@ -25,6 +25,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "sample_batch": 64,
   })
   # Prompts: the embedded set's ("Write a review of <film>.").
-  c.data = common.data(source="embedded", template="alpaca", prompt_format="instruction",
-                       num_responses=2, label_noise=0.0, corpus_size=2000, batch_size=8)
+  c.data = common.preference_data()
   return c

@@ -23,15 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "margin": 0.0,          # constant margin in -log sigmoid(r_w - r_l - margin)
       "center_coef": 0.01,    # reward centring, c * (sum_k r_k)^2 per prompt
   })
-  c.data = common.data(
-      source="embedded",        # embedded | file.jsonl | tfds:NAME
-      template="alpaca",        # how prompts are rendered: alpaca | chat | none
-      prompt_format="instruction",  # embedded: instruction | prefix
-      num_responses=4,          # K responses per prompt (pairs: 2)
-      label_noise=0.0,          # probability of flipping a training label
-      field_map=ml_collections.ConfigDict({"prompt": "prompt", "chosen": "chosen",
-                                           "rejected": "rejected"}),
-      corpus_size=4000, seq_len=256, batch_size=8)
+  c.data = common.preference_data(num_responses=4, corpus_size=4000, seq_len=256)
   c.train.update(steps=300, eval_every=100, checkpoint_every=100)
   c.optimizer.update(lr=1e-4, warmup_steps=20, weight_decay=0.0)
   if preset == "tiny":

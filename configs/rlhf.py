@@ -57,11 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   })
   c.ppo = ml_collections.ConfigDict({"epochs": 4, "minibatch_size": 8})
   # Prompts: the preference data's (embedded: "Write a review of <film>.").
-  c.data = common.data(source="embedded", template="alpaca", prompt_format="instruction",
-                       num_responses=2, label_noise=0.0,
-                       field_map=ml_collections.ConfigDict({"prompt": "prompt", "chosen": "chosen",
-                                                            "rejected": "rejected"}),
-                       corpus_size=2000, batch_size=32)
+  c.data = common.preference_data(batch_size=32)  # batch_size: prompts per iteration
   # Pretraining text for PPO-ptx and for the held-out pretraining loss.
   c.ptx = common.data(source="embedded", corpus_size=2000, seq_len=128, batch_size=8)
   c.train.update(steps=100, log_every=10, checkpoint_every=20)

@@ -24,14 +24,12 @@ import dataclasses
 import functools
 import logging
 import os
-import sys
 import time
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from research import sampling
 from research.data import pipeline
@@ -42,7 +40,7 @@ from research.rlhf.actor_critic import ActorCritic
 from research.stages.common import derived_seed
 from research.training import partitioning
 from research.training.checkpoint import Checkpointer
-from research.training.loop import NonFiniteLossError, SigtermFlag
+from research.training.loop import NonFiniteLossError, SigtermFlag, progress_bar
 from research.training.writers import MetricWriter
 
 # What a minibatch carries into the loss (see objectives/policy_gradient.py).
@@ -193,9 +191,7 @@ def run(config, workdir: str, *, model: ActorCritic, state, abstract_state, shar
         "ptx_data": pipeline.state_to_json(ptx_iter.get_state()) if ptx_iter else None})
 
   history: list[dict] = []
-  bar = tqdm(total=total, initial=start, desc=os.path.basename(os.path.normpath(workdir)),
-             dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0,
-             disable=jax.process_index() != 0)
+  bar = progress_bar(total, start, workdir)
   preempted = False
   iteration = start
   with SigtermFlag() as sigterm:

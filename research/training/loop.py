@@ -87,6 +87,13 @@ class SigtermFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+def progress_bar(total: int, start: int, workdir: str):
+  """tqdm named after the workdir; sparse updates when stderr is a log file."""
+  return tqdm(total=total, initial=start, desc=os.path.basename(os.path.normpath(workdir)),
+              dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0,
+              disable=jax.process_index() != 0)
+
+
 def _mean(records: list[dict]) -> dict[str, float]:
   keys = records[0].keys()
   return {k: float(np.sum([r[k] for r in records]) if k.startswith("num_")
@@ -159,9 +166,7 @@ def run(*, train_cfg, workdir: str, state, abstract_state, state_shardings, trai
   if start == 0 and eval_step is not None and train_cfg.eval_every:
     last_eval = do_eval(0)  # the starting point of every eval curve
 
-  bar = tqdm(total=total, initial=start, desc=os.path.basename(os.path.normpath(workdir)),
-             dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0,
-             disable=jax.process_index() != 0)
+  bar = progress_bar(total, start, workdir)
   preempted = False
   step = start
   with SigtermFlag() as sigterm:

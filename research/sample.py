@@ -53,10 +53,10 @@ def main(argv) -> None:
   mesh, rules = common.mesh_and_rules(config)
   params = common.load_params(workdir, model, mesh, rules, step=_STEP.value)
   prompts = read_prompts()
-  token_lists = [[tok.bos_id] + tok.encode(p) for p in prompts for _ in range(_NUM_SAMPLES.value)]
+  token_lists = [tok.prefix_ids + tok.encode(p) for p in prompts for _ in range(_NUM_SAMPLES.value)]
   cfg = sampling.SamplingConfig(_MAX_NEW.value, temperature=_TEMPERATURE.value,
                                 top_k=_TOP_K.value, top_p=_TOP_P.value, greedy=_GREEDY.value)
-  sampler = sampling.Sampler(model, eos_id=tok.eos_id, pad_id=tok.pad_id, mesh=mesh, rules=rules)
+  sampler = sampling.Sampler(model, eos_id=tok.stop_ids, pad_id=tok.pad_id, mesh=mesh, rules=rules)
   out = jax.device_get(sampler(params, token_lists, jax.random.PRNGKey(_SEED.value), cfg))
   for i, tokens in enumerate(token_lists):
     ending = "" if out.ended[i] else " [truncated]"

@@ -91,8 +91,14 @@ def _choose(logits_BxV, key, cfg: SamplingConfig):
   return token_B, sample_lp_B, model_lp_B
 
 
+def is_stop(token_B, eos_id):
+  """`eos_id` is one id or several (a chat model's EOS and end-of-turn)."""
+  ids = (eos_id,) if isinstance(eos_id, int) else tuple(eos_id)
+  return jnp.isin(token_B, jnp.asarray(ids, token_B.dtype))
+
+
 def generate(params, prompts_BxP, prompt_lengths_B, rng, *, model: Decoder,
-             cfg: SamplingConfig, eos_id: int, pad_id: int) -> SampleOutput:
+             cfg: SamplingConfig, eos_id, pad_id: int) -> SampleOutput:
   """Pure generation from left-aligned prompts (jit it; see `Sampler`)."""
   b, p = prompts_BxP.shape
   n = cfg.max_new_tokens
@@ -126,7 +132,7 @@ def generate(params, prompts_BxP, prompt_lengths_B, rng, *, model: Decoder,
            "logprobs": out["logprobs"].at[:, i].set(jnp.where(alive_B, lp_B, 0.0)),
            "model_logprobs": out["model_logprobs"].at[:, i].set(
                jnp.where(alive_B, model_lp_B, 0.0))}
-    done_B = done_B | (token_B == eos_id)
+    done_B = done_B | is_stop(token_B, eos_id)
     kv_valid = kv_valid.at[:, p + i].set(True)
     logits, cache = last_logits(token_B[:, None], next_pos_B[:, None], kv_valid, cache, p + i)
     return i + 1, cache, kv_valid, logits, next_pos_B + 1, done_B, out
@@ -230,7 +236,7 @@ def _greedy_step(logits_fn, params, buffer_BxT, lengths_B, done_B, eos_id: int):
   write = jnp.where(done_B, buffer_BxT[rows, lengths_B], next_B)
   buffer_BxT = buffer_BxT.at[rows, lengths_B].set(write)
   lengths_B = lengths_B + (~done_B).astype(lengths_B.dtype)
-  done_B = done_B | (next_B == eos_id)
+  done_B = done_B | is_stop(next_B, eos_id)
   return buffer_BxT, lengths_B, done_B
 
 

@@ -22,7 +22,7 @@ from research.data.tokenizer import Tokenizer
 
 
 def prompt_ids(prompt: str, template: str, tok: Tokenizer) -> list[int]:
-  return [tok.bos_id] + tok.encode(templates.render_prompt(prompt, template))
+  return templates.prompt_ids(prompt, template, tok)
 
 
 def encode(records, tok: Tokenizer, template: str, seq_len: int, k: int):
@@ -41,7 +41,7 @@ def encode(records, tok: Tokenizer, template: str, seq_len: int, k: int):
     ranks = np.full((k,), -1, np.int32)
     ok, truncated = True, False
     for i, (response, rank) in enumerate(zip(record["responses"], record["ranks"])):
-      reply = tok.encode(response) + [tok.eos_id]
+      reply = templates.reply_ids(response, template, tok)
       cut = max(0, len(prompt) + len(reply) - seq_len)
       if cut > len(prompt) - 1:
         ok = False

@@ -29,7 +29,7 @@ SEQUENCE_FEATURES = ("inputs", "targets", "loss_mask")
 def clm_example(tokenizer: Tokenizer) -> Callable[[dict], dict]:
   """{'text'} -> next-token pair over [bos] text [eos], every target in the loss."""
   def fn(record: dict) -> dict:
-    ids = np.asarray([tokenizer.bos_id, *tokenizer.encode(record["text"]), tokenizer.eos_id],
+    ids = np.asarray([*tokenizer.prefix_ids, *tokenizer.encode(record["text"]), tokenizer.eos_id],
                      np.int32)
     return {"inputs": ids[:-1], "targets": ids[1:], "loss_mask": np.ones(len(ids) - 1, np.int32)}
   return fn

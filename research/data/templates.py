@@ -2,6 +2,12 @@
 
 The loss mask covers response tokens and the EOS that closes each response,
 never the prompt or padding. In chat, every assistant turn is a response.
+
+`hf_chat` renders with the tokenizer's own chat template (a Hugging Face
+tokenizer's jinja `chat_template`): the conversation is rendered up to each
+assistant turn with the generation prompt, then with the turn, and the text
+in between (the reply and the template's end-of-turn token) is the response.
+The template supplies BOS and the end-of-turn token itself.
 """
 
 from __future__ import annotations
@@ -53,26 +59,56 @@ def chat_segments(record: dict) -> list[tuple[str, bool]]:
   return segments
 
 
-def render_prompt(prompt: str, template: str) -> str:
+def hf_chat_segments(record: dict, tok) -> list[tuple[str, bool]]:
+  """Segments of a chat record under the tokenizer's chat template (see module doc).
+
+  Whitespace the template puts after the end-of-turn token (ChatML's newline)
+  belongs to the next turn's prompt, so the mask covers what generation emits.
+  """
+  messages = record["messages"]
+  segments: list[tuple[str, bool]] = []
+  done = ""
+  for i, m in enumerate(messages):
+    if m["role"] != "assistant":
+      continue
+    prompt = tok.render_chat(messages[:i], add_generation_prompt=True)
+    full = tok.render_chat(messages[:i + 1])
+    if not (prompt.startswith(done) and full.startswith(prompt)):
+      raise DataError("the tokenizer's chat template does not render a conversation as a "
+                      "prefix of its continuation (it rewrites earlier turns), so the "
+                      "assistant-only loss mask cannot be cut from it")
+    reply = full[len(prompt):]
+    kept = reply.rstrip()
+    segments += [(prompt[len(done):], False), (kept, True)]
+    if len(kept) < len(reply):
+      segments.append((reply[len(kept):], False))
+    done = full
+  return segments
+
+
+def render_prompt(prompt: str, template: str, tok=None) -> str:
   """A bare prompt (preference / RL data) as the policy saw prompts in SFT.
 
   'none' leaves it raw: a text prefix to continue (the DPO paper's IMDb task).
   """
+  if template == "hf_chat":
+    return tok.render_chat([{"role": "user", "content": prompt}], add_generation_prompt=True)
   if template == "alpaca":
     return alpaca_prompt({"instruction": prompt})
   if template == "chat":
     return chat_prompt([{"role": "user", "content": prompt}])
   if template == "none":
     return prompt
-  raise ValueError(f"config.data.template={template!r}; expected 'alpaca', 'chat' or 'none'")
+  raise ValueError(f"config.data.template={template!r}; expected 'alpaca', 'chat', 'hf_chat' "
+                   f"or 'none'")
 
 
 def as_template(record: dict, template: str, where: str = "record") -> dict:
   """The record in the layout `template` renders; Alpaca records become a one-turn chat."""
   layout = record_format(record, where)
-  if layout == template:
+  if layout == template or (template == "hf_chat" and layout == "chat"):
     return record
-  if template == "chat":
+  if template in ("chat", "hf_chat"):
     user = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
     return {**{k: v for k, v in record.items() if k not in ALPACA_FIELDS},
             "messages": [{"role": "user", "content": user},
@@ -81,23 +117,48 @@ def as_template(record: dict, template: str, where: str = "record") -> dict:
                   f"(config.data.template='chat' renders it)")
 
 
-def segments(record: dict, template: str) -> list[tuple[str, bool]]:
+def segments(record: dict, template: str, tok=None) -> list[tuple[str, bool]]:
   if template == "alpaca":
     return alpaca_segments(record)
   if template == "chat":
     return chat_segments(record)
-  raise ValueError(f"config.data.template={template!r}; expected 'alpaca' or 'chat'")
+  if template == "hf_chat":
+    return hf_chat_segments(as_template(record, "hf_chat"), tok)
+  raise ValueError(f"config.data.template={template!r}; expected 'alpaca', 'chat' or 'hf_chat'")
+
+
+def _start_ids(template: str, tok) -> list[int]:
+  return [] if template == "hf_chat" else list(tok.prefix_ids)
+
+
+def _response_end(template: str, tok) -> list[int]:
+  """hf_chat response segments carry the template's end-of-turn token; others get EOS."""
+  return [] if template == "hf_chat" else [tok.eos_id]
+
+
+def prompt_ids(prompt: str, template: str, tok) -> list[int]:
+  """A bare prompt (preference / RL data), rendered and tokenised as in SFT."""
+  return _start_ids(template, tok) + tok.encode(render_prompt(prompt, template, tok))
+
+
+def reply_ids(response: str, template: str, tok) -> list[int]:
+  """A bare response closed as in SFT: EOS, or the chat template's end-of-turn token."""
+  end = (tok.turn_end_ids() or [tok.eos_id]) if template == "hf_chat" else [tok.eos_id]
+  return tok.encode(response) + end
 
 
 def generation_prompt(record: dict, template: str, tok: Tokenizer):
   """(prompt ids, reference answer): everything before the last response, tokenised
   segment by segment exactly as in training, so the model sees the same ids."""
-  segs = segments(record, template)
+  segs = segments(record, template, tok)
   last = max(i for i, (_, is_response) in enumerate(segs) if is_response)
-  ids = [tok.bos_id]
+  ids = _start_ids(template, tok)
   for text, is_response in segs[:last]:
-    ids += tok.encode(text) + ([tok.eos_id] if is_response else [])
-  return ids, segs[last][0]
+    ids += tok.encode(text) + (_response_end(template, tok) if is_response else [])
+  answer = segs[last][0]
+  if template == "hf_chat":  # the reference answer without the end-of-turn token
+    answer = tok.decode(tok.encode(answer))
+  return ids, answer
 
 
 def tokenize(record: dict, template: str, tok: Tokenizer):
@@ -106,9 +167,10 @@ def tokenize(record: dict, template: str, tok: Tokenizer):
   Segments are encoded one by one (never merged across a prompt/response
   boundary), so `generation_prompt` reproduces the prompt ids exactly.
   """
-  ids, mask = [tok.bos_id], [False]
-  for text, is_response in segments(record, template):
-    piece = tok.encode(text) + ([tok.eos_id] if is_response else [])
+  ids = _start_ids(template, tok)
+  mask = [False] * len(ids)
+  for text, is_response in segments(record, template, tok):
+    piece = tok.encode(text) + (_response_end(template, tok) if is_response else [])
     ids += piece
     mask += [is_response] * len(piece)
   return np.asarray(ids, np.int32), np.asarray(mask, bool)

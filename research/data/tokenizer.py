@@ -39,6 +39,9 @@ class Tokenizer:
     return self._sp.get_piece_size()
 
   pad_id, eos_id, bos_id, unk_id = PAD_ID, EOS_ID, BOS_ID, UNK_ID
+  prefix_ids = [BOS_ID]   # what starts every sequence (HF tokenizers: maybe nothing)
+  stop_ids = (EOS_ID,)    # generation ends at any of these
+  chat_template = None
 
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text)

@@ -3,6 +3,11 @@
 `tiny` is for tests, `small` (~12.6M parameters) for CPU runs; `125m` to `7b`
 follow the usual GPT-3 / Llama shapes and are meant for accelerators (on CPU
 they are initialised abstractly to report sizes: `research.main --dry_run`).
+
+One decoder serves every model family: the architecture fields below select
+the norm, MLP, biases, positions and embedding scale. `family` names the
+Hugging Face layout a run imports from / exports to (`research/models/hf/`);
+`native` is this project's own (Llama-style with a sqrt(d) input scale).
 """
 
 from __future__ import annotations
@@ -13,6 +18,12 @@ from typing import Any
 import jax.numpy as jnp
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_CHOICES = {"family": ("native", "llama", "qwen2", "gemma", "gpt2"), "norm": ("rms", "layer"),
+            "mlp": ("gated", "plain"), "activation": ("silu", "gelu_tanh", "gelu"),
+            "positions": ("rope", "learned"), "rope_scaling": ("none", "llama3", "linear")}
+# Fields that decide the parameters' shapes and the function they compute; a
+# stage started from another run takes these from it (see `architecture`).
+RUNTIME_FIELDS = ("dtype", "remat")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +43,23 @@ class DecoderConfig:
   # token a logit of ~sqrt(d_model) (initial loss ~17 nats at d=384). Untied (as
   # in Llama) starts at ~ln(vocab).
   tie_embeddings: bool = False
+  # --- architecture variants (defaults: this project's native decoder) ---
+  family: str = "native"       # native | llama | qwen2 | gemma | gpt2
+  norm: str = "rms"            # rms | layer (LayerNorm with bias, GPT-2)
+  norm_offset: float = 0.0     # scale = offset + w; Gemma stores w with offset 1
+  mlp: str = "gated"           # gated: act(x Wg) * (x Wu) Wd (SwiGLU / GeGLU) | plain: act(x Wu) Wd
+  activation: str = "silu"     # silu | gelu_tanh | gelu
+  mlp_bias: bool = False
+  qkv_bias: bool = False       # Qwen2, GPT-2
+  out_bias: bool = False       # attention output bias (GPT-2)
+  positions: str = "rope"      # rope | learned (absolute table of max_len rows, GPT-2)
+  rope_scaling: str = "none"   # none | llama3 | linear
+  rope_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_len: int = 8192
+  embed_scale: bool = True     # multiply embeddings by sqrt(d_model) (native, Gemma)
+  logit_softcap: float = 0.0   # final logits = c * tanh(logits / c); 0 = off
   dtype: str = "float32"       # compute dtype (bfloat16 on accelerators)
   param_dtype: str = "float32"
   scan_layers: bool = False    # nn.scan over layers: one compiled block, fast compiles
@@ -41,8 +69,11 @@ class DecoderConfig:
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"model.num_heads={self.num_heads} must be a multiple of "
                        f"model.num_kv_heads={self.num_kv_heads}")
-    if self.head_dim % 2:
+    if self.head_dim % 2 and self.positions == "rope":
       raise ValueError(f"model.head_dim={self.head_dim} must be even for RoPE")
+    for key, allowed in _CHOICES.items():
+      if getattr(self, key) not in allowed:
+        raise ValueError(f"model.{key}={getattr(self, key)!r}; expected one of {list(allowed)}")
     for key in ("dtype", "param_dtype"):
       if getattr(self, key) not in _DTYPES:
         raise ValueError(f"model.{key}={getattr(self, key)!r}; expected one of {sorted(_DTYPES)}")
@@ -61,11 +92,17 @@ class DecoderConfig:
     return 1.0 / (2 * self.num_layers)
 
   def num_params(self, include_embedding: bool = True) -> int:
-    d, f = self.d_model, self.mlp_dim
-    attn = d * self.head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
-    per_layer = attn + 3 * d * f + 2 * d
+    d, f, e = self.d_model, self.mlp_dim, self.head_dim
+    h, k = self.num_heads, self.num_kv_heads
+    norm = d * (2 if self.norm == "layer" else 1)
+    attn = d * e * (2 * h + 2 * k) + self.qkv_bias * e * (h + 2 * k) + self.out_bias * d
+    mlp = (3 if self.mlp == "gated" else 2) * d * f + self.mlp_bias * (
+        f * (2 if self.mlp == "gated" else 1) + d)
+    per_layer = attn + mlp + 2 * norm
     emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
-    return self.num_layers * per_layer + d + (emb if include_embedding else 0)
+    if self.positions == "learned":
+      emb += self.max_len * d
+    return self.num_layers * per_layer + norm + (emb if include_embedding else 0)
 
   def flops_per_token(self, seq_len: int) -> float:
     """Training FLOPs per token (forward + backward = 3x forward), PaLM appendix B.
@@ -98,10 +135,22 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def defaults() -> dict[str, Any]:
+  """Every optional field at its default (so a config can override any of them)."""
+  return {f.name: f.default for f in dataclasses.fields(DecoderConfig)
+          if f.default is not dataclasses.MISSING}
+
+
 def preset(name: str) -> dict[str, Any]:
   if name not in PRESETS:
     raise ValueError(f"unknown model preset {name!r}; expected one of {list(PRESETS)}")
-  return dict(PRESETS[name])
+  return {**defaults(), **PRESETS[name]}
+
+
+def architecture(model_cfg) -> dict[str, Any]:
+  """The fields of a `config.model` that a later stage must share (all but runtime ones)."""
+  fields = {f.name for f in dataclasses.fields(DecoderConfig)}
+  return {k: v for k, v in model_cfg.items() if k in fields and k not in RUNTIME_FIELDS}
 
 
 def from_config(model_cfg) -> DecoderConfig:

@@ -1,4 +1,9 @@
-"""Decoder-only transformer (Llama-style): RMSNorm, RoPE, GQA, SwiGLU.
+"""Decoder-only transformer: Llama-style by default (RMSNorm, RoPE, GQA, SwiGLU).
+
+The config selects the variants of the Llama 2/3, Mistral, Qwen2, Gemma and
+GPT-2 families: LayerNorm with bias or Gemma's (1 + w) RMSNorm, GeGLU or a plain
+GELU MLP with biases, q/k/v biases, Llama-3 RoPE scaling or learned absolute
+positions, the sqrt(d) embedding scale, tied unembedding, logit soft-capping.
 
 Every parameter is created with logical axis names (`vocab`, `embed`, `heads`,
 `kv_heads`, `kv`, `mlp`, `norm`, `layers`) and the main activations carry
@@ -51,7 +56,8 @@ def dense(x, kernel, num_in_dims: int):
 
 
 class Projection(nn.Module):
-  """A bias-free linear map; the kernel is `in_shape + out_shape` with logical `names`.
+  """A linear map; the kernel is `in_shape + out_shape` with logical `names`, the
+  optional bias `out_shape` (zero init).
 
   Fan-in variance-scaling init keeps activations O(1).
   """
@@ -62,6 +68,7 @@ class Projection(nn.Module):
   dtype: Any
   param_dtype: Any
   init_scale: float = 1.0
+  use_bias: bool = False
 
   def setup(self):
     n_in, n_out = len(self.in_shape), len(self.out_shape)
@@ -70,13 +77,41 @@ class Projection(nn.Module):
         in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out)))
     self.kernel = self.param("kernel", nn.with_logical_partitioning(init, self.names),
                              self.in_shape + self.out_shape, self.param_dtype)
+    if self.use_bias:
+      self.bias = self.param("bias", nn.with_logical_partitioning(
+          nn.initializers.zeros, self.names[n_in:]), self.out_shape, self.param_dtype)
 
   def __call__(self, x):
-    return dense(x.astype(self.dtype), self.kernel.astype(self.dtype), len(self.in_shape))
+    out = dense(x.astype(self.dtype), self.kernel.astype(self.dtype), len(self.in_shape))
+    if not self.use_bias:
+      return out
+    return out + self.bias.astype(self.dtype).reshape((1,) * (out.ndim - self.bias.ndim)
+                                                      + self.bias.shape)
 
 
 class RMSNorm(nn.Module):
-  """Root-mean-square layer norm (Zhang & Sennrich 2019), computed in float32."""
+  """Root-mean-square layer norm (Zhang & Sennrich 2019), computed in float32.
+
+  The scale is `offset + w`: offset 0 (w init 1) for Llama, 1 (w init 0) for Gemma.
+  """
+
+  eps: float
+  dtype: Any
+  param_dtype: Any
+  offset: float = 0.0
+
+  @nn.compact
+  def __call__(self, x_BxLxD):
+    init = nn.initializers.zeros if self.offset else nn.initializers.ones
+    scale = self.param("scale", nn.with_logical_partitioning(init, ("norm",)),
+                       (x_BxLxD.shape[-1],), self.param_dtype)
+    x = x_BxLxD.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
+    return (x * (self.offset + scale.astype(jnp.float32))[None, None, :]).astype(self.dtype)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm with scale and bias (Ba et al. 2016; GPT-2), computed in float32."""
 
   eps: float
   dtype: Any
@@ -84,17 +119,62 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxLxD):
+    d = x_BxLxD.shape[-1]
     scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-                       (x_BxLxD.shape[-1],), self.param_dtype)
+                       (d,), self.param_dtype)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
+                      (d,), self.param_dtype)
     x = x_BxLxD.astype(jnp.float32)
+    x = x - jnp.mean(x, axis=-1, keepdims=True)
     x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
-    return (x * scale.astype(jnp.float32)[None, None, :]).astype(self.dtype)
+    return (x * scale.astype(jnp.float32)[None, None, :]
+            + bias.astype(jnp.float32)[None, None, :]).astype(self.dtype)
 
 
-def apply_rope(x_BxLxNxE, positions_BxL, theta: float):
-  """Rotary position embedding (Su et al. 2021), rotate-half convention."""
+def make_norm(cfg: DecoderConfig, name: str) -> nn.Module:
+  if cfg.norm == "layer":
+    return LayerNorm(cfg.norm_eps, cfg.compute_dtype, cfg.weight_dtype, name=name)
+  return RMSNorm(cfg.norm_eps, cfg.compute_dtype, cfg.weight_dtype, cfg.norm_offset, name=name)
+
+
+_ACTIVATIONS = {"silu": nn.silu, "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
+                "gelu": lambda x: nn.gelu(x, approximate=False)}
+
+
+def rope_frequencies(cfg: DecoderConfig):
+  """Inverse frequencies theta^(-2i/E), with Llama 3's or linear scaling applied.
+
+  Llama 3 (`rope_type: llama3` in HF): wavelengths longer than
+  original_max_len / low_freq_factor are divided by `factor`, those shorter than
+  original_max_len / high_freq_factor kept, and the band between interpolated.
+  """
+  half = cfg.head_dim // 2
+  inv_freq = cfg.rope_theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  if cfg.rope_scaling == "linear":
+    return inv_freq / cfg.rope_factor
+  if cfg.rope_scaling == "llama3":
+    wavelen = 2 * jnp.pi / inv_freq
+    low_wavelen = cfg.rope_original_max_len / cfg.rope_low_freq_factor
+    high_wavelen = cfg.rope_original_max_len / cfg.rope_high_freq_factor
+    smooth = (cfg.rope_original_max_len / wavelen - cfg.rope_low_freq_factor) / (
+        cfg.rope_high_freq_factor - cfg.rope_low_freq_factor)
+    blended = (1 - smooth) * inv_freq / cfg.rope_factor + smooth * inv_freq
+    scaled = jnp.where(wavelen > low_wavelen, inv_freq / cfg.rope_factor, inv_freq)
+    middle = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return jnp.where(middle, blended, scaled)
+  return inv_freq
+
+
+def apply_rope(x_BxLxNxE, positions_BxL, theta: float | None = None, inv_freq=None):
+  """Rotary position embedding (Su et al. 2021), rotate-half convention.
+
+  The same convention as Hugging Face's Llama family (`rotate_half`), whose q/k
+  weights are already permuted from Meta's interleaved layout, so imported q/k
+  kernels need no permutation here.
+  """
   half = x_BxLxNxE.shape[-1] // 2
-  inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  if inv_freq is None:
+    inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
   angles_BxLx1xE2 = positions_BxL.astype(jnp.float32)[:, :, None, None] * inv_freq[None, None, None]
   sin, cos = jnp.sin(angles_BxLx1xE2), jnp.cos(angles_BxLx1xE2)
   x = x_BxLxNxE.astype(jnp.float32)
@@ -141,11 +221,18 @@ class Attention(nn.Module):
     c = self.cfg
     dt, pdt = c.compute_dtype, c.weight_dtype
     d, h, k, e = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
-    q = Projection((d,), (h, e), ("embed", "heads", "kv"), dt, pdt, name="query")(x_BxLxD)
-    kk = Projection((d,), (k, e), ("embed", "kv_heads", "kv"), dt, pdt, name="key")(x_BxLxD)
-    v = Projection((d,), (k, e), ("embed", "kv_heads", "kv"), dt, pdt, name="value")(x_BxLxD)
-    q = _constrain(apply_rope(q, positions_BxL, c.rope_theta), ACT_BxLxHxE)
-    kk = _constrain(apply_rope(kk, positions_BxL, c.rope_theta), ACT_BxLxKxE)
+    bias = c.qkv_bias
+    q = Projection((d,), (h, e), ("embed", "heads", "kv"), dt, pdt, use_bias=bias,
+                   name="query")(x_BxLxD)
+    kk = Projection((d,), (k, e), ("embed", "kv_heads", "kv"), dt, pdt, use_bias=bias,
+                    name="key")(x_BxLxD)
+    v = Projection((d,), (k, e), ("embed", "kv_heads", "kv"), dt, pdt, use_bias=bias,
+                   name="value")(x_BxLxD)
+    if c.positions == "rope":
+      inv_freq = rope_frequencies(c)
+      q = apply_rope(q, positions_BxL, inv_freq=inv_freq)
+      kk = apply_rope(kk, positions_BxL, inv_freq=inv_freq)
+    q, kk = _constrain(q, ACT_BxLxHxE), _constrain(kk, ACT_BxLxKxE)
     v = _constrain(v, ACT_BxLxKxE)
     if cache is not None:
       write = lambda buf, new: _constrain(jax.lax.dynamic_update_slice_in_dim(
@@ -155,12 +242,13 @@ class Attention(nn.Module):
     out_BxLxHxE = grouped_query_attention(q, kk, v, mask_BxLxS)
     out_BxLxHxE = _constrain(out_BxLxHxE, ACT_BxLxHxE)
     out = Projection((h, e), (d,), ("heads", "kv", "embed"), dt, pdt,
-                     init_scale=c.out_init_scale, name="out")(out_BxLxHxE)
+                     init_scale=c.out_init_scale, use_bias=c.out_bias, name="out")(out_BxLxHxE)
     return out, cache
 
 
-class SwiGLU(nn.Module):
-  """Gated MLP, silu(x W_gate) * (x W_up) W_down (Shazeer 2020)."""
+class MLP(nn.Module):
+  """Gated: act(x W_gate) * (x W_up) W_down (SwiGLU with silu, GeGLU with gelu;
+  Shazeer 2020). Plain: act(x W_up + b) W_down + b (GPT-2)."""
 
   cfg: DecoderConfig
 
@@ -168,16 +256,24 @@ class SwiGLU(nn.Module):
   def __call__(self, x_BxLxD):
     c = self.cfg
     dt, pdt = c.compute_dtype, c.weight_dtype
-    gate = Projection((c.d_model,), (c.mlp_dim,), ("embed", "mlp"), dt, pdt, name="gate")
-    up = Projection((c.d_model,), (c.mlp_dim,), ("embed", "mlp"), dt, pdt, name="up")
-    # One GEMM for both: stacked (not concatenated), so a tensor-sharded `mlp`
-    # axis stays sharded the same way.
-    kernel_Dx2xF = jnp.stack([gate.kernel, up.kernel], axis=1).astype(dt)
-    gate_up_BxLx2xF = dense(x_BxLxD.astype(dt), kernel_Dx2xF, 1)
-    hidden_BxLxF = nn.silu(gate_up_BxLx2xF[..., 0, :]) * gate_up_BxLx2xF[..., 1, :]
+    act = _ACTIVATIONS[c.activation]
+    proj = lambda name: Projection((c.d_model,), (c.mlp_dim,), ("embed", "mlp"), dt, pdt,
+                                   use_bias=c.mlp_bias, name=name)
+    up = proj("up")
+    if c.mlp == "gated":
+      gate = proj("gate")
+      # One GEMM for both: stacked (not concatenated), so a tensor-sharded `mlp`
+      # axis stays sharded the same way.
+      kernel_Dx2xF = jnp.stack([gate.kernel, up.kernel], axis=1).astype(dt)
+      gate_up_BxLx2xF = dense(x_BxLxD.astype(dt), kernel_Dx2xF, 1)
+      if c.mlp_bias:
+        gate_up_BxLx2xF += jnp.stack([gate.bias, up.bias]).astype(dt)[None, None]
+      hidden_BxLxF = act(gate_up_BxLx2xF[..., 0, :]) * gate_up_BxLx2xF[..., 1, :]
+    else:
+      hidden_BxLxF = act(up(x_BxLxD))
     hidden_BxLxF = _constrain(hidden_BxLxF, ACT_BxLxF)
     return Projection((c.mlp_dim,), (c.d_model,), ("mlp", "embed"), dt, pdt,
-                      init_scale=c.out_init_scale, name="down")(hidden_BxLxF)
+                      init_scale=c.out_init_scale, use_bias=c.mlp_bias, name="down")(hidden_BxLxF)
 
 
 class Block(nn.Module):
@@ -189,11 +285,10 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache=None, cache_index=None):
     c = self.cfg
-    norm = lambda name: RMSNorm(c.norm_eps, c.compute_dtype, c.weight_dtype, name=name)
     attended, cache = Attention(c, name="attention")(
-        norm("attention_norm")(x_BxLxD), positions_BxL, mask_BxLxS, cache, cache_index)
+        make_norm(c, "attention_norm")(x_BxLxD), positions_BxL, mask_BxLxS, cache, cache_index)
     x_BxLxD = x_BxLxD + attended
-    x_BxLxD = x_BxLxD + SwiGLU(c, name="mlp")(norm("mlp_norm")(x_BxLxD))
+    x_BxLxD = x_BxLxD + MLP(c, name="mlp")(make_norm(c, "mlp_norm")(x_BxLxD))
     return _constrain(x_BxLxD, ACT_BxLxD), cache
 
 
@@ -225,6 +320,11 @@ class Decoder(nn.Module):
         "embedding",
         nn.with_logical_partitioning(nn.initializers.normal(c.d_model ** -0.5), ("vocab", "embed")),
         (c.vocab_size, c.d_model), c.weight_dtype)
+    if c.positions == "learned":
+      self.position_embedding = self.param(
+          "position_embedding",
+          nn.with_logical_partitioning(nn.initializers.normal(0.01), ("length", "embed")),
+          (c.max_len, c.d_model), c.weight_dtype)
     block = _block_class(c)
     if c.scan_layers:
       self.layers = nn.scan(
@@ -233,18 +333,23 @@ class Decoder(nn.Module):
           metadata_params={nn.PARTITION_NAME: "layers"})(c, name="layers")
     else:
       self.layers = [block(c, name=f"layer_{i}") for i in range(c.num_layers)]
-    self.final_norm = RMSNorm(c.norm_eps, c.compute_dtype, c.weight_dtype, name="final_norm")
+    self.final_norm = make_norm(c, "final_norm")
     if not c.tie_embeddings:
       self.unembed = Projection((c.d_model,), (c.vocab_size,), ("embed", "vocab"),
                                 c.compute_dtype, c.weight_dtype, name="unembed")
 
-  def _embed(self, tokens_BxL):
+  def _embed(self, tokens_BxL, positions_BxL):
     c = self.cfg
     # Gather the (fsdp/tensor-sharded) table first: a gather from a sharded table
     # into batch-sharded activations makes GSPMD replicate the result instead.
     table_VxD = _constrain(self.embedding, (None, "act_embed"))
     x_BxLxD = jnp.take(table_VxD, tokens_BxL, axis=0).astype(c.compute_dtype)
-    return _constrain(x_BxLxD * jnp.sqrt(c.d_model).astype(c.compute_dtype), ACT_BxLxD)
+    if c.embed_scale:  # the scale is rounded to the compute dtype first, as in Gemma
+      x_BxLxD = x_BxLxD * jnp.sqrt(c.d_model).astype(c.compute_dtype)
+    if c.positions == "learned":
+      table_PxD = _constrain(self.position_embedding, (None, "act_embed"))
+      x_BxLxD = x_BxLxD + jnp.take(table_PxD, positions_BxL, axis=0).astype(c.compute_dtype)
+    return _constrain(x_BxLxD, ACT_BxLxD)
 
   def _layers(self, x_BxLxD, positions_BxL, mask_BxLxS, cache, cache_index):
     if self.cfg.scan_layers:
@@ -267,7 +372,8 @@ class Decoder(nn.Module):
       positions_BxL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
     index_BxL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
     mask_BxLxL = attention_mask(segment_ids_BxL, segment_ids_BxL, index_BxL, index_BxL)
-    x_BxLxD, _ = self._layers(self._embed(tokens_BxL), positions_BxL, mask_BxLxL, None, None)
+    x_BxLxD, _ = self._layers(self._embed(tokens_BxL, positions_BxL), positions_BxL, mask_BxLxL,
+                              None, None)
     return self.final_norm(x_BxLxD)
 
   def decode(self, tokens_BxT, positions_BxT, kv_valid_BxS, cache, cache_index):
@@ -283,8 +389,8 @@ class Decoder(nn.Module):
     kv_slots_BxS = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
     valid = kv_valid_BxS.astype(jnp.int32)
     mask_BxTxS = attention_mask(jnp.ones((b, t), jnp.int32), valid, slots_BxT, kv_slots_BxS)
-    x_BxTxD, cache = self._layers(self._embed(tokens_BxT), positions_BxT, mask_BxTxS, cache,
-                                  cache_index)
+    x_BxTxD, cache = self._layers(self._embed(tokens_BxT, positions_BxT), positions_BxT,
+                                  mask_BxTxS, cache, cache_index)
     return self.final_norm(x_BxTxD), cache
 
   def logits(self, hidden_BxLxD):
@@ -296,7 +402,10 @@ class Decoder(nn.Module):
                           preferred_element_type=jnp.float32)
     else:
       logits = self.unembed(hidden_BxLxD)
-    return _constrain(logits.astype(jnp.float32), ACT_BxLxV)
+    logits = logits.astype(jnp.float32)
+    if c.logit_softcap:  # Gemma 2
+      logits = c.logit_softcap * jnp.tanh(logits / c.logit_softcap)
+    return _constrain(logits, ACT_BxLxV)
 
   def __call__(self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None):
     return self.logits(self.trunk(tokens_BxL, positions_BxL, segment_ids_BxL))

@@ -22,7 +22,7 @@ def policy_report(model, policy_params, ref_params, tok, prompts: list[str], *, 
                   prompt_format: str, mesh, rules, max_new_tokens: int, seed: int = 0,
                   reward_fn=None, samples_per_prompt: int = 1) -> dict:
   """Greedy ground-truth scores of policy and reference, and the sampled KL."""
-  sampler = sampling.Sampler(model, eos_id=tok.eos_id, pad_id=tok.pad_id, mesh=mesh, rules=rules)
+  sampler = sampling.Sampler(model, eos_id=tok.stop_ids, pad_id=tok.pad_id, mesh=mesh, rules=rules)
   ids = [comparisons.prompt_ids(p, template, tok) for p in prompts]
   greedy = sampling.SamplingConfig(max_new_tokens, greedy=True)
   report = {"num_prompts": len(prompts)}

@@ -176,7 +176,7 @@ def run(config, workdir: str, *, model: ActorCritic, state, abstract_state, shar
       ptx_iter.set_state(pipeline.state_from_json(meta["ptx_data"]))
     logging.info("resumed from %s at iteration %d", ckpt.directory, start)
 
-  sampler = sampling.Sampler(model.policy, eos_id=tok.eos_id, pad_id=tok.pad_id, mesh=mesh,
+  sampler = sampling.Sampler(model.policy, eos_id=tok.stop_ids, pad_id=tok.pad_id, mesh=mesh,
                              rules=rules)
   sample_cfg = sampling.SamplingConfig(r.max_new_tokens, temperature=o.temperature,
                                        top_k=r.top_k, top_p=r.top_p)

@@ -55,7 +55,7 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
   ids = [comparisons.prompt_ids(p, config.data.template, tok) for p in prompts]
   eval_prompts = prompts_for(config, "validation")[:config.evaluate.num_prompts]
   eval_ids = [comparisons.prompt_ids(p, config.data.template, tok) for p in eval_prompts]
-  sampler = sampling.Sampler(model, eos_id=tok.eos_id, pad_id=tok.pad_id, mesh=mesh, rules=rules)
+  sampler = sampling.Sampler(model, eos_id=tok.stop_ids, pad_id=tok.pad_id, mesh=mesh, rules=rules)
   sample_cfg = sampling.SamplingConfig(b.max_new_tokens, temperature=b.temperature)
 
   def evaluate(params, r: int) -> dict:

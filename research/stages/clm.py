@@ -57,9 +57,9 @@ def run(config, workdir: str, hooks=()) -> dict:
 def write_samples(config, workdir, model, params, tok, eval_src, mesh, rules, step) -> list[str]:
   """Greedy continuations of the first words of held-out documents."""
   n = min(config.sample.num_samples, len(eval_src))
-  prompts = [[tok.bos_id] + tok.encode(eval_src[i]["text"])[:config.sample.prompt_tokens]
+  prompts = [tok.prefix_ids + tok.encode(eval_src[i]["text"])[:config.sample.prompt_tokens]
              for i in range(n)]
-  sampler = sampling.Sampler(model, eos_id=tok.eos_id, pad_id=tok.pad_id, mesh=mesh, rules=rules)
+  sampler = sampling.Sampler(model, eos_id=tok.stop_ids, pad_id=tok.pad_id, mesh=mesh, rules=rules)
   out = jax.device_get(sampler(params, prompts, jax.random.PRNGKey(config.seed),
                                sampling.SamplingConfig(config.sample.max_new_tokens,
                                                        greedy=True)))

@@ -17,12 +17,28 @@ import numpy as np
 from research.models import config as model_config
 from research.models.decoder import Decoder
 from research.training import checkpoint, optimizer, partitioning, state as state_lib
-from research.data import tokenizer as tokenizer_lib
+from research.data import hf_tokenizer, tokenizer as tokenizer_lib
 
 TOKENIZER_FILE = "tokenizer.model"
 
 
-def tokenizer_for(config, workdir: str, texts_fn: Callable) -> tokenizer_lib.Tokenizer:
+def tokenizer_path(workdir: str) -> str | None:
+  """A run's tokenizer: `tokenizer/` (Hugging Face files) or `tokenizer.model` (ours)."""
+  for path in (os.path.join(workdir, hf_tokenizer.DIRNAME), os.path.join(workdir, TOKENIZER_FILE)):
+    if os.path.exists(path):
+      return path
+  return None
+
+
+def load_tokenizer(path: str):
+  """A directory of HF tokenizer files, an HF `tokenizer.model` beside a
+  tokenizer_config.json, or this project's sentencepiece model."""
+  if os.path.isdir(path):
+    return hf_tokenizer.HFTokenizer.load(path)
+  return tokenizer_lib.Tokenizer.load(path)
+
+
+def tokenizer_for(config, workdir: str, texts_fn: Callable):
   """`config.data.tokenizer_path`, else the upstream stage's, else trained here.
 
   A stage that starts from `config.init_from` must use that run's tokenizer
@@ -31,19 +47,24 @@ def tokenizer_for(config, workdir: str, texts_fn: Callable) -> tokenizer_lib.Tok
   """
   path = config.data.tokenizer_path
   if not path and config.get("init_from"):
-    path = os.path.join(config.init_from, TOKENIZER_FILE)
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"config.init_from={config.init_from!r} has no {TOKENIZER_FILE}")
-  own = os.path.join(workdir, TOKENIZER_FILE)
+    path = tokenizer_path(config.init_from)
+    if path is None:
+      raise FileNotFoundError(f"config.init_from={config.init_from!r} has no {TOKENIZER_FILE} "
+                              f"or {hf_tokenizer.DIRNAME}/")
   vocab = config.model.vocab_size
   if path:
-    tok = tokenizer_lib.Tokenizer.load(path)
-    if tok.vocab_size != vocab:
+    tok = load_tokenizer(path)
+    native = isinstance(tok, tokenizer_lib.Tokenizer)
+    # A pretrained model's embedding table may have spare rows (Qwen2: 151936 for
+    # 151665 tokens); ours are trained to size.
+    if tok.vocab_size > vocab or (native and tok.vocab_size != vocab):
       raise ValueError(f"tokenizer {path} has {tok.vocab_size} tokens but config.model.vocab_size "
                        f"is {vocab}")
+    own = os.path.join(workdir, TOKENIZER_FILE if native else hf_tokenizer.DIRNAME)
     if os.path.abspath(path) != os.path.abspath(own) and jax.process_index() == 0:
       tok.save(own)
     return tok
+  own = os.path.join(workdir, TOKENIZER_FILE)
   return tokenizer_lib.load_or_train(own, texts_fn, vocab,
                                      byte_fallback=config.data.tokenizer_byte_fallback)
 
@@ -180,8 +201,26 @@ def describe(config, module: nn.Module) -> dict[str, Any]:
 CONFIG_FILE = "config.json"
 
 
+def inherit_model(config) -> None:
+  """A stage started from another run builds that run's architecture (an imported
+  Llama, a CLM preset): the fields that shape the parameters come from
+  `init_from`'s config.json; the compute dtype and remat stay this config's."""
+  if not config.get("init_from") or not os.path.exists(
+      os.path.join(config.init_from, CONFIG_FILE)):
+    return
+  upstream = model_config.architecture(load_config(config.init_from).model)
+  changed = {k: v for k, v in upstream.items() if config.model.get(k) != v}
+  if changed:
+    logging.info("config.model from %s: %s", config.init_from, changed)
+    with config.unlocked():
+      for key, value in changed.items():
+        config.model[key] = value
+
+
 def save_config(config, workdir: str) -> None:
-  """The run's resolved config, so tools (sampling, later stages) can rebuild its model."""
+  """Resolves the model from `init_from` (see `inherit_model`), then writes the
+  run's config, so tools (sampling, later stages) can rebuild its model."""
+  inherit_model(config)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:

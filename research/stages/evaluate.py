@@ -63,7 +63,7 @@ def _best_of_n(config, model, params, ref_params, tok, prompts, rm, mesh, rules)
     raise ValueError(f"config.evaluate.select_by={e.select_by!r}; expected 'reward_model' or "
                      f"'ground_truth'")
   truth = rewards.ground_truth_source(config.data.prompt_format)
-  sampler = sampling.Sampler(model, eos_id=tok.eos_id, pad_id=tok.pad_id, mesh=mesh, rules=rules)
+  sampler = sampling.Sampler(model, eos_id=tok.stop_ids, pad_id=tok.pad_id, mesh=mesh, rules=rules)
   ids = [comparisons.prompt_ids(p, config.data.template, tok) for p in prompts]
   texts, scores, _, lengths = best_of_n.sample_and_score(
       sampler, params, prompts, ids, tok, select, n=e.best_of_n,

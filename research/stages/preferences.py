@@ -37,7 +37,7 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
       rewards.from_config(config, mesh, rules)
   prompts = prompts_for(config, "train")[:p.num_prompts]
   ids = [comparisons.prompt_ids(x, config.data.template, tok) for x in prompts]
-  sampler = sampling.Sampler(model, eos_id=tok.eos_id, pad_id=tok.pad_id, mesh=mesh, rules=rules)
+  sampler = sampling.Sampler(model, eos_id=tok.stop_ids, pad_id=tok.pad_id, mesh=mesh, rules=rules)
   texts, scores, ended, lengths = best_of_n.sample_and_score(
       sampler, params, prompts, ids, tok, source, n=p.k,
       cfg=sampling.SamplingConfig(p.max_new_tokens, temperature=p.temperature),

@@ -85,7 +85,7 @@ def evaluate_generation(model, params, tok, cases, config, mesh, rules):
     ids, answer = templates.generation_prompt(record, template, tok)
     prompts.append(ids[-config.data.seq_len:])
     answers.append(answer.strip())
-  sampler = sampling.Sampler(model, eos_id=tok.eos_id, pad_id=tok.pad_id, mesh=mesh, rules=rules)
+  sampler = sampling.Sampler(model, eos_id=tok.stop_ids, pad_id=tok.pad_id, mesh=mesh, rules=rules)
   out = jax.device_get(sampler(params, prompts, jax.random.PRNGKey(0), sampling.SamplingConfig(
       config.generate.max_new_tokens, greedy=True)))
   decoded = [tok.decode(t).strip() for t in out.tokens]

@@ -1,0 +1,233 @@
+"""Hugging Face checkpoints in and out.
+
+  python -m research.convert --from_hf=DIR --workdir=OUT [--dtype=bfloat16] [--scan_layers]
+      [--fsdp=N --tensor=N] [--dry_run]
+  python -m research.convert --to_hf=DIR --workdir=RUN [--dtype=bfloat16]
+
+Import reads a local transformers directory (config.json, model.safetensors or
+a sharded index, tokenizer files) and writes a workdir that every stage takes
+as `--config.init_from=OUT`: `checkpoints/` (orbax, step 0), `config.json`
+(the decoder's architecture) and `tokenizer/`. A `*ForSequenceClassification`
+checkpoint becomes a reward-model workdir (`--config.reward.model=OUT`).
+
+Export writes any run's policy (CLM, SFT, DPO, PPO/A2C, best-of-n) as a
+`*ForCausalLM` directory, and a reward-model run as `*ForSequenceClassification`
+(`score.weight` [1, d_model], plus `score.bias` [1], which transformers' score
+layer lacks and ignores: its logits are our score minus that constant, which no
+preference loss or whitened reward sees). Runs of the native decoder export as
+Llama, with the sqrt(d) input scale folded into the embedding table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import sys
+
+from absl import app, flags
+import jax
+import ml_collections
+import numpy as np
+
+from research.data import hf_tokenizer
+from research.models import config as model_config
+from research.models.decoder import Decoder, unstack_layer_params
+from research.models.heads import ScalarModel
+from research.models.hf import checkpoint as hf_checkpoint, families
+from research.models.hf.families import CheckpointError, Tensor
+from research.training import checkpoint, partitioning
+
+_FROM_HF = flags.DEFINE_string("from_hf", None, "a local Hugging Face model directory to import")
+_TO_HF = flags.DEFINE_string("to_hf", None, "directory to export --workdir's model to")
+_WORKDIR = flags.DEFINE_string("workdir", None, "the run to export, or where to import to")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"],
+                           "import: compute dtype; export: the saved tensors' dtype")
+_PARAM_DTYPE = flags.DEFINE_enum("param_dtype", "float32", ["float32", "bfloat16", "float16"],
+                                 "import: parameter dtype")
+_SCAN = flags.DEFINE_bool("scan_layers", False, "import: stack layers for nn.scan (large models)")
+_FSDP = flags.DEFINE_integer("fsdp", 1, "import: mesh fsdp size (data takes the other devices)")
+_TENSOR = flags.DEFINE_integer("tensor", 1, "import: mesh tensor size")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "import: print parameter count and per-device "
+                             "memory, write nothing")
+
+REWARD_HEAD = {("head", "kernel"): Tensor("score.weight", "linear"),
+               ("head", "bias"): Tensor("score.bias", "vector")}
+
+
+def _run_config(model: dict, stage: str, source: dict, mesh: dict) -> ml_collections.ConfigDict:
+  """The config.json of an imported workdir: what `load_config` users read."""
+  return ml_collections.ConfigDict({
+      "stage": stage, "seed": 0, "init_from": "", "model": {"preset": "", **model},
+      "mesh": {"data": -1, "num_devices": -1, **mesh},
+      "sharding": {"rules": partitioning.DEFAULT_RULES},
+      "data": {"batch_size": 1, "tokenizer_path": ""}, "hf": source})
+
+
+def _module(cfg, reward: bool):
+  return ScalarModel(cfg, head_init="reward") if reward else Decoder(cfg)
+
+
+def _mapping(cfg, reward: bool) -> dict:
+  layers = families.tensor_map(cfg)
+  if not reward:
+    return layers
+  return {**{("decoder", *k): v for k, v in layers.items()}, **REWARD_HEAD}
+
+
+def import_hf(hf_dir: str, workdir: str | None, *, dtype: str = "float32",
+              param_dtype: str = "float32", scan_layers: bool = False, fsdp: int = 1,
+              tensor: int = 1, dry_run: bool = False) -> dict:
+  """Reads `hf_dir` into a workdir (see module doc); returns a summary."""
+  hf = hf_checkpoint.read_config(hf_dir)
+  where = os.path.join(hf_dir, "config.json")
+  fields = families.decoder_fields(hf, where)
+  reward = any(a.endswith("ForSequenceClassification") for a in hf.get("architectures", []))
+  model = {**model_config.defaults(), **fields, "dtype": dtype, "param_dtype": param_dtype,
+           "scan_layers": scan_layers}
+  cfg = model_config.DecoderConfig(**model)
+  mesh_sizes = {"fsdp": fsdp, "tensor": tensor}
+  mesh = partitioning.make_mesh(ml_collections.ConfigDict({"data": -1, **mesh_sizes}))
+  rules = partitioning.DEFAULT_RULES
+  module = _module(cfg, reward)
+  boxed = jax.eval_shape(lambda r: module.init(r, np.ones((1, 8), np.int32))["params"],
+                         jax.random.PRNGKey(0))
+  shardings = partitioning.logical_shardings(boxed, mesh, rules)
+  abstract = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, boxed,
+                          is_leaf=lambda x: hasattr(x, "value"))
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract))
+  per_device = partitioning.per_device_bytes(abstract, shardings)
+  summary = {"family": cfg.family, "architecture": hf.get("architectures"),
+             "parameters": n_params, "mesh": dict(mesh.shape),
+             "param_gib_per_device": round(per_device / 2**30, 4),
+             # AdamW keeps two float32 moments per parameter.
+             "adamw_gib_per_device": round(per_device / np.dtype(param_dtype).itemsize * 8
+                                           / 2**30, 4)}
+  if dry_run:
+    return summary
+  tok = None
+  if any(os.path.exists(os.path.join(hf_dir, f)) for f in ("tokenizer.json", "tokenizer.model")):
+    tok = hf_tokenizer.HFTokenizer.load(hf_dir)
+  params = hf_checkpoint.load_params(hf_dir, cfg, abstract, shardings,
+                                     mapping=_mapping(cfg, reward))
+  os.makedirs(workdir, exist_ok=True)
+  source = {"source": os.path.abspath(hf_dir), "architecture": (hf.get("architectures") or [""])[0]}
+  config = _run_config(model, "reward" if reward else "import", source, mesh_sizes)
+  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  if tok is not None:
+    tok.save(os.path.join(workdir, hf_tokenizer.DIRNAME))
+  else:
+    logging.warning("%s has no tokenizer.json or tokenizer.model: stages will need "
+                    "--config.data.tokenizer_path", hf_dir)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1)
+  ckpt.save(0, {"params": params}, {"imported_from": source})
+  ckpt.close()
+  return {**summary, "workdir": workdir, "tokenizer": tok is not None}
+
+
+def _load_run(workdir: str):
+  """(DecoderConfig, unscanned params, is_reward, tokenizer path) of any stage's run."""
+  from research.stages import common  # pylint: disable=g-import-not-at-top
+  config = common.load_config(workdir)
+  reward = config.stage == "reward"
+  mesh, rules = common.mesh_and_rules(config)
+  cfg = common.decoder_config(config)
+  if reward:
+    params = common.load_params(workdir, _module(cfg, True), mesh, rules)
+  else:
+    _, params = common.load_policy(workdir, mesh, rules)
+  if cfg.scan_layers:
+    params = ({**params, "decoder": unstack_layer_params(params["decoder"])} if reward
+              else unstack_layer_params(params))
+    cfg = dataclasses.replace(cfg, scan_layers=False)
+  return cfg, params, reward, common.tokenizer_path(workdir)
+
+
+def _as_hf_family(cfg, params, reward: bool):
+  """A native decoder as Llama: its sqrt(d) input scale folded into the (untied) table."""
+  if cfg.family != "native":
+    return cfg, params
+  if cfg.tie_embeddings and cfg.embed_scale:
+    raise CheckpointError("a native decoder with tied embeddings scales its inputs by "
+                          "sqrt(d_model) but not its logits; no Hugging Face family does that")
+  decoder = params["decoder"] if reward else params
+  if cfg.embed_scale:
+    table = np.asarray(jax.device_get(decoder["embedding"]))
+    scale = np.sqrt(cfg.d_model).astype(np.float32).astype(table.dtype)
+    decoder = {**decoder, "embedding": table * scale}
+  cfg = dataclasses.replace(cfg, family="llama", embed_scale=False)
+  return cfg, ({**params, "decoder": decoder} if reward else decoder)
+
+
+def _native_tokenizer_config() -> dict:
+  """transformers' reading of this project's sentencepiece model (research.data.tokenizer)."""
+  return {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
+          "pad_token": "<pad>", "unk_token": "<unk>", "add_bos_token": True,
+          "add_eos_token": False, "legacy": True}
+
+
+def export_hf(workdir: str, out_dir: str, *, dtype: str = "float32") -> dict:
+  cfg, params, reward, tok_path = _load_run(workdir)
+  cfg, params = _as_hf_family(cfg, params, reward)
+  families.check_exportable(cfg)
+  np_dtype = {"float32": np.float32, "bfloat16": jax.numpy.bfloat16,
+              "float16": np.float16}[dtype]
+  tmp = f"{out_dir.rstrip('/')}.tmp{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  special = {}
+  if tok_path and os.path.isdir(tok_path):
+    tok = hf_tokenizer.HFTokenizer.load(tok_path)
+    tok.save(tmp)
+  elif tok_path:
+    from research.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+    tok = tokenizer_lib.Tokenizer.load(tok_path)
+    shutil.copy(tok_path, os.path.join(tmp, "tokenizer.model"))
+    with open(os.path.join(tmp, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+      json.dump(_native_tokenizer_config(), f, indent=2)
+  else:
+    tok = None
+  if tok is not None:
+    special = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
+    with open(os.path.join(tmp, "generation_config.json"), "w", encoding="utf-8") as f:
+      json.dump({**special, "eos_token_id": list(tok.stop_ids)}, f, indent=2)
+  with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(families.hf_config(cfg, dtype=dtype, special=special, reward_head=reward), f,
+              indent=2)
+  if reward:
+    mapping = _mapping(cfg, True)
+  else:
+    mapping = families.tensor_map(cfg)
+  tensors = lambda: ((name, arr.astype(np_dtype)) for name, arr in
+                     hf_checkpoint.hf_tensors(params, mapping))
+  files = hf_checkpoint.save_tensors(tmp, tensors)
+  shutil.rmtree(out_dir, ignore_errors=True)
+  os.replace(tmp, out_dir)
+  return {"exported": out_dir, "family": cfg.family, "reward_model": reward, "files": files}
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  if bool(_FROM_HF.value) == bool(_TO_HF.value):
+    raise app.UsageError("give exactly one of --from_hf=DIR (import) or --to_hf=DIR (export)")
+  if not _WORKDIR.value and not _DRY_RUN.value:
+    raise app.UsageError("--workdir is required")
+  try:
+    if _FROM_HF.value:
+      out = import_hf(_FROM_HF.value, _WORKDIR.value, dtype=_DTYPE.value,
+                      param_dtype=_PARAM_DTYPE.value, scan_layers=_SCAN.value,
+                      fsdp=_FSDP.value, tensor=_TENSOR.value, dry_run=_DRY_RUN.value)
+    else:
+      out = export_hf(_WORKDIR.value, _TO_HF.value, dtype=_DTYPE.value)
+  except (CheckpointError, hf_tokenizer.TokenizerError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")
+  print(json.dumps(out, indent=2, default=str))
+
+
+if __name__ == "__main__":
+  app.run(main)

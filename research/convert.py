@@ -57,13 +57,15 @@ REWARD_HEAD = {("head", "kernel"): Tensor("score.weight", "linear"),
                ("head", "bias"): Tensor("score.bias", "vector")}
 
 
-def _run_config(model: dict, stage: str, source: dict, mesh: dict) -> ml_collections.ConfigDict:
-  """The config.json of an imported workdir: what `load_config` users read."""
+def _run_config(model: dict, stage: str, source: dict, mesh: dict,
+                devices: int) -> ml_collections.ConfigDict:
+  """The config.json of an imported workdir: what `load_config` users read (the
+  mesh it was imported on; a batch size any data split of those devices divides)."""
   return ml_collections.ConfigDict({
       "stage": stage, "seed": 0, "init_from": "", "model": {"preset": "", **model},
       "mesh": {"data": -1, "num_devices": -1, **mesh},
       "sharding": {"rules": partitioning.DEFAULT_RULES},
-      "data": {"batch_size": 1, "tokenizer_path": ""}, "hf": source})
+      "data": {"batch_size": devices, "tokenizer_path": ""}, "hf": source})
 
 
 def _module(cfg, reward: bool):
@@ -114,7 +116,7 @@ def import_hf(hf_dir: str, workdir: str | None, *, dtype: str = "float32",
                                      mapping=_mapping(cfg, reward))
   os.makedirs(workdir, exist_ok=True)
   source = {"source": os.path.abspath(hf_dir), "architecture": (hf.get("architectures") or [""])[0]}
-  config = _run_config(model, "reward" if reward else "import", source, mesh_sizes)
+  config = _run_config(model, "reward" if reward else "import", source, mesh_sizes, mesh.size)
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
     f.write(config.to_json_best_effort(indent=2))
   if tok is not None:

@@ -53,6 +53,7 @@ class HFTokenizer:
       self._tok = tokenizers.Tokenizer.from_str(self.files["tokenizer.json"].decode("utf-8"))
       self._sp = None
       self._added: dict[str, int] = {}
+      self._user_defined: dict[str, int] = {}
       self._to_id = self._tok.token_to_id
     elif "tokenizer.model" in self.files:
       self._tok = None
@@ -95,9 +96,13 @@ class HFTokenizer:
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(self.files["tokenizer.model"])
     user_defined = 4  # ModelProto.SentencePiece.Type.USER_DEFINED
-    self._added = {p.piece: i for i, p in enumerate(proto.pieces) if p.type == user_defined}
-    self._added.update({_content(v): int(k) for k, v in
-                        (config.get("added_tokens_decoder") or {}).items()})
+    # sentencepiece keeps its user-defined pieces whole itself; added tokens the
+    # model lacks, and control pieces written as text (<s>), are split out first.
+    self._user_defined = {p.piece: i for i, p in enumerate(proto.pieces)
+                          if p.type == user_defined}
+    self._added = {_content(v): int(k) for k, v in
+                   (config.get("added_tokens_decoder") or {}).items()
+                   if _content(v) not in self._user_defined}
     self._sp = spm.SentencePieceProcessor(model_proto=self.files["tokenizer.model"])
     self._dummy_prefix = proto.normalizer_spec.add_dummy_prefix
     self._legacy = config.get("legacy", True)
@@ -112,6 +117,8 @@ class HFTokenizer:
   def _sp_piece_id(self, piece: str) -> int | None:
     if piece in self._added:
       return self._added[piece]
+    if piece in self._user_defined:
+      return self._user_defined[piece]
     i = self._sp.piece_to_id(piece)
     return None if i == self._sp.unk_id() and piece != self._sp.id_to_piece(i) else i
 
@@ -216,13 +223,16 @@ class HFTokenizer:
       full = self.render_chat(probe)
     except Exception:  # pylint: disable=broad-except  # a template that needs more
       return []
-    tail = full[full.rfind("PROBE") + len("PROBE"):]
+    tail = full[full.rfind("PROBE") + len("PROBE"):].strip()
+    atomic = {*self._special_ids().values(), *self._user_defined.values()}
+    if self._tok is not None:
+      atomic.update(t.content and self._tok.token_to_id(t.content)
+                    for t in self._tok.get_added_tokens_decoder().values())
     ids = []
-    for piece in self._special_split(tail.strip()):
-      special = self._special_ids().get(piece)
-      if special is None:
+    for i in self.encode(tail):
+      if i not in atomic:
         break
-      ids.append(special)
+      ids.append(i)
     return ids
 
   # -- files ------------------------------------------------------------------------------

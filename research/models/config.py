@@ -18,7 +18,7 @@ from typing import Any
 import jax.numpy as jnp
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-_CHOICES = {"family": ("native", "llama", "qwen2", "gemma", "gpt2"), "norm": ("rms", "layer"),
+_CHOICES = {"family": ("native", "llama", "mistral", "qwen2", "gemma", "gpt2"), "norm": ("rms", "layer"),
             "mlp": ("gated", "plain"), "activation": ("silu", "gelu_tanh", "gelu"),
             "positions": ("rope", "learned"), "rope_scaling": ("none", "llama3", "linear")}
 # Fields that decide the parameters' shapes and the function they compute; a
@@ -44,7 +44,7 @@ class DecoderConfig:
   # in Llama) starts at ~ln(vocab).
   tie_embeddings: bool = False
   # --- architecture variants (defaults: this project's native decoder) ---
-  family: str = "native"       # native | llama | qwen2 | gemma | gpt2
+  family: str = "native"       # native | llama | mistral | qwen2 | gemma | gpt2
   norm: str = "rms"            # rms | layer (LayerNorm with bias, GPT-2)
   norm_offset: float = 0.0     # scale = offset + w; Gemma stores w with offset 1
   mlp: str = "gated"           # gated: act(x Wg) * (x Wu) Wd (SwiGLU / GeGLU) | plain: act(x Wu) Wd

@@ -36,16 +36,17 @@ class Tensor:
 
 
 ARCHITECTURES = {
-    "LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
+    "LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2", "GemmaForCausalLM": "gemma", "GPT2LMHeadModel": "gpt2",
 }
-CAUSAL_LM = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+CAUSAL_LM = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
              "gemma": "GemmaForCausalLM", "gpt2": "GPT2LMHeadModel"}
 SEQUENCE_CLASSIFIER = {"llama": "LlamaForSequenceClassification",
+                       "mistral": "MistralForSequenceClassification",
                        "qwen2": "Qwen2ForSequenceClassification",
                        "gemma": "GemmaForSequenceClassification",
                        "gpt2": "GPT2ForSequenceClassification"}
-MODEL_TYPE = {"llama": "llama", "qwen2": "qwen2", "gemma": "gemma", "gpt2": "gpt2"}
+MODEL_TYPE = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "gemma": "gemma", "gpt2": "gpt2"}
 # Buffers some checkpoints carry that are not parameters.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
 
@@ -123,7 +124,7 @@ def decoder_fields(hf: dict, where: str) -> dict[str, Any]:
     # Sliding-window attention equals full attention on sequences within the
     # window; beyond it this decoder would differ, so the window caps max_len.
     fields["max_len"] = int(window)
-  if family == "llama":
+  if family in ("llama", "mistral"):
     bias = bool(hf.get("attention_bias", False))
     fields.update(qkv_bias=bias, out_bias=bias, mlp_bias=bool(hf.get("mlp_bias", False)),
                   embed_scale=False, tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
@@ -169,6 +170,8 @@ def hf_config(cfg, *, dtype: str = "float32", special: dict | None = None,
     out["rope_scaling"] = rope
   if family == "llama":
     out.update(attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias)
+  if family == "mistral":
+    out["sliding_window"] = None  # max_len was capped at the window on import
   if family == "gemma":
     out["hidden_activation"] = act
   return out
@@ -188,7 +191,7 @@ def tensor_map(cfg, prefix: str = "") -> dict[tuple[str, ...], Tensor]:
   """Our parameter path (unscanned: `layer_i`) -> the HF tensor it comes from."""
   if cfg.family == "gpt2":
     return _gpt2_map(cfg, prefix or "transformer.")
-  if cfg.family not in ("llama", "qwen2", "gemma"):
+  if cfg.family not in ("llama", "mistral", "qwen2", "gemma"):
     raise CheckpointError(f"model.family={cfg.family!r} has no Hugging Face layout")
   p = prefix or "model."
   m: dict[tuple[str, ...], Tensor] = {("embedding",): Tensor(f"{p}embed_tokens.weight", "table"),

@@ -1,0 +1,314 @@
+"""Hugging Face checkpoints: import, export, tokenizers and chat templates.
+
+The fixtures (tests/fixtures/hf/, made by tests/fixtures/make_hf_fixtures.py
+with transformers) are tiny random checkpoints of each family with what
+transformers computed on them: logits, greedy generate, tokenizer encodings,
+chat-template renderings. transformers itself is not needed here; the last
+test also loads an export in transformers when it is installed.
+"""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from research import convert, sampling
+from research.data import hf_tokenizer, templates
+from research.models.hf import checkpoint as hf_checkpoint
+from research.models.hf.families import CheckpointError
+from research.stages import common
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hf")
+FAMILIES = ["llama", "qwen2", "gemma", "mistral", "gpt2"]
+
+
+def expected(name):
+  with open(os.path.join(FIXTURES, name, "expected.json"), encoding="utf-8") as f:
+    return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+  root = tmp_path_factory.mktemp("imported")
+  return {name: convert.import_hf(os.path.join(FIXTURES, name), str(root / name))["workdir"]
+          for name in FAMILIES}
+
+
+def logits_of(workdir, ids):
+  model, params = common.load_policy(workdir)
+  return np.asarray(model.apply({"params": params}, jnp.asarray(ids)))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_logits_match_transformers(imported, name):
+  want = expected(name)
+  got = logits_of(imported[name], want["input_ids"])
+  np.testing.assert_allclose(got, np.asarray(want["logits"]), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_kv_cache_greedy_matches_transformers_generate(imported, name):
+  want = expected(name)
+  mesh, rules = common.mesh_and_rules(common.load_config(imported[name]))
+  model, params = common.load_policy(imported[name], mesh, rules)
+  sampler = sampling.Sampler(model, eos_id=tuple(want["eos_ids"]), pad_id=0, mesh=mesh,
+                             rules=rules)
+  out = jax.device_get(sampler(params, want["prompts"], jax.random.PRNGKey(0),
+                               sampling.SamplingConfig(12, greedy=True)))
+  for row, reference in enumerate(want["greedy"]):
+    n = int(out.lengths[row])
+    assert out.tokens[row, :n].tolist() == reference[:n]
+    assert n == len(reference) or reference[n - 1] in want["eos_ids"]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_export_round_trips_bit_exactly(imported, name, tmp_path):
+  out = tmp_path / "hf"
+  convert.export_hf(imported[name], str(out))
+  source = hf_checkpoint.SafetensorsDir(os.path.join(FIXTURES, name))
+  exported = hf_checkpoint.SafetensorsDir(str(out))
+  for key in source.files:  # the same tensors, names and values as transformers saved
+    assert np.array_equal(exported.read(key), source.read(key)), key
+  assert set(exported.files) == set(source.files)
+  with open(out / "config.json", encoding="utf-8") as f:
+    config = json.load(f)
+  with open(os.path.join(FIXTURES, name, "config.json"), encoding="utf-8") as f:
+    original = json.load(f)
+  for key in ("architectures", "vocab_size", "tie_word_embeddings", "hidden_size", "n_embd",
+              "num_key_value_heads", "head_dim", "intermediate_size", "rms_norm_eps"):
+    if key in original:
+      assert config[key] == original[key], key
+  again = convert.import_hf(str(out), str(tmp_path / "again"))["workdir"]
+  first = common.load_policy(imported[name])[1]
+  second = common.load_policy(again)[1]
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               first, second)
+
+
+def test_scanned_import_on_an_8_device_mesh_matches(devices, tmp_path):
+  name = "llama"
+  workdir = convert.import_hf(os.path.join(FIXTURES, name), str(tmp_path / "scan"),
+                              scan_layers=True, fsdp=2, tensor=2)["workdir"]
+  config = common.load_config(workdir)
+  assert dict(config.mesh)["fsdp"] == 2
+  mesh, rules = common.mesh_and_rules(config)
+  model, params = common.load_policy(workdir, mesh, rules)
+  kernel = params["layers"]["attention"]["query"]["kernel"]
+  assert kernel.shape[0] == 2 and len(kernel.sharding.device_set) == 8
+  want = expected(name)
+  got = np.asarray(model.apply({"params": params}, jnp.asarray(want["input_ids"])))
+  np.testing.assert_allclose(got, np.asarray(want["logits"]), atol=1e-4, rtol=0)
+
+
+def test_dry_run_reports_sizes_without_writing(tmp_path):
+  out = convert.import_hf(os.path.join(FIXTURES, "qwen2"), str(tmp_path / "x"), dry_run=True)
+  assert out["parameters"] == 42272 and out["param_gib_per_device"] > 0
+  assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_tokenizer_matches_transformers(name):
+  want = expected(name)
+  tok = hf_tokenizer.HFTokenizer.load(os.path.join(FIXTURES, name))
+  for text, ids in want["encodings"].items():
+    assert tok.encode(text) == ids, text
+  for text, ids in want["with_special"].items():
+    assert tok.prefix_ids + tok.encode(text) == ids, text
+  for text, decoded in zip(want["encodings"], want["decoded"]):
+    assert tok.decode(tok.encode(text)) == decoded
+  for chat in want["chats"]:
+    if "error" in chat and tok.chat_template:
+      with pytest.raises(hf_tokenizer.TokenizerError):
+        tok.render_chat(chat["messages"])
+    elif "error" not in chat:
+      assert tok.render_chat(chat["messages"]) == chat["text"]
+      assert tok.render_chat(chat["messages"][:-1], add_generation_prompt=True) == chat["prompt"]
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "gemma", "mistral"])
+def test_hf_chat_loss_mask_covers_exactly_the_replies(name):
+  tok = hf_tokenizer.HFTokenizer.load(os.path.join(FIXTURES, name))
+  messages = expected(name)["chats"][1]["messages"]
+  ids, mask = templates.tokenize({"messages": messages}, "hf_chat", tok)
+  # Runs of masked tokens are the assistant turns, each closed by the end-of-turn token.
+  runs, current = [], []
+  for i, m in zip(ids, mask):
+    if m:
+      current.append(int(i))
+    elif current:
+      runs.append(current)
+      current = []
+  runs += [current] if current else []
+  replies = [m["content"] for m in messages if m["role"] == "assistant"]
+  assert len(runs) == len(replies)
+  end = tok.turn_end_ids()
+  for run, reply in zip(runs, replies):
+    assert run[-len(end):] == end
+    assert tok.decode(run).strip() == reply
+  # The prompt for the last reply is exactly the tokens before it in training.
+  prompt, answer = templates.generation_prompt({"messages": messages}, "hf_chat", tok)
+  last_start = max(i for i in range(len(mask)) if mask[i] and (i == 0 or not mask[i - 1]))
+  assert answer.strip() == replies[-1]
+  assert list(ids[:last_start]) == prompt
+
+
+def test_reward_model_exports_and_reimports(tiny_base, tmp_path):
+  from research.models.heads import ScalarModel  # pylint: disable=g-import-not-at-top
+  # A reward-model workdir: the CLM trunk with a fresh head, stage 'reward'.
+  config = common.load_config(tiny_base)
+  mesh, rules = common.mesh_and_rules(config)
+  cfg = common.decoder_config(config)
+  model = ScalarModel(cfg)
+  params = model.init(jax.random.PRNGKey(1), jnp.ones((1, 8), jnp.int32))["params"]
+  params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, params,
+                        is_leaf=lambda x: hasattr(x, "value"))
+  params["head"]["bias"] = jnp.float32(0.25)
+  rm = tmp_path / "rm"
+  from research.training import checkpoint  # pylint: disable=g-import-not-at-top
+  ckpt = checkpoint.Checkpointer(str(rm / "checkpoints"))
+  ckpt.save(0, {"params": params}, {})
+  ckpt.close()
+  config.stage = "reward"
+  common.save_config(config, str(rm))
+  shutil.copy(os.path.join(tiny_base, common.TOKENIZER_FILE), rm / common.TOKENIZER_FILE)
+  convert.export_hf(str(rm), str(tmp_path / "hf"))
+  with open(tmp_path / "hf" / "config.json", encoding="utf-8") as f:
+    assert json.load(f)["architectures"] == ["LlamaForSequenceClassification"]
+  back = convert.import_hf(str(tmp_path / "hf"), str(tmp_path / "back"))["workdir"]
+  assert common.load_config(back).stage == "reward"
+  tokens = jnp.asarray(np.random.default_rng(0).integers(4, cfg.vocab_size, (2, 9)))
+  again = common.load_params(back, ScalarModel(common.decoder_config(common.load_config(back))),
+                             mesh, rules)
+  want = model.apply({"params": params}, tokens)[1]
+  got = ScalarModel(common.decoder_config(common.load_config(back))).apply(
+      {"params": again}, tokens)[1]
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+
+
+def test_native_run_exports_as_llama_with_the_same_logits(tiny_base, tmp_path):
+  convert.export_hf(tiny_base, str(tmp_path / "hf"))
+  with open(tmp_path / "hf" / "config.json", encoding="utf-8") as f:
+    assert json.load(f)["model_type"] == "llama"
+  back = convert.import_hf(str(tmp_path / "hf"), str(tmp_path / "back"))["workdir"]
+  ids = np.random.default_rng(0).integers(4, 1024, (2, 10))
+  np.testing.assert_allclose(logits_of(back, ids), logits_of(tiny_base, ids), atol=1e-4)
+  # The exported tokenizer reads back with the same ids as ours.
+  ours = common.load_tokenizer(os.path.join(tiny_base, common.TOKENIZER_FILE))
+  theirs = common.load_tokenizer(os.path.join(back, hf_tokenizer.DIRNAME))
+  text = "A great film, 10/10 <|assistant|> would watch again."
+  assert theirs.encode(text) == ours.encode(text)
+
+
+def _copy_fixture(tmp_path, name="llama"):
+  target = tmp_path / name
+  shutil.copytree(os.path.join(FIXTURES, name), target)
+  return target
+
+
+def test_bad_checkpoints_fail_with_one_clear_line(tmp_path):
+  with pytest.raises(CheckpointError, match="not a directory"):
+    convert.import_hf(str(tmp_path / "nope"), str(tmp_path / "out"))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(CheckpointError, match="no config.json"):
+    convert.import_hf(str(tmp_path / "empty"), str(tmp_path / "out"))
+
+  bad = _copy_fixture(tmp_path / "arch")
+  config = json.loads((bad / "config.json").read_text())
+  (bad / "config.json").write_text(json.dumps({**config, "architectures": ["T5ForConditionalGeneration"]}))
+  with pytest.raises(CheckpointError, match="unsupported architecture.*T5ForConditionalGeneration"):
+    convert.import_hf(str(bad), str(tmp_path / "out"))
+
+  shape = _copy_fixture(tmp_path / "shape")
+  (shape / "config.json").write_text(json.dumps({**config, "intermediate_size": 90}))
+  with pytest.raises(CheckpointError, match=r"model.safetensors: tensor 'model.layers.0.mlp"
+                                            r".\w+_proj.weight' has shape .*expected .*90"):
+    convert.import_hf(str(shape), str(tmp_path / "out"))
+
+  shards = _copy_fixture(tmp_path / "shards")
+  os.remove(shards / "model.safetensors")
+  (shards / "model.safetensors.index.json").write_text(json.dumps(
+      {"weight_map": {"model.embed_tokens.weight": "model-00001-of-00002.safetensors"}}))
+  with pytest.raises(CheckpointError, match="model-00001-of-00002.safetensors, which is missing"):
+    convert.import_hf(str(shards), str(tmp_path / "out"))
+
+  (tmp_path / "bin").mkdir()
+  (tmp_path / "bin" / "config.json").write_text(json.dumps(config))
+  (tmp_path / "bin" / "pytorch_model.bin").write_bytes(b"")
+  with pytest.raises(CheckpointError, match="torch pickles are not read"):
+    convert.import_hf(str(tmp_path / "bin"), str(tmp_path / "out"))
+
+
+def test_sharded_export_is_read_back(imported, tmp_path):
+  from research.models.hf import families  # pylint: disable=g-import-not-at-top
+  cfg = common.load_policy(imported["gemma"])[0].cfg
+  params = common.load_policy(imported["gemma"])[1]
+  files = hf_checkpoint.save_tensors(
+      str(tmp_path), lambda: hf_checkpoint.hf_tensors(params, families.tensor_map(cfg)),
+      max_shard_bytes=40_000)
+  assert len(files) > 1 and (tmp_path / hf_checkpoint.INDEX_FILE).exists()
+  source = hf_checkpoint.SafetensorsDir(os.path.join(FIXTURES, "gemma"))
+  sharded = hf_checkpoint.SafetensorsDir(str(tmp_path))
+  assert set(sharded.files) == set(source.files)
+  for key in source.files:
+    assert np.array_equal(sharded.read(key), source.read(key))
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("transformers"),
+                    reason="transformers not installed (optional: a live cross-check)")
+@pytest.mark.parametrize("name", FAMILIES)
+def test_export_loads_in_transformers_with_identical_logits(imported, name, tmp_path):
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  convert.export_hf(imported[name], str(tmp_path / "hf"))
+  model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
+  want = expected(name)
+  with torch.no_grad():
+    logits = model(torch.tensor(want["input_ids"])).logits.numpy()
+  np.testing.assert_allclose(logits, np.asarray(want["logits"]), atol=1e-4, rtol=0)
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("transformers"),
+                    reason="transformers not installed (optional: a live cross-check)")
+def test_native_run_and_reward_model_load_in_transformers(tiny_base, tmp_path):
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from research.models.heads import ScalarModel  # pylint: disable=g-import-not-at-top
+  from research.training import checkpoint  # pylint: disable=g-import-not-at-top
+  convert.export_hf(tiny_base, str(tmp_path / "lm"))
+  ids = np.random.default_rng(0).integers(4, 1024, (2, 10))
+  model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "lm")).eval()
+  with torch.no_grad():
+    theirs = model(torch.tensor(ids)).logits.numpy()
+  np.testing.assert_allclose(theirs, logits_of(tiny_base, ids), atol=1e-4)
+  tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "lm"))
+  ours = common.load_tokenizer(os.path.join(tiny_base, common.TOKENIZER_FILE))
+  text = "A great film, 10/10 <|assistant|> would watch again."
+  assert tok(text, add_special_tokens=False)["input_ids"] == ours.encode(text)
+
+  # A reward model: transformers' score is ours minus the head's bias.
+  config = common.load_config(tiny_base)
+  cfg = common.decoder_config(config)
+  rm = ScalarModel(cfg)
+  params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x,
+                        rm.init(jax.random.PRNGKey(1), jnp.ones((1, 8), jnp.int32))["params"],
+                        is_leaf=lambda x: hasattr(x, "value"))
+  params["head"]["bias"] = jnp.float32(0.25)
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "rm" / "checkpoints"))
+  ckpt.save(0, {"params": params}, {})
+  ckpt.close()
+  config.stage = "reward"
+  common.save_config(config, str(tmp_path / "rm"))
+  shutil.copy(os.path.join(tiny_base, common.TOKENIZER_FILE),
+              tmp_path / "rm" / common.TOKENIZER_FILE)
+  convert.export_hf(str(tmp_path / "rm"), str(tmp_path / "rm_hf"))
+  hf_rm = transformers.AutoModelForSequenceClassification.from_pretrained(
+      str(tmp_path / "rm_hf")).eval()
+  with torch.no_grad():
+    hf_scores = hf_rm(torch.tensor(ids)).logits[:, 0].numpy()
+  np.testing.assert_allclose(hf_scores + 0.25, np.asarray(rm.apply({"params": params},
+                                                                   jnp.asarray(ids))[1]),
+                             atol=1e-4)

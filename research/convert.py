@@ -40,19 +40,6 @@ from research.models.hf import checkpoint as hf_checkpoint, families
 from research.models.hf.families import CheckpointError, Tensor
 from research.training import checkpoint, partitioning
 
-_FROM_HF = flags.DEFINE_string("from_hf", None, "a local Hugging Face model directory to import")
-_TO_HF = flags.DEFINE_string("to_hf", None, "directory to export --workdir's model to")
-_WORKDIR = flags.DEFINE_string("workdir", None, "the run to export, or where to import to")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"],
-                           "import: compute dtype; export: the saved tensors' dtype")
-_PARAM_DTYPE = flags.DEFINE_enum("param_dtype", "float32", ["float32", "bfloat16", "float16"],
-                                 "import: parameter dtype")
-_SCAN = flags.DEFINE_bool("scan_layers", False, "import: stack layers for nn.scan (large models)")
-_FSDP = flags.DEFINE_integer("fsdp", 1, "import: mesh fsdp size (data takes the other devices)")
-_TENSOR = flags.DEFINE_integer("tensor", 1, "import: mesh tensor size")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "import: print parameter count and per-device "
-                             "memory, write nothing")
-
 REWARD_HEAD = {("head", "kernel"): Tensor("score.weight", "linear"),
                ("head", "bias"): Tensor("score.bias", "vector")}
 
@@ -211,25 +198,45 @@ def export_hf(workdir: str, out_dir: str, *, dtype: str = "float32") -> dict:
   return {"exported": out_dir, "family": cfg.family, "reward_model": reward, "files": files}
 
 
+def _define_flags() -> None:
+  """CLI flags, defined only when run as a program (importing the library must not
+  clash with research.main's --workdir)."""
+  flags.DEFINE_string("from_hf", None, "a local Hugging Face model directory to import")
+  flags.DEFINE_string("to_hf", None, "directory to export --workdir's model to")
+  flags.DEFINE_string("workdir", None, "the run to export, or where to import to")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"],
+                    "import: compute dtype; export: the saved tensors' dtype")
+  flags.DEFINE_enum("param_dtype", "float32", ["float32", "bfloat16", "float16"],
+                    "import: parameter dtype")
+  flags.DEFINE_bool("scan_layers", False, "import: stack layers for nn.scan (large models)")
+  flags.DEFINE_integer("fsdp", 1, "import: mesh fsdp size (data takes the other devices)")
+  flags.DEFINE_integer("tensor", 1, "import: mesh tensor size")
+  flags.DEFINE_bool("dry_run", False, "import: print parameter count and per-device memory, "
+                    "write nothing")
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.getLogger("absl").setLevel(logging.WARNING)
-  if bool(_FROM_HF.value) == bool(_TO_HF.value):
+  f = flags.FLAGS
+  if bool(f.from_hf) == bool(f.to_hf):
     raise app.UsageError("give exactly one of --from_hf=DIR (import) or --to_hf=DIR (export)")
-  if not _WORKDIR.value and not _DRY_RUN.value:
+  if not f.workdir and not f.dry_run:
     raise app.UsageError("--workdir is required")
   try:
-    if _FROM_HF.value:
-      out = import_hf(_FROM_HF.value, _WORKDIR.value, dtype=_DTYPE.value,
-                      param_dtype=_PARAM_DTYPE.value, scan_layers=_SCAN.value,
-                      fsdp=_FSDP.value, tensor=_TENSOR.value, dry_run=_DRY_RUN.value)
+    if f.from_hf:
+      out = import_hf(f.from_hf, f.workdir, dtype=f.dtype, param_dtype=f.param_dtype,
+                      scan_layers=f.scan_layers, fsdp=f.fsdp, tensor=f.tensor,
+                      dry_run=f.dry_run)
     else:
-      out = export_hf(_WORKDIR.value, _TO_HF.value, dtype=_DTYPE.value)
+      out = export_hf(f.workdir, f.to_hf, dtype=f.dtype)
   except (CheckpointError, hf_tokenizer.TokenizerError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
   print(json.dumps(out, indent=2, default=str))
 
 
 if __name__ == "__main__":
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found"
+  _define_flags()
   app.run(main)

@@ -64,6 +64,8 @@ class SafetensorsDir:
       hint = f" (found {found}: torch pickles are not read; save with safetensors)" if found else ""
       raise CheckpointError(f"{directory}: no {SINGLE_FILE} or {INDEX_FILE}{hint}")
     self._handles: dict[str, Any] = {}
+    # Consecutive devices ask for the same tensor; keep the last few read.
+    self.read = functools.lru_cache(maxsize=2)(self._read)
 
   def _open(self, file: str):
     if file not in self._handles:
@@ -79,8 +81,7 @@ class SafetensorsDir:
       return name[len(prefix):]
     return None
 
-  @functools.lru_cache(maxsize=4)
-  def read(self, name: str) -> np.ndarray:
+  def _read(self, name: str) -> np.ndarray:
     file = self.files[name]
     try:
       return self._open(file).get_tensor(name)

@@ -48,6 +48,8 @@ def test_logits_match_transformers(imported, name):
   want = expected(name)
   got = logits_of(imported[name], want["input_ids"])
   np.testing.assert_allclose(got, np.asarray(want["logits"]), atol=1e-4, rtol=0)
+  model, params = common.load_policy(imported[name])  # the closed-form count, per family
+  assert model.cfg.num_params() == sum(x.size for x in jax.tree.leaves(params))
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -312,3 +314,32 @@ def test_native_run_and_reward_model_load_in_transformers(tiny_base, tmp_path):
   np.testing.assert_allclose(hf_scores + 0.25, np.asarray(rm.apply({"params": params},
                                                                    jnp.asarray(ids))[1]),
                              atol=1e-4)
+
+
+def test_logit_softcap_and_llama3_rope_frequencies_match_their_formulas():
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from research.models import config as model_config  # pylint: disable=g-import-not-at-top
+  from research.models.decoder import Decoder, rope_frequencies  # pylint: disable=g-import-not-at-top
+  cfg = model_config.DecoderConfig(**model_config.preset("tiny"))
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 7)))
+  params = Decoder(cfg).init(jax.random.PRNGKey(0), tokens)["params"]
+  plain = np.asarray(Decoder(cfg).apply({"params": params}, tokens))
+  capped = Decoder(dataclasses.replace(cfg, logit_softcap=2.0)).apply({"params": params}, tokens)
+  np.testing.assert_allclose(np.asarray(capped), 2.0 * np.tanh(plain / 2.0), atol=1e-6)
+
+  # Llama 3.1 scaling (transformers' _compute_llama3_parameters), written plainly.
+  c = dataclasses.replace(cfg, head_dim=64, rope_theta=500000.0, rope_scaling="llama3",
+                          rope_factor=8.0, rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
+                          rope_original_max_len=8192)
+  inv = 1.0 / 500000.0 ** (np.arange(0, 64, 2) / 64)
+  want = []
+  for f in inv:
+    wavelen = 2 * np.pi / f
+    if wavelen < 8192 / 4.0:
+      want.append(f)
+    elif wavelen > 8192 / 1.0:
+      want.append(f / 8.0)
+    else:
+      smooth = (8192 / wavelen - 1.0) / (4.0 - 1.0)
+      want.append((1 - smooth) * f / 8.0 + smooth * f)
+  np.testing.assert_allclose(np.asarray(rope_frequencies(c)), np.asarray(want), rtol=1e-5)

@@ -13,6 +13,7 @@ def base(stage: str) -> ml_collections.ConfigDict:
   c.stage = stage
   c.seed = 0                      # drives every rng: init, data order, sampling
   c.init_from = ""                # workdir of an earlier stage to start from
+  c.imports = ""                  # modules to import first (they register objectives), a,b
   c.mesh = mesh()
   c.sharding = ml_collections.ConfigDict({"rules": partitioning.DEFAULT_RULES})
   c.optimizer = optimizer()

@@ -1,5 +1,9 @@
 """RLHF: PPO (or A2C) on reward-model scores minus beta * KL to the SFT model.
 
+The base of every online method: configs/grpo.py, dr_grpo.py, rloo.py and
+reinforce_pp.py change the loss, the advantage estimator, the critic, the
+KL's placement and the group size, nothing else.
+
   python -m research.main --config=configs/rlhf.py --workdir=runs/ppo   # runs/sft + runs/reward
   python -m research.main --config=configs/rlhf.py --config.objective.name=a2c \
       --config.ppo.epochs=1 --workdir=runs/a2c
@@ -9,8 +13,9 @@
   python -m research.main --config=configs/rlhf.py:tiny --config.init_from=runs/sft_tiny \
       --config.reward.model=runs/reward_tiny
 
-`train.steps` counts iterations (rollout + update phase); each makes
-ppo.epochs * data.batch_size / ppo.minibatch_size optimizer steps.
+`train.steps` counts iterations (rollout + update phase); each samples
+data.batch_size * rollout.samples_per_prompt rows and makes
+ppo.epochs * rows / ppo.minibatch_size optimizer steps.
 """
 
 import ml_collections
@@ -29,16 +34,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "model": "runs/reward",   # reward-model workdir (normalised scores)
   })
   c.objective = ml_collections.ConfigDict({
-      "name": "ppo",            # ppo | a2c
-      "critic": "separate",     # separate (own trunk) | shared (value head on the policy)
+      "name": "ppo",            # a registered online loss: ppo | a2c | reinforce
+      "advantage": "gae",       # a registered estimator: gae | grpo | dr_grpo | rloo | reinforce_pp
+      "critic": "separate",     # separate (own trunk) | shared (value head on the policy) | none
       "critic_init": "reward_model",  # separate critic: reward_model | policy
       "kl": ml_collections.ConfigDict({
           "beta": 0.05,         # initial / fixed KL coefficient
           "target": 0.0,        # > 0: adaptive controller (Ziegler et al.), e.g. 6
           "horizon": 10000,
-          "estimator": "k1",    # k1 | k2 | k3, per token, in the reward
+          "estimator": "k1",    # k1 | k2 | k3, per token
+          "placement": "reward",  # reward: -beta * KL_t in the reward | loss: + beta * KL (GRPO)
       }),
+      "loss_agg": "token_mean",  # token_mean | seq_mean_token_mean | seq_mean_token_sum
       "clip": 0.2,              # policy ratio clip
+      "clip_high": 0.0,         # > 0: the upper clip, 1 + clip_high (DAPO's clip-higher: 0.28)
       "value_clip": 0.2,
       "vf_coef": 0.1,
       "entropy_coef": 0.0,
@@ -53,14 +62,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   })
   c.rollout = ml_collections.ConfigDict({
       "max_new_tokens": 96, "top_k": 0, "top_p": 1.0,
+      "samples_per_prompt": 1,  # G responses per prompt (group baselines need G >= 2)
       "prompt_width": 0,        # 0: the longest prompt, rounded up to the sampler's bucket
   })
-  c.ppo = ml_collections.ConfigDict({"epochs": 4, "minibatch_size": 8})
+  c.ppo = ml_collections.ConfigDict({"epochs": 4, "minibatch_size": 8})  # minibatch: rows
   # Prompts: the preference data's (embedded: "Write a review of <film>.").
   c.data = common.preference_data(batch_size=32)  # batch_size: prompts per iteration
   # Pretraining text for PPO-ptx and for the held-out pretraining loss.
   c.ptx = common.data(source="embedded", corpus_size=2000, seq_len=128, batch_size=8)
-  c.train.update(steps=100, log_every=10, checkpoint_every=20)
+  # A step is an iteration; each one's statistics are logged (a rollout is costly).
+  c.train.update(steps=100, log_every=1, checkpoint_every=20)
   c.optimizer.update(lr=1e-5, warmup_steps=10, weight_decay=0.0, min_lr_ratio=1.0)
   c.evaluate = ml_collections.ConfigDict({
       "num_prompts": 64, "max_new_tokens": 160, "samples_per_prompt": 1,

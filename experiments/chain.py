@@ -89,9 +89,10 @@ def dpo(s, init_from: str, source: str = "embedded", **objective):
   return c
 
 
-def rlhf(s, init_from: str, reward_model: str = "", **objective):
-  """PPO/A2C; `reward_model=''` trains on the ground truth (the frontier's PPO-GT)."""
-  c = _common(rlhf_config.get_config(s["preset"]), s)
+def rlhf(s, init_from: str, reward_model: str = "", method=rlhf_config, **objective):
+  """An online method (`method`: configs.rlhf for PPO/A2C, configs.grpo, configs.rloo,
+  ...); `reward_model=''` trains on the ground truth (the frontier's PPO-GT)."""
+  c = _common(method.get_config(s["preset"]), s)
   c.train.update(steps=s["rlhf"], checkpoint_every=max(s["rlhf"] // 3, 1))
   c.init_from = init_from
   kl = objective.pop("kl", {})
@@ -103,7 +104,9 @@ def rlhf(s, init_from: str, reward_model: str = "", **objective):
     c.reward.source = "ground_truth"
     c.objective.critic_init = "policy"
     c.objective.score_norm = "batch"  # raw ground-truth scores have a std of ~0.1
-  c.optimizer.lr = 2e-4 if s["preset"] == "tiny" else c.optimizer.lr
+  if s["preset"] == "tiny":
+    # Group methods make 1 update per 8 rows where PPO makes 4 (its epochs).
+    c.optimizer.lr = 2e-4 if c.objective.critic != "none" else 1e-3
   c.evaluate.update(num_prompts=0, pretrain_batches=0)
   return c
 

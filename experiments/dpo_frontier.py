@@ -8,6 +8,8 @@ a reward model fitted to those rankings. Then
   DPO           over beta (the paper's grid: 0.05, 0.1, 1, 5);
   PPO           on the learned reward over beta;
   PPO-GT        on the ground-truth reward over beta;
+  GRPO, RLOO    4 samples per prompt, no critic, on the learned and on the
+                ground-truth reward (-GT), at their configs' beta;
   Best-of-N     sampling from the SFT model, chosen by the learned reward, over N
                 (KL: the bound log N - (N - 1) / N);
   Preferred-FT  SFT on the chosen (best) responses;
@@ -23,6 +25,8 @@ from __future__ import annotations
 
 import os
 
+from configs import grpo as grpo_config
+from configs import rloo as rloo_config
 from experiments import chain, plots
 from experiments.runner import Experiment, Point
 
@@ -58,6 +62,13 @@ def experiment(size: str = "default", root: str = "runs/dpo_frontier") -> Experi
     name = f"ppo_gt_beta{beta:g}"
     points.append(Point(name, chain.rlhf(s, d("sft"), kl={"beta": beta}), needs=("sft",)))
     policies.append((name, {"method": "PPO-GT", "setting": f"beta={beta:g}"}))
+  for method, module in (("GRPO", grpo_config), ("RLOO", rloo_config)):
+    for suffix, rm in (("", d("reward")), ("-GT", "")):
+      name = f"{method.lower()}{suffix.lower().replace('-', '_')}"
+      beta = module.get_config("tiny").objective.kl.beta
+      points.append(Point(name, chain.rlhf(s, d("sft"), rm, method=module),
+                          needs=("sft", "reward") if rm else ("sft",)))
+      policies.append((name, {"method": method + suffix, "setting": f"beta={beta:g}"}))
   pft = chain.sft(s, d("sft"), preferred)
   pft.train.update(steps=max(s["sft"] // 6, 5), checkpoint_every=max(s["sft"] // 6, 5))
   pft.optimizer.update(lr=5e-4, warmup_steps=2)

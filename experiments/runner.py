@@ -97,6 +97,8 @@ def run_point(experiment: Experiment, root: str, name: str) -> dict:
     logging.info("%s: finished already, skipped", name)
     return done
   logging.info("%s: running stage %s", name, point.config.stage)
+  from research import objectives  # pylint: disable=g-import-not-at-top
+  objectives.import_modules(point.config)  # what a fresh process needs registered
   return stage_module(point.config.stage).run(point.config, path)
 
 

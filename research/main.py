@@ -50,6 +50,8 @@ def main(argv) -> None:
   if config is None:
     raise app.UsageError("--config=configs/STAGE.py[:arg] is required")
   workdir = _WORKDIR.value or os.path.join("runs", config.stage)
+  from research import objectives
+  objectives.import_modules(config)  # config.imports: modules that register objectives
   if _DRY_RUN.value:
     from research.models.decoder import Decoder
     from research.stages import common

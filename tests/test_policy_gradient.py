@@ -14,6 +14,7 @@ from configs import rlhf as rlhf_config
 from research.models import config as model_config
 from research.models import logprobs
 from research.models.decoder import Decoder
+from research import objectives
 from research.objectives import advantages as adv
 from research.objectives import policy_gradient as pg
 from research.rlhf.actor_critic import ActorCritic
@@ -217,7 +218,9 @@ def rollout_batch(model, params, b=8, t=24, seed=0):
   return {"tokens": tokens, "mask": mask, "response_mask": resp,
           "old_logp": np.asarray(logp), "old_values": np.asarray(values),
           "advantages": rng.normal(size=(b, t)).astype(np.float32) * resp,
-          "returns": rng.normal(size=(b, t)).astype(np.float32) * resp}
+          "returns": rng.normal(size=(b, t)).astype(np.float32) * resp,
+          "ref_logp": (np.asarray(logp) + rng.normal(0, 0.1, (b, t))).astype(np.float32) * resp,
+          "kl_beta": np.full(b, 0.1, np.float32)}
 
 
 @pytest.mark.parametrize("critic", ["shared", "separate"])
@@ -239,19 +242,22 @@ def test_forward_aligns_logprobs_and_values_with_tokens(critic):
 def _ppo_run(mesh_shape, devices, name, critic, steps=2):
   model = tiny_actor_critic(critic)
   config = rlhf_config.get_config("tiny")
-  config.objective.name = name
-  config.objective.ptx_coef = 0.5
+  config.objective.update(name=name, critic=critic, ptx_coef=0.5)
+  if critic == "none":  # GRPO's shape: the KL in the loss, per-sequence aggregation
+    config.objective.update(loss_agg="seq_mean_token_mean", clip_high=0.28)
+    config.objective.kl.update(placement="loss", estimator="k3")
   tx, _ = optimizer.make_optimizer(config_common.optimizer(lr=1e-3, warmup_steps=1, eps=1e-3),
                                    10)
   mesh = partitioning.make_mesh(dict(zip(("data", "fsdp", "tensor"), mesh_shape)), devices)
   init = lambda rng: model.init(rng, jnp.ones((1, 8), jnp.int32))
   state, shardings = state_lib.create_state(init, tx, mesh, RULES, seed=0)
-  loss = functools.partial(pg.LOSSES[name], model=model, config=config)
+  loss = functools.partial(objectives.get(name), model=model, config=config)
   step = step_lib.make_train_step(loss, tx=tx, state_shardings=shardings, mesh=mesh, rules=RULES)
   host_params = jax.device_get(state.params)
   out = []
   for i in range(steps):
     batch = rollout_batch(model, host_params, seed=i)
+    batch = {k: batch[k] for k in objectives.get(name).keys(config)}
     ptx = np.random.default_rng(i).integers(4, 512, (8, 17)).astype(np.int32)
     batch["ptx"] = {"inputs": ptx[:, :-1], "targets": ptx[:, 1:],
                     "segment_ids": np.ones((8, 16), np.int32),
@@ -262,7 +268,8 @@ def _ppo_run(mesh_shape, devices, name, critic, steps=2):
   return out, jax.device_get(state.params), step
 
 
-@pytest.mark.parametrize("name,critic", [("ppo", "shared"), ("a2c", "separate")])
+@pytest.mark.parametrize("name,critic", [("ppo", "shared"), ("a2c", "separate"),
+                                         ("ppo", "none")])
 def test_ppo_step_on_8_devices_matches_one(devices, name, critic):
   ref, ref_params, _ = _ppo_run((1, 1, 1), devices[:1], name, critic)
   got, params, step = _ppo_run((2, 2, 2), devices, name, critic)

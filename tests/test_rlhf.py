@@ -11,17 +11,18 @@ import numpy as np
 import pytest
 
 from configs import best_of_n as bon_config
+from configs import grpo as grpo_config
 from configs import rlhf as rlhf_config
-from research.rlhf import ppo, rewards
+from research.rlhf import online, rewards
 from research.stages import best_of_n as bon_stage
 from research.stages import common
 from research.stages import rlhf as rlhf_stage
 
 
-def tiny_rlhf(init_from, **objective):
+def tiny_rlhf(init_from, module=rlhf_config, **objective):
   """Ground-truth reward, scores standardised per batch (their raw std is ~0.1, so the
   KL term would otherwise dominate a tiny run), a separate critic from the policy."""
-  config = rlhf_config.get_config("tiny")
+  config = module.get_config("tiny")
   config.init_from = init_from
   config.mesh.num_devices = 1
   config.reward.source = "ground_truth"
@@ -116,11 +117,13 @@ def test_best_of_n_raises_the_reward_of_the_fine_tuned_policy(tiny_sft, tmp_path
   assert jax.tree.leaves(params)
 
 
-def test_interrupted_run_resumes_exactly(tiny_sft, tmp_path):
+@pytest.mark.parametrize("module", [rlhf_config, grpo_config], ids=["ppo", "grpo"])
+def test_interrupted_run_resumes_exactly(tiny_sft, tmp_path, module):
   """SIGTERM after iteration 2 saves and stops; the rerun continues to 4 and matches an
-  uninterrupted run (policy, critic, Adam state, KL controller, ptx data position)."""
+  uninterrupted run (policy, critic, Adam state, KL controller, ptx data position);
+  GRPO: groups of 4, the adaptive beta inside the loss."""
   def config():
-    c = tiny_rlhf(tiny_sft, ptx_coef=0.5)
+    c = tiny_rlhf(tiny_sft, module, ptx_coef=0.5)
     c.objective.kl.update(target=3.0, horizon=100)  # adaptive beta: its state must resume
     c.objective.score_norm = "running"
     c.train.update(steps=4, checkpoint_every=4)
@@ -129,8 +132,7 @@ def test_interrupted_run_resumes_exactly(tiny_sft, tmp_path):
 
   full = rlhf_stage.run(config(), str(tmp_path / "full"))
 
-  def stop_at_2(iteration, metrics):
-    del metrics
+  def stop_at_2(iteration):
     if iteration == 2:
       os.kill(os.getpid(), signal.SIGTERM)
 
@@ -161,14 +163,14 @@ def test_bad_reward_and_config_errors_are_clear(tiny_sft, tmp_path):
 
 
 def test_prompt_stream_covers_every_prompt_once_per_epoch():
-  seen = np.concatenate([ppo.prompt_indices(i, 8, 20, seed=3) for i in range(5)])  # 40 = 2 epochs
+  seen = np.concatenate([online.prompt_indices(i, 8, 20, seed=3) for i in range(5)])  # 40 = 2 epochs
   assert sorted(seen[:20]) == list(range(20)) and sorted(seen[20:]) == list(range(20))
   assert not np.array_equal(seen[:20], seen[20:])
 
 
 def test_running_moments_match_numpy():
   x = np.random.default_rng(0).normal(2.0, 3.0, 100)
-  m = ppo.RunningMoments()
+  m = online.RunningMoments()
   for chunk in np.split(x, [10, 45, 80]):
     m.update(chunk)
   assert m.mean == pytest.approx(x.mean()) and m.std == pytest.approx(x.std(ddof=1))

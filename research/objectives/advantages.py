@@ -1,4 +1,5 @@
-"""Per-token rewards, KL estimators, GAE, whitening and the KL controllers of RLHF.
+"""Per-token rewards, KL estimators, advantage estimators, whitening and the KL
+controllers of RLHF.
 
 Arrays are BxT over the full rollout row (prompt, response, padding), aligned
 with `models.logprobs.sequence_token_logprobs`: index t holds the quantities of
@@ -9,11 +10,30 @@ References: Ziegler et al. 2019 (lm-human-preferences: the per-token reward,
 the adaptive KL controller); Schulman et al. 2016 (GAE, eq. 16); Schulman 2020,
 "Approximating KL divergence" (k1, k2, k3); Huang et al. 2024, "The N+
 implementation details of RLHF with PPO" (whitening).
+
+Advantage estimators (registered in `research.objectives`, chosen by
+`config.objective.advantage`) map `Inputs` to (advantages_BxT, returns_BxT):
+
+  gae           Schulman et al. 2016 eq. 16 with the critic's values (PPO, A2C).
+  grpo          Shao et al. 2024 (DeepSeekMath) sec. 4.1.2, outcome supervision:
+                A_i = (r_i - mean(group)) / std(group) on every token of response i.
+  dr_grpo       Liu et al. 2025 ("Understanding R1-Zero-like training") eq. 3:
+                A_i = r_i - mean(group), no std normalisation.
+  rloo          Ahmadian et al. 2024 sec. 3.2 (REINFORCE leave-one-out):
+                A_i = r_i - 1/(G-1) sum_{j != i} r_j.
+  reinforce_pp  Hu 2025 (REINFORCE++) eq. 7-8: returns-to-go of the per-token
+                KL-penalised rewards, normalised over the whole batch (no critic,
+                no group baseline).
+
+r_i is the sequence reward: the score plus the summed per-token KL penalty when
+the KL is in the reward (`config.objective.kl.placement='reward'`). Groups are
+`G = config.rollout.samples_per_prompt` consecutive rows (one prompt each).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -147,3 +167,79 @@ def kl_controller(cfg):
   if cfg.get("target"):
     return AdaptiveKLController(float(cfg.beta), float(cfg.target), float(cfg.horizon))
   return FixedKLController(float(cfg.beta))
+
+
+# --- advantage estimators -----------------------------------------------------
+
+class Inputs(NamedTuple):
+  """What an advantage estimator sees of one rollout (BxT over the rollout rows)."""
+  rewards: jax.Array   # BxT per-token rewards: the score on the last response token,
+                       #     -beta * KL_t on each one when the KL is in the reward
+  values: jax.Array    # BxT the critic's values (zeros without a critic)
+  mask: jax.Array      # BxT response tokens
+  group_size: int      # G responses per prompt, consecutive rows
+
+
+def sequence_rewards(inputs: Inputs):
+  """r_i = sum_t rewards_it: the score plus the summed KL penalty."""
+  return jnp.where(inputs.mask.astype(bool), inputs.rewards, 0.0).sum(1)
+
+
+def _groups(x_B, group_size: int):
+  if x_B.shape[0] % group_size:
+    raise ValueError(f"{x_B.shape[0]} rollout rows are not whole groups of "
+                     f"config.rollout.samples_per_prompt={group_size}")
+  return x_B.reshape(-1, group_size)
+
+
+def on_tokens(adv_B, r_B, mask):
+  """(A_i on every response token of row i, r_i likewise as the returns): the
+  output of a sequence-level estimator."""
+  m = mask.astype(bool)
+  return (jnp.where(m, adv_B[:, None], 0.0), jnp.where(m, r_B[:, None], 0.0))
+
+
+def gae_estimator(inputs: Inputs, *, config):
+  o = config.objective
+  return gae(inputs.rewards, inputs.values, inputs.mask, o.gamma, o.lam)
+
+
+def grpo_estimator(inputs: Inputs, *, config, eps: float = 1e-4):
+  """(r - group mean) / (group std + eps); std with Bessel's correction (as TRL)."""
+  del config
+  r = sequence_rewards(inputs)
+  g = _groups(r, inputs.group_size)
+  adv = (g - g.mean(1, keepdims=True)) / (g.std(1, ddof=1, keepdims=True) + eps)
+  return on_tokens(adv.reshape(-1), r, inputs.mask)
+
+
+def dr_grpo_estimator(inputs: Inputs, *, config):
+  del config
+  r = sequence_rewards(inputs)
+  g = _groups(r, inputs.group_size)
+  return on_tokens((g - g.mean(1, keepdims=True)).reshape(-1), r, inputs.mask)
+
+
+def rloo_estimator(inputs: Inputs, *, config):
+  """r_i minus the mean of the other G - 1 rewards of its group: an unbiased baseline."""
+  del config
+  r = sequence_rewards(inputs)
+  g = _groups(r, inputs.group_size)
+  others = (g.sum(1, keepdims=True) - g) / (inputs.group_size - 1)
+  return on_tokens((g - others).reshape(-1), r, inputs.mask)
+
+
+def reinforce_pp_estimator(inputs: Inputs, *, config):
+  """Returns-to-go G_t = sum_{s >= t} gamma^(s-t) r_s, whitened over the batch."""
+  zeros = jnp.zeros_like(inputs.values)
+  _, returns = gae(inputs.rewards, zeros, inputs.mask, config.objective.gamma, 1.0)
+  return whiten(returns, inputs.mask), returns
+
+
+ESTIMATORS = {
+    "gae": {"fn": gae_estimator, "needs_critic": True},
+    "grpo": {"fn": grpo_estimator, "min_group_size": 2},
+    "dr_grpo": {"fn": dr_grpo_estimator, "min_group_size": 2},
+    "rloo": {"fn": rloo_estimator, "min_group_size": 2},
+    "reinforce_pp": {"fn": reinforce_pp_estimator},
+}

@@ -30,8 +30,6 @@ import jax.numpy as jnp
 
 from research.models.logprobs import sequence_token_logprobs
 
-REFERENCE_FREE = ("simpo", "orpo")
-
 
 def policy_logps(params, batch, model):
   """Summed response log-probs (Bx2), lengths (Bx2), per-token NLL of chosen (scalar)."""
@@ -147,5 +145,8 @@ def orpo_fn(params, batch, rng, *, model, config):
                  sums, nll, 1.0 + o.nll_coef)
 
 
-LOSSES = {"dpo": dpo_fn, "cdpo": cdpo_fn, "ipo": ipo_fn, "slic": slic_fn, "simpo": simpo_fn,
-          "orpo": orpo_fn}
+# name -> the loss and its properties (see `research.objectives.Objective`).
+LOSSES = {"dpo": {"fn": dpo_fn}, "cdpo": {"fn": cdpo_fn}, "ipo": {"fn": ipo_fn},
+          "slic": {"fn": slic_fn},
+          "simpo": {"fn": simpo_fn, "reference_free": True},
+          "orpo": {"fn": orpo_fn, "reference_free": True}}

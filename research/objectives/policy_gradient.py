@@ -1,21 +1,34 @@
-"""PPO and A2C losses for a policy with a critic, and PPO-ptx.
+"""Policy-gradient losses on rollout minibatches: the clipped surrogate (PPO,
+GRPO, DAPO, RLOO-with-clipping), plain REINFORCE/A2C, an optional value loss,
+an optional KL penalty in the loss, and PPO-ptx.
 
-The batch is one minibatch of a rollout (see `rlhf/ppo.py`): BxT `tokens`,
+The batch is one minibatch of a rollout (see `rlhf/online.py`): BxT `tokens`,
 `mask` (real tokens), `response_mask` (the actions), and from the rollout
-phase `old_logp`, `old_values`, `advantages`, `returns`; with PPO-ptx also
+phase `old_logp` and `advantages`; with a critic also `old_values` and
+`returns`; with the KL in the loss (`objective.kl.placement='loss'`) also
+`ref_logp` and `kl_beta` (B, the controller's coefficient); with PPO-ptx
 `ptx`, a packed pretraining batch (`clm.BATCH_KEYS`). `model` is an
-`rlhf.actor_critic.ActorCritic`; params are {'policy', 'value'}.
+`rlhf.actor_critic.ActorCritic`. `batch_keys(config)` lists the rollout keys.
 
-Means are over all response tokens of the minibatch (token-level, as in
-lm-human-preferences and TRL).
-
-  PPO   Schulman et al. 2017, eq. 7 (clipped surrogate) and eq. 9 (with value
+  ppo   Schulman et al. 2017, eq. 7 (clipped surrogate) and eq. 9 (with value
         loss and entropy bonus); the clipped value loss of the OpenAI baselines
-        (Huang et al. 2022, "37 implementation details", detail 9).
-  A2C   Mnih et al. 2016: -A * log pi, one pass per batch, no ratio or clipping;
-        the advantage actor-critic used for Gopher-based dialogue agents.
+        (Huang et al. 2022, "37 implementation details", detail 9). With
+        `clip_high` > `clip`: DAPO's clip-higher (Yu et al. 2025, eq. 10).
+        Without a critic and with the KL in the loss it is GRPO's objective
+        (Shao et al. 2024, eq. 3, k3 estimator of eq. 4).
+  a2c   Mnih et al. 2016: -A * log pi, one pass per rollout, no ratio or
+        clipping; with a critic the advantage actor-critic of Gopher-based
+        dialogue agents, without one REINFORCE (with RLOO's baseline: Ahmadian
+        et al. 2024, eq. 4). `reinforce` is the same loss under its own name.
   ptx   InstructGPT (Ouyang et al. 2022) eq. 2: + gamma * E_pretrain[log pi(x)];
         here `ptx_coef` times the per-token mean CLM loss.
+
+Token losses are aggregated by `objective.loss_agg` (the choice that separates
+GRPO, Dr. GRPO and DAPO):
+  token_mean            sum over all response tokens / their count (DAPO eq. 12; TRL)
+  seq_mean_token_mean   mean over sequences of each one's token mean (GRPO eq. 3)
+  seq_mean_token_sum    mean over sequences of each one's token sum (Dr. GRPO: no
+                        length normalisation)
 """
 
 from __future__ import annotations
@@ -23,24 +36,53 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from research.objectives import clm
-from research.objectives.advantages import masked_mean
+from research.objectives.advantages import kl_per_token, masked_mean
+
+AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum")
 
 
-def ppo_policy_loss(logp, old_logp, advantages, mask, clip: float):
-  """max(-A r, -A clip(r, 1-eps, 1+eps)) with r = pi / pi_old; and its diagnostics."""
+def aggregate(x_BxT, mask_BxT, how: str = "token_mean"):
+  """One scalar from per-token losses (see the module docstring)."""
+  m = mask_BxT.astype(x_BxT.dtype)
+  x = jnp.where(mask_BxT.astype(bool), x_BxT, 0.0)
+  if how == "token_mean":
+    return x.sum() / jnp.maximum(m.sum(), 1.0)
+  if how == "seq_mean_token_mean":
+    return (x.sum(1) / jnp.maximum(m.sum(1), 1.0)).mean()
+  if how == "seq_mean_token_sum":
+    return x.sum(1).mean()
+  raise ValueError(f"config.objective.loss_agg={how!r}; expected one of {AGGREGATIONS}")
+
+
+def ppo_policy_loss(logp, old_logp, advantages, mask, clip: float, clip_high: float | None = None,
+                    agg: str = "token_mean"):
+  """max(-A r, -A clip(r, 1 - clip, 1 + clip_high)) with r = pi / pi_old; and its
+  diagnostics. `clip_high=None` clips symmetrically."""
+  clip_high = clip if clip_high is None else clip_high
   log_ratio = jnp.where(mask, logp - old_logp, 0.0)
   ratio = jnp.exp(log_ratio)
   unclipped = -advantages * ratio
-  clipped = -advantages * jnp.clip(ratio, 1.0 - clip, 1.0 + clip)
-  loss = masked_mean(jnp.maximum(unclipped, clipped), mask)
+  clipped = -advantages * jnp.clip(ratio, 1.0 - clip, 1.0 + clip_high)
+  loss = aggregate(jnp.maximum(unclipped, clipped), mask, agg)
   return loss, {"policy/clipfrac": masked_mean((clipped > unclipped).astype(jnp.float32), mask),
                 # Schulman's k2 estimate of KL(pi_old || pi): the step size.
                 "policy/approxkl": masked_mean(0.5 * jnp.square(log_ratio), mask),
                 "val/ratio": masked_mean(ratio, mask)}
 
 
-def a2c_policy_loss(logp, advantages, mask):
-  return masked_mean(-advantages * logp, mask), {}
+def a2c_policy_loss(logp, advantages, mask, agg: str = "token_mean"):
+  return aggregate(-advantages * logp, mask, agg), {}
+
+
+def batch_keys(config) -> tuple[str, ...]:
+  """The rollout arrays a minibatch carries for `config.objective`."""
+  o = config.objective
+  keys = ("tokens", "mask", "response_mask", "old_logp", "advantages")
+  if o.critic != "none":
+    keys += ("old_values", "returns")
+  if o.kl.placement == "loss":
+    keys += ("ref_logp", "kl_beta")
+  return keys
 
 
 def value_loss(values, old_values, returns, mask, clip: float | None):
@@ -61,11 +103,18 @@ def _actor_critic_loss(params, batch, *, model, config, policy_loss, value_clip)
   mask = batch["response_mask"].astype(bool)
   logp, entropy, values, _ = model.forward(params, batch["tokens"], batch["mask"], o.temperature)
   pg, pg_metrics = policy_loss(logp, mask)
-  vf, vf_metrics = value_loss(values, batch["old_values"], batch["returns"], mask, value_clip)
   ent = masked_mean(entropy, mask)
-  loss = pg + o.vf_coef * vf - o.entropy_coef * ent
-  metrics = {**pg_metrics, **vf_metrics, "loss/policy": pg, "loss/value": vf,
-             "policy/entropy": ent, "num_tokens": mask.sum()}
+  loss = pg - o.entropy_coef * ent
+  metrics = {**pg_metrics, "loss/policy": pg, "policy/entropy": ent, "num_tokens": mask.sum()}
+  if model.critic != "none":
+    vf, vf_metrics = value_loss(values, batch["old_values"], batch["returns"], mask, value_clip)
+    loss = loss + o.vf_coef * vf
+    metrics.update(vf_metrics, **{"loss/value": vf})
+  if o.kl.placement == "loss":
+    # The penalty's gradient flows through log pi (k3: 1 - pi_ref / pi per token).
+    kl = aggregate(kl_per_token(logp, batch["ref_logp"], mask, o.kl.estimator), mask, o.loss_agg)
+    loss = loss + batch["kl_beta"].mean() * kl
+    metrics["loss/kl"] = kl
   if "ptx" in batch:
     ptx_logits = model.policy.apply({"params": params["policy"]}, batch["ptx"]["inputs"],
                                     batch["ptx"]["positions"], batch["ptx"]["segment_ids"])
@@ -78,21 +127,25 @@ def _actor_critic_loss(params, batch, *, model, config, policy_loss, value_clip)
 
 def ppo_fn(params, batch, rng, *, model, config):
   del rng
+  o = config.objective
 
   def ppo(logp, mask):
-    return ppo_policy_loss(logp, batch["old_logp"], batch["advantages"], mask,
-                           config.objective.clip)
+    return ppo_policy_loss(logp, batch["old_logp"], batch["advantages"], mask, o.clip,
+                           o.get("clip_high") or None, o.loss_agg)
   return _actor_critic_loss(params, batch, model=model, config=config, policy_loss=ppo,
-                            value_clip=config.objective.value_clip)
+                            value_clip=o.value_clip)
 
 
 def a2c_fn(params, batch, rng, *, model, config):
   del rng
 
   def a2c(logp, mask):
-    return a2c_policy_loss(logp, batch["advantages"], mask)
+    return a2c_policy_loss(logp, batch["advantages"], mask, config.objective.loss_agg)
   return _actor_critic_loss(params, batch, model=model, config=config, policy_loss=a2c,
                             value_clip=None)
 
 
-LOSSES = {"ppo": ppo_fn, "a2c": a2c_fn}
+# name -> the loss and whether it makes one pass over each rollout (on-policy).
+LOSSES = {"ppo": {"fn": ppo_fn, "single_pass": False},
+          "a2c": {"fn": a2c_fn, "single_pass": True},
+          "reinforce": {"fn": a2c_fn, "single_pass": True}}

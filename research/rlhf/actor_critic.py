@@ -3,7 +3,9 @@
 critic = 'separate'  'value' is a `ScalarModel` (own trunk + head), initialised
                      from the reward model (InstructGPT sec. 3.5);
 critic = 'shared'    'value' is a zero-initialised `ScalarHead` on the policy's
-                     trunk (one forward pass yields logits and values).
+                     trunk (one forward pass yields logits and values);
+critic = 'none'      no 'value' (GRPO, RLOO, REINFORCE++: baselines from the
+                     rewards themselves); the values are zeros.
 
 `forward` returns per-token arrays aligned like `models.logprobs`: index t holds
 log pi(token_t | tokens_<t), the entropy of that distribution, and the value of
@@ -22,7 +24,7 @@ from research.models.decoder import Decoder
 from research.models.heads import ScalarHead, ScalarModel
 from research.models.logprobs import positions_from_mask, token_logprobs
 
-CRITICS = ("separate", "shared")
+CRITICS = ("separate", "shared", "none")
 
 
 def _shift_right(x_BxT):
@@ -41,13 +43,18 @@ class ActorCritic:
 
   @property
   def value_module(self):
+    if self.critic == "none":
+      return None
     return (ScalarModel(self.critic_cfg or self.policy.cfg, head_init="zeros")
             if self.critic == "separate" else ScalarHead("zeros"))
 
   def init(self, rng, tokens_BxL):
-    """Boxed {'policy', 'value'} params (for abstract shapes and shardings)."""
+    """Boxed {'policy', 'value'} params (for abstract shapes and shardings); no
+    'value' without a critic."""
     policy_rng, value_rng = jax.random.split(rng)
     policy = self.policy.init(policy_rng, tokens_BxL)["params"]
+    if self.critic == "none":
+      return {"policy": policy}
     if self.critic == "separate":
       value = self.value_module.init(value_rng, tokens_BxL)["params"]
     else:
@@ -64,7 +71,9 @@ class ActorCritic:
     hidden = self.policy.apply({"params": params["policy"]}, tokens_BxT, positions, segments,
                                method=Decoder.trunk)
     logits = self.policy.apply({"params": params["policy"]}, hidden, method=Decoder.logits)
-    if self.critic == "shared":
+    if self.critic == "none":
+      values = jnp.zeros(tokens_BxT.shape, jnp.float32)
+    elif self.critic == "shared":
       values = self.value_module.apply({"params": params["value"]}, hidden)
     else:
       values = self.value_module.apply({"params": params["value"]}, tokens_BxT, mask_BxT,

@@ -147,7 +147,8 @@ def train(config, workdir: str, module: nn.Module, *, train_iter, eval_batches,
       loss, params_sharding=s.shardings.params, mesh=s.mesh, rules=s.rules)
   result = loop.run(
       train_cfg=config.train, workdir=workdir, state=s.state, abstract_state=s.abstract_state,
-      state_shardings=s.shardings, train_step=train_step, train_iter=train_iter, mesh=s.mesh,
+      state_shardings=s.shardings, train_step=train_step,
+      source=loop.IteratorSource(train_iter), mesh=s.mesh,
       rules=s.rules, eval_step=eval_step, eval_batches=eval_batches,
       tokens_per_batch=tokens_per_batch, hooks=hooks)
   return result, s, train_step

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from research.data import comparisons, preferences
 from research.models.decoder import Decoder
-from research.objectives import dpo
+from research import objectives
 from research.reward_fn import RewardFunction
 from research.rlhf import evaluation, reference
 from research.stages import common
@@ -38,7 +38,7 @@ def run(config, workdir: str, hooks=()) -> dict:
   mesh, rules = common.mesh_and_rules(config)
   ref_params = common.load_params(config.init_from, model, mesh, rules)
 
-  scorer = None if obj.name in dpo.REFERENCE_FREE else \
+  scorer = None if objectives.get(obj.name).reference_free else \
       reference.ReferenceScorer(model, ref_params, mesh, rules)
   if scorer is not None and obj.reference == "precompute":
     train_ex = reference.precompute(train_ex, scorer, d.batch_size, workdir, "train")

@@ -1,10 +1,13 @@
-"""Stage: RLHF with PPO or A2C on a KL-penalised reward, optionally PPO-ptx.
+"""Stage: online RL on a KL-regularised reward: PPO, A2C, GRPO, Dr. GRPO, RLOO,
+REINFORCE++ (and any registered loss / advantage estimator), optionally PPO-ptx.
 
 The policy starts from `config.init_from` (the SFT run), which is also the
 frozen reference. Scores come from `config.reward` (a reward-model run or the
 embedded ground truth) or from the `reward` argument (any callable, see
 `rlhf/rewards.py`). The critic is a separate model initialised from the reward
-model (or the policy), or a value head on the policy's trunk.
+model (or the policy), a value head on the policy's trunk, or none (group
+baselines). Training runs through the shared loop with `rlhf/online.py` as the
+batch source.
 
 After training: the reward and KL curves' start and end values, the policy
 report on held-out prompts (ground-truth score, KL to the SFT model, win rate),
@@ -22,9 +25,10 @@ import numpy as np
 
 from research.data import comparisons, pipeline, preferences, sources
 from research.models.decoder import Decoder
-from research.objectives import clm, policy_gradient
+from research import objectives
+from research.objectives import clm
 from research.reward_fn import RewardFunction
-from research.rlhf import evaluation, ppo, rewards
+from research.rlhf import evaluation, online, rewards
 from research.rlhf.actor_critic import ActorCritic
 from research.stages import common
 from research.training import loop, optimizer, partitioning, state as state_lib, step as step_lib
@@ -37,8 +41,8 @@ def prompts_for(config, split: str) -> list[str]:
 
 def _value_params(config, model: ActorCritic, sft_params, abstract_value, mesh, rules):
   o = config.objective
-  if o.critic == "shared":
-    return None  # the fresh zero head
+  if o.critic in ("shared", "none"):
+    return None  # the fresh zero head, or no critic
   if o.critic_init == "reward_model":
     if not config.reward.model:
       raise ValueError("config.objective.critic_init='reward_model' needs config.reward.model; "
@@ -66,26 +70,49 @@ def build_state(config, model: ActorCritic, sft_params, mesh, rules, total_updat
   tx, schedule = optimizer.make_optimizer(config.optimizer, total_updates)
   init = lambda rng: model.init(rng, jnp.ones((1, 8), jnp.int32))
   abstract, shardings = state_lib.abstract_state(init, tx, mesh, rules, config.seed)
-  value = _value_params(config, model, sft_params, abstract.params["value"], mesh, rules)
-  if value is None:
-    value = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), abstract.params["value"])
   # The policy's copy: the state is donated each step, the reference must survive.
-  params = {"policy": jax.tree.map(jnp.copy, sft_params), "value": value}
+  params = {"policy": jax.tree.map(jnp.copy, sft_params)}
+  if "value" in abstract.params:
+    value = _value_params(config, model, sft_params, abstract.params["value"], mesh, rules)
+    params["value"] = value if value is not None else jax.tree.map(
+        lambda x: jnp.zeros(x.shape, x.dtype), abstract.params["value"])
   state, shardings = state_lib.create_state(init, tx, mesh, rules, config.seed, params)
   return state, abstract, shardings, tx, schedule
 
 
-def _validate(config) -> None:
-  o = config.objective
+def _validate(config):
+  """(loss, estimator) named by the config, after checking they fit together."""
+  o, r = config.objective, config.rollout
   if not config.init_from:
     raise ValueError("config.init_from must name the SFT run (the policy's start and the "
                      "reference)")
-  if o.name not in policy_gradient.LOSSES:
-    raise ValueError(f"config.objective.name={o.name!r}; expected one of "
-                     f"{sorted(policy_gradient.LOSSES)}")
-  if o.name == "a2c" and config.ppo.epochs != 1:
-    raise ValueError(f"A2C makes one pass over each rollout: set config.ppo.epochs=1 "
+  loss = objectives.get(o.name)
+  if not loss.batch_keys:
+    online_losses = sorted(k for k, v in objectives.LOSSES.items() if v.batch_keys)
+    raise ValueError(f"config.objective.name={o.name!r} is not an online loss (it declares no "
+                     f"rollout batch keys); online losses: {online_losses}")
+  estimator = objectives.get(o.advantage, kind="advantage")
+  if estimator.needs_critic and o.critic == "none":
+    raise ValueError(f"config.objective.advantage={o.advantage!r} reads the critic's values; "
+                     f"set config.objective.critic to 'separate' or 'shared'")
+  if not estimator.needs_critic and o.critic != "none":
+    raise ValueError(f"config.objective.critic={o.critic!r} would train a critic that "
+                     f"advantage={o.advantage!r} never reads; set config.objective.critic='none'")
+  if estimator.min_group_size > r.samples_per_prompt:
+    raise ValueError(f"config.objective.advantage={o.advantage!r} compares the responses of a "
+                     f"prompt: config.rollout.samples_per_prompt must be >= "
+                     f"{estimator.min_group_size} (got {r.samples_per_prompt})")
+  if loss.single_pass and config.ppo.epochs != 1:
+    raise ValueError(f"{o.name} makes one pass over each rollout: set config.ppo.epochs=1 "
                      f"(got {config.ppo.epochs})")
+  if o.kl.placement not in online.KL_PLACEMENTS:
+    raise ValueError(f"config.objective.kl.placement={o.kl.placement!r}; expected one of "
+                     f"{online.KL_PLACEMENTS}")
+  rows, size = config.data.batch_size * r.samples_per_prompt, config.ppo.minibatch_size
+  if rows % size:
+    raise ValueError(f"config.data.batch_size * config.rollout.samples_per_prompt = {rows} "
+                     f"rows must be a multiple of config.ppo.minibatch_size={size}")
+  return loss, estimator
 
 
 def pretrain_loss(config, model: Decoder, params, tok, mesh, rules) -> float:
@@ -111,22 +138,27 @@ def curve_ends(history: list[dict], key: str) -> dict:
 
 
 def run(config, workdir: str, hooks=(), reward=None) -> dict:
-  _validate(config)
+  loss_obj, estimator = _validate(config)
   common.save_config(config, workdir)
   o = config.objective
   mesh, rules = common.mesh_and_rules(config)
+  ways = partitioning.batch_axis_size(mesh, rules)
+  if config.ppo.minibatch_size % ways:
+    raise ValueError(f"config.ppo.minibatch_size={config.ppo.minibatch_size} must be divisible "
+                     f"by the {ways} ways the batch is sharded")
   tok = common.tokenizer_for(config, workdir, lambda: ())
   policy = Decoder(common.decoder_config(config))
   model = ActorCritic(policy, o.critic, _critic_cfg(config))
   ref_params = common.load_params(config.init_from, policy, mesh, rules)
-  minibatches = config.data.batch_size // config.ppo.minibatch_size
-  total_updates = config.train.steps * config.ppo.epochs * minibatches
+  rows = config.data.batch_size * config.rollout.samples_per_prompt
+  total_updates = config.train.steps * config.ppo.epochs * (rows // config.ppo.minibatch_size)
   state, abstract, shardings, tx, schedule = build_state(config, model, ref_params, mesh, rules,
                                                          total_updates)
-  loss = functools.partial(policy_gradient.LOSSES[o.name], model=model, config=config)
+  loss = functools.partial(loss_obj, model=model, config=config)
   train_step = step_lib.make_train_step(loss, tx=tx, state_shardings=shardings, mesh=mesh,
-                                        rules=rules, schedule=schedule)
-  source = rewards.as_source(reward) if reward is not None else \
+                                        rules=rules, schedule=schedule,
+                                        microbatches=config.optimizer.grad_accum_steps)
+  reward_source = rewards.as_source(reward) if reward is not None else \
       rewards.from_config(config, mesh, rules)
   prompts = prompts_for(config, "train")
   ptx_iter = None
@@ -135,16 +167,18 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
         sources.text_source(config.ptx, "train"), tok, seq_len=config.ptx.seq_len,
         global_batch_size=config.ptx.batch_size, seed=common.derived_seed(config.seed, "ptx"),
         train=True))
-  result = ppo.run(config, workdir, model=model, state=state, abstract_state=abstract,
-                   shardings=shardings, train_step=train_step, ref_params=ref_params,
-                   prompts=prompts,
-                   prompt_ids=[comparisons.prompt_ids(p, config.data.template, tok)
-                               for p in prompts],
-                   reward=source, tok=tok, mesh=mesh, rules=rules, ptx_iter=ptx_iter,
-                   hooks=hooks)
+  source = online.RolloutSource(
+      config, model=model, ref_params=ref_params, loss=loss_obj, estimator=estimator,
+      prompts=prompts,
+      prompt_ids=[comparisons.prompt_ids(p, config.data.template, tok) for p in prompts],
+      reward=reward_source, tok=tok, mesh=mesh, rules=rules, ptx_iter=ptx_iter)
+  result = loop.run(train_cfg=config.train, workdir=workdir, state=state, abstract_state=abstract,
+                    state_shardings=shardings, train_step=train_step, source=source, mesh=mesh,
+                    rules=rules, hooks=hooks)
 
-  summary = {"iteration": result.iteration, "preempted": result.preempted,
-             "objective": o.name, "critic": o.critic, "ptx_coef": o.ptx_coef,
+  summary = {"iteration": result.step, "preempted": result.preempted,
+             "objective": o.name, "advantage": o.advantage, "critic": o.critic,
+             "samples_per_prompt": config.rollout.samples_per_prompt, "ptx_coef": o.ptx_coef,
              "num_prompts": len(prompts), "optimizer_steps": int(result.state.step),
              "compilations": train_step.compilations()}
   if result.history:

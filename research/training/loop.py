@@ -1,10 +1,15 @@
-"""The training loop shared by every offline stage (CLM, SFT, reward, DPO).
+"""The one training loop of every stage, offline (CLM, SFT, reward, DPO) and online
+(PPO, A2C, GRPO, RLOO, ...).
 
-Resumes from the latest checkpoint (state + data position), logs to TensorBoard
-and metrics.jsonl behind a progress bar, evaluates periodically, saves every
-`checkpoint_every` steps and on SIGTERM, and stops on a non-finite loss without
-touching the last good checkpoint. Metrics are read back one step late, so the
-host never stalls the device queue.
+A step takes its work from a batch source: offline, one batch of a data
+iterator (`IteratorSource`); online, a rollout turned into minibatches
+(`rlhf/online.py`: generate -> score -> advantages -> epochs of minibatches).
+Each minibatch is one call of the jitted train step. The loop owns everything
+else, once: it resumes from the latest checkpoint (state + the source's
+position), logs to TensorBoard and metrics.jsonl behind a progress bar,
+evaluates periodically, saves every `checkpoint_every` steps and on SIGTERM,
+and stops on a non-finite loss without touching the last good checkpoint.
+Metrics are read back one step late, so the host never stalls the device queue.
 """
 
 from __future__ import annotations
@@ -39,6 +44,39 @@ class LoopResult:
   train_metrics: dict[str, float]
   eval_metrics: dict[str, float]
   eval_history: dict[int, dict[str, float]]  # step -> metrics, this session's evals
+  history: list[dict[str, float]] = dataclasses.field(default_factory=list)  # every step's
+
+
+@dataclasses.dataclass
+class Work:
+  """One step's work from a batch source: host minibatches, each one optimizer
+  update in order, and host-side statistics logged with the step's metrics."""
+  minibatches: Iterable[dict]
+  metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+  text: str = ""  # e.g. sampled responses, written to TensorBoard at log steps
+
+
+class IteratorSource:
+  """An offline data iterator (with get_state/set_state) as a batch source:
+  one batch, one update per step."""
+
+  postfix = {"loss": "loss"}  # progress-bar field -> metric
+
+  def __init__(self, iterator):
+    self.iterator = iterator
+
+  def next(self, state, step: int) -> Work:
+    del state, step
+    return Work([next(self.iterator)])
+
+  def get_state(self):
+    return pipeline.state_to_json(self.iterator.get_state())
+
+  def set_state(self, state) -> None:
+    self.iterator.set_state(pipeline.state_from_json(state))
+
+  def compilations(self) -> dict[str, int]:
+    return {}
 
 
 def evaluate(eval_step, params, batches: Iterable[dict], mesh, rules,
@@ -95,26 +133,32 @@ def progress_bar(total: int, start: int, workdir: str):
 
 
 def _mean(records: list[dict]) -> dict[str, float]:
+  """Counts (num_*) add up; everything else is averaged."""
   keys = records[0].keys()
   return {k: float(np.sum([r[k] for r in records]) if k.startswith("num_")
                    else np.mean([r[k] for r in records])) for k in keys}
 
 
 def run(*, train_cfg, workdir: str, state, abstract_state, state_shardings, train_step,
-        train_iter, mesh, rules, eval_step=None, eval_batches: Callable[[], Iterable] | None = None,
+        source, mesh, rules, eval_step=None, eval_batches: Callable[[], Iterable] | None = None,
         tokens_per_batch: int = 0, hooks: Iterable[Callable[[int], None]] = ()) -> LoopResult:
-  """Trains until `train_cfg.steps`; see the module docstring for the contract."""
+  """Trains until `train_cfg.steps`; see the module docstring for the contract.
+
+  `source` has `next(state, step) -> Work`, `get_state()` / `set_state(s)` (JSON,
+  checkpointed with the state), `compilations() -> {name: count}` and
+  `postfix` ({progress-bar field: metric}). `hooks` are called as hook(step)
+  after every step."""
   total = int(train_cfg.steps)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), train_cfg.max_to_keep)
   writer = MetricWriter(workdir)
   start = ckpt.latest_step() or 0
   if start:
     state, meta = ckpt.restore(abstract_state, state_shardings)
-    train_iter.set_state(pipeline.state_from_json(meta["data"]))
+    source.set_state(meta["data"])
     logging.info("resumed from %s at step %d", ckpt.directory, start)
 
   def save(step: int, data_state) -> None:
-    ckpt.save(step, state, {"data": pipeline.state_to_json(data_state), "step": step})
+    ckpt.save(step, state, {"data": data_state, "step": step})
 
   def do_eval(step: int) -> dict[str, float]:
     if eval_step is None:
@@ -125,19 +169,22 @@ def run(*, train_cfg, workdir: str, state, abstract_state, state_shardings, trai
     return metrics
 
   eval_history: dict[int, dict[str, float]] = {}
-  pending: list[tuple[int, Any]] = []  # (step, device metrics) not yet read back
+  # (step, device metrics of its minibatches, host metrics, text) not yet read back
+  pending: list[tuple[int, list, dict, str]] = []
   window: list[dict] = []
+  history: list[dict] = []
   last_train: dict[str, float] = {}
   last_eval: dict[str, float] = {}
-  data_state = train_iter.get_state()
+  data_state = source.get_state()
   last_log_time, last_log_step = time.time(), start
 
   def drain(keep: int) -> None:
     """Reads back all but `keep` pending metrics; stops on a non-finite loss."""
     nonlocal last_train, last_log_time, last_log_step
     while len(pending) > keep:
-      step, device_metrics = pending.pop(0)
-      metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+      step, device_metrics, host_metrics, text = pending.pop(0)
+      metrics = {**_mean([{k: float(v) for k, v in m.items()}
+                          for m in jax.device_get(device_metrics)]), **host_metrics}
       # The loss of step k is computed before update k, the parameters after it:
       # a state is good only if both (and the gradient) are finite.
       watched = {k: metrics[k] for k in ("loss", "grad_norm", "param_norm") if k in metrics}
@@ -152,6 +199,9 @@ def run(*, train_cfg, workdir: str, state, abstract_state, state_shardings, trai
         raise NonFiniteLossError(f"non-finite training state at step {step} ({values}); "
                                  f"stopped, {where}")
       window.append(metrics)
+      history.append({"step": step, **metrics})
+      if text and (step % train_cfg.log_every == 0 or step == start + 1):
+        writer.write_text(step, "samples", text)
       if step % train_cfg.log_every == 0 or step == total:
         now = time.time()
         last_train = _mean(window)
@@ -160,8 +210,11 @@ def run(*, train_cfg, workdir: str, state, abstract_state, state_shardings, trai
           last_train["tokens_per_sec"] = tokens_per_batch * (step - last_log_step) / (now - last_log_time)
         last_log_time, last_log_step = now, step
         writer.write(step, last_train, "train")
-        bar.set_postfix(loss=f"{last_train['loss']:.4f}",
-                        **({"tok/s": f"{last_train['tokens_per_sec']:.0f}"} if tokens_per_batch else {}))
+        postfix = {name: f"{last_train[k]:.4g}" for name, k in source.postfix.items()
+                   if k in last_train}
+        if tokens_per_batch:
+          postfix["tok/s"] = f"{last_train['tokens_per_sec']:.0f}"
+        bar.set_postfix(**postfix)
 
   if start == 0 and eval_step is not None and train_cfg.eval_every:
     last_eval = do_eval(0)  # the starting point of every eval curve
@@ -171,12 +224,18 @@ def run(*, train_cfg, workdir: str, state, abstract_state, state_shardings, trai
   step = start
   with SigtermFlag() as sigterm:
     while step < total:
-      batch = partitioning.shard_batch(next(train_iter), mesh, rules)
-      data_state = train_iter.get_state()
-      with jax.transfer_guard("disallow"):  # no hidden host<->device copies per step
-        state, metrics = train_step(state, batch)
+      work = source.next(state, step)
+      device_metrics = []
+      for minibatch in work.minibatches:
+        batch = partitioning.shard_batch(minibatch, mesh, rules)
+        with jax.transfer_guard("disallow"):  # no hidden host<->device copies per update
+          state, metrics = train_step(state, batch)
+        device_metrics.append(metrics)
+      if not device_metrics:
+        raise ValueError(f"the batch source gave no minibatch at step {step}")
+      data_state = source.get_state()
       step += 1
-      pending.append((step, metrics))
+      pending.append((step, device_metrics, work.metrics, work.text))
       drain(keep=1)
       bar.update(1)
       for hook in hooks:
@@ -195,10 +254,11 @@ def run(*, train_cfg, workdir: str, state, abstract_state, state_shardings, trai
   bar.close()
   if not preempted:
     last_eval = do_eval(step) or last_eval
-  if train_step.compilations() > 1:
-    logging.warning("the train step compiled %d times (expected once): batch shapes or dtypes "
-                    "changed inside the loop", train_step.compilations())
+  for name, n in {"train step": train_step.compilations(), **source.compilations()}.items():
+    if n > 1:
+      logging.warning("the %s compiled %d times (expected once): shapes or dtypes changed "
+                      "inside the loop", name, n)
   ckpt.close()
   writer.close()
   return LoopResult(state=state, step=step, preempted=preempted, train_metrics=last_train,
-                    eval_metrics=last_eval, eval_history=eval_history)
+                    eval_metrics=last_eval, eval_history=eval_history, history=history)

@@ -1,0 +1,244 @@
+"""The online batch source: rollout -> scores -> rewards -> advantages -> minibatches.
+
+One step of the shared training loop (`training/loop.py`) in an online stage
+(Ziegler et al. 2019; InstructGPT; Huang et al. 2024; Shao et al. 2024):
+
+  1. sample `rollout.samples_per_prompt` (G) responses for each of
+     `data.batch_size` prompts (KV cache); a prompt's G rows are consecutive;
+  2. score them (reward model, ground truth, or any callable); optionally
+     normalise the scores and replace those of responses without EOS;
+  3. one jitted pass: log-probs under the policy and the frozen reference, the
+     critic's values, per-token KL, rewards (with the KL penalty unless it is
+     in the loss), and the registered advantage estimator
+     (`objective.advantage`: GAE, GRPO, Dr. GRPO, RLOO, REINFORCE++, ...);
+  4. `ppo.epochs` passes of shuffled minibatches of the rows, each carrying the
+     keys the registered loss declares (PPO-ptx adds a pretraining batch).
+
+The KL controller, the score statistics and the pretraining-data position are
+the source's state, checkpointed by the loop with the train state; prompts,
+sampling keys and minibatch order are functions of the step, so a resumed run
+continues exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research import sampling
+from research.data import pipeline
+from research.objectives import advantages as adv_lib
+from research.models import logprobs
+from research.rlhf import rollout as rollout_lib
+from research.rlhf.actor_critic import ActorCritic
+from research.stages.common import derived_seed
+from research.training import partitioning
+from research.training.loop import Work
+
+KL_PLACEMENTS = ("reward", "loss")
+
+
+class RunningMoments:
+  """Mean and std of every score seen so far (Chan et al. parallel update)."""
+
+  def __init__(self, count: float = 0.0, mean: float = 0.0, m2: float = 0.0):
+    self.count, self.mean, self.m2 = count, mean, m2
+
+  def update(self, x: np.ndarray) -> None:
+    n, mean, var = len(x), float(np.mean(x)), float(np.var(x))
+    delta, total = mean - self.mean, self.count + n
+    self.mean += delta * n / total
+    self.m2 += var * n + delta ** 2 * self.count * n / total
+    self.count = total
+
+  @property
+  def std(self) -> float:
+    return float(np.sqrt(self.m2 / max(self.count - 1, 1)))
+
+  def state_dict(self) -> dict:
+    return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+
+def shape_scores(raw: np.ndarray, ended: np.ndarray, cfg, moments: RunningMoments) -> np.ndarray:
+  """config.objective.score_norm ('none' | 'running' | 'batch'), then the fixed score
+  `missing_eos_score` for responses that never emitted EOS (None: no penalty)."""
+  if cfg.score_norm == "running":
+    moments.update(raw)
+    scores = (raw - moments.mean) / max(moments.std, 1e-6)
+  elif cfg.score_norm == "batch":
+    scores = (raw - raw.mean()) / max(float(raw.std()), 1e-6)
+  elif cfg.score_norm == "none":
+    scores = raw
+  else:
+    raise ValueError(f"config.objective.score_norm={cfg.score_norm!r}; expected 'none', "
+                     f"'running' or 'batch'")
+  if cfg.missing_eos_score is not None:  # responses cut off before EOS get the fixed score
+    scores = np.where(ended, scores, np.float32(cfg.missing_eos_score))
+  return scores.astype(np.float32)
+
+
+def rollout_arrays(params, ref_params, batch, beta, *, model: ActorCritic, config, estimator,
+                   group_size: int):
+  """Step 3, jitted: everything the update phase needs, and statistics."""
+  cfg = config.objective
+  mask, response = batch["mask"], batch["response_mask"].astype(bool)
+  logp, entropy, values, _ = model.forward(params, batch["tokens"], mask, cfg.temperature)
+  ref_logp, _ = logprobs.sequence_token_logprobs(model.policy, ref_params["policy"],
+                                                 batch["tokens"], mask, cfg.temperature)
+  ref_logp = jnp.where(response, ref_logp, 0.0)
+  kl = adv_lib.kl_per_token(logp, ref_logp, response, cfg.kl.estimator)
+  in_reward = jnp.float32(cfg.kl.placement == "reward")
+  rewards, non_score = adv_lib.token_rewards(batch["scores"], kl * in_reward, response, beta)
+  if cfg.whiten_rewards:
+    rewards = adv_lib.whiten(rewards, response, shift_mean=False)
+  advantages, returns = estimator(adv_lib.Inputs(rewards, values, response, group_size),
+                                  config=config)
+  raw_advantages = advantages
+  if cfg.whiten_advantages:
+    advantages = adv_lib.whiten(advantages, response)
+  per_seq = lambda x: jnp.where(response, x, 0.0).sum(1).mean()
+  stats = {
+      "objective/kl": per_seq(logp - ref_logp),                 # k1, summed over the response
+      f"objective/kl_{cfg.kl.estimator}": per_seq(kl),           # the estimator in the penalty
+      "objective/entropy": per_seq(entropy),
+      "objective/non_score_reward": per_seq(non_score),
+      "objective/rlhf_reward": per_seq(non_score) + batch["scores"].mean(),
+      "returns/mean": adv_lib.masked_mean(returns, response),
+      "returns/var": adv_lib.masked_var(returns, response),
+      "advantages/mean": adv_lib.masked_mean(raw_advantages, response),
+      "advantages/var": adv_lib.masked_var(raw_advantages, response),
+      "val/mean_at_rollout": adv_lib.masked_mean(values, response),
+  }
+  arrays = {"old_logp": logp, "old_values": values, "advantages": advantages, "returns": returns,
+            "ref_logp": ref_logp}
+  return arrays, stats
+
+
+def prompt_indices(iteration: int, batch_size: int, num_prompts: int, seed: int) -> np.ndarray:
+  """The prompts of an iteration: a stream of per-epoch permutations, cut in batches."""
+  stream = np.arange(iteration * batch_size, (iteration + 1) * batch_size)
+  epochs, within = stream // num_prompts, stream % num_prompts
+  return np.asarray([np.random.default_rng([seed, e]).permutation(num_prompts)[i]
+                     for e, i in zip(epochs, within)])
+
+
+
+def group_stats(scores_B: np.ndarray, group_size: int) -> dict[str, float]:
+  """How much the G responses of a prompt differ: group baselines learn nothing
+  from a group whose scores are all equal."""
+  if group_size < 2:
+    return {}
+  std = scores_B.reshape(-1, group_size).std(1)
+  return {"objective/group_std": float(std.mean()),
+          "objective/zero_std_groups": float((std < 1e-6).mean())}
+
+
+class RolloutSource:
+  """The loop's batch source of an online stage (see the module docstring)."""
+
+  postfix = {"score": "objective/raw_scores", "kl": "objective/kl", "beta": "objective/beta"}
+
+  def __init__(self, config, *, model: ActorCritic, ref_params, loss, estimator,
+               prompts: Sequence[str], prompt_ids: Sequence[Sequence[int]], reward: Callable,
+               tok, mesh, rules, ptx_iter=None):
+    o, r = config.objective, config.rollout
+    self.config, self.prompts, self.prompt_ids = config, prompts, prompt_ids
+    self.reward, self.tok, self.mesh, self.rules = reward, tok, mesh, rules
+    self.ref_params, self.ptx_iter = {"policy": ref_params}, ptx_iter
+    self.group_size = int(r.samples_per_prompt)
+    self.rows = config.data.batch_size * self.group_size
+    self.keys = loss.keys(config)
+    self.kl_ctl = adv_lib.kl_controller(o.kl)
+    self.moments = RunningMoments()
+    self.sampler = sampling.Sampler(model.policy, eos_id=tok.stop_ids, pad_id=tok.pad_id,
+                                    mesh=mesh, rules=rules)
+    self.sample_cfg = sampling.SamplingConfig(r.max_new_tokens, temperature=o.temperature,
+                                              top_k=r.top_k, top_p=r.top_p)
+    bucket = self.sampler.bucket
+    self.width = r.prompt_width or bucket * -(-max(map(len, prompt_ids)) // bucket)
+    self.score_fn = jax.jit(functools.partial(rollout_arrays, model=model, config=config,
+                                              estimator=estimator, group_size=self.group_size))
+    self.seeds = {p: derived_seed(config.seed, p) for p in ("prompts", "sampling", "minibatches")}
+
+  def next(self, state, step: int) -> Work:
+    config, o = self.config, self.config.objective
+    idx = np.repeat(prompt_indices(step, config.data.batch_size, len(self.prompts),
+                                   self.seeds["prompts"]), self.group_size)
+    prompts = [self.prompts[i] for i in idx]
+    with _Timer() as t_gen:
+      roll = rollout_lib.rollout(
+          self.sampler, state.params["policy"], [self.prompt_ids[i] for i in idx], self.tok,
+          jax.random.fold_in(jax.random.PRNGKey(self.seeds["sampling"]), step), self.sample_cfg,
+          prompt_width=self.width)
+      raw = self.reward(roll, prompts)
+    if not np.all(np.isfinite(raw)):
+      raise ValueError(f"the reward function returned non-finite scores at iteration "
+                       f"{step}: {raw[~np.isfinite(raw)][:5]}")
+    scores = shape_scores(raw, roll.ended, o, self.moments)
+    host = {"tokens": roll.tokens, "mask": roll.mask, "response_mask": roll.response_mask,
+            "scores": scores}
+    beta = self.kl_ctl.value
+    with _Timer() as t_score:
+      with partitioning.activate(self.mesh, self.rules):
+        arrays, stats = self.score_fn(
+            state.params, self.ref_params, partitioning.shard_batch(host, self.mesh, self.rules),
+            jnp.float32(beta))
+      arrays, stats = jax.device_get((arrays, stats))
+    data = {**host, **arrays, "kl_beta": np.full(self.rows, beta, np.float32)}
+    missing = [k for k in self.keys if k not in data]
+    if missing:
+      raise ValueError(f"config.objective.name={o.name!r} needs batch keys {missing}, which "
+                       f"the rollout does not produce (it has {sorted(data)})")
+    self.kl_ctl.update(float(stats["objective/kl"]), self.rows)
+    metrics = {**{k: float(v) for k, v in stats.items()},
+               "objective/scores": float(scores.mean()),
+               "objective/raw_scores": float(raw.mean()),
+               "objective/beta": beta,
+               "response/length": float(roll.lengths.mean()),
+               "response/ended": float(roll.ended.mean()),
+               "time/generate_s": t_gen.seconds, "time/score_s": t_score.seconds,
+               **group_stats(raw, self.group_size)}
+    text = "\n\n".join(f"{p} >>> {t}  [score {s:.3f}]"
+                        for p, t, s in zip(prompts[:4], roll.texts[:4], raw[:4]))
+    return Work(self._minibatches(data, step), metrics, text)
+
+  def _minibatches(self, data: dict, step: int):
+    size = self.config.ppo.minibatch_size
+    shuffle = np.random.default_rng([self.seeds["minibatches"], step])
+    for _ in range(self.config.ppo.epochs):
+      order = shuffle.permutation(self.rows)
+      for lo in range(0, self.rows, size):
+        rows = order[lo:lo + size]
+        batch = {k: data[k][rows] for k in self.keys}
+        if self.ptx_iter is not None:
+          batch["ptx"] = next(self.ptx_iter)
+        yield batch
+
+  def get_state(self) -> dict:
+    return {"kl_controller": self.kl_ctl.state_dict(), "score_moments": self.moments.state_dict(),
+            "ptx_data": pipeline.state_to_json(self.ptx_iter.get_state()) if self.ptx_iter
+                        else None}
+
+  def set_state(self, state: dict) -> None:
+    self.kl_ctl.load_state_dict(state["kl_controller"])
+    self.moments = RunningMoments(**state["score_moments"])
+    if self.ptx_iter is not None:
+      self.ptx_iter.set_state(pipeline.state_from_json(state["ptx_data"]))
+
+  def compilations(self) -> dict[str, int]:
+    return {"rollout pass": self.score_fn._cache_size(),  # pylint: disable=protected-access
+            "sampler": self.sampler.compilations()}
+
+
+class _Timer:
+  def __enter__(self):
+    self._start = time.perf_counter()
+    return self
+
+  def __exit__(self, *exc):
+    self.seconds = time.perf_counter() - self._start

@@ -212,6 +212,7 @@ def test_a_module_in_config_imports_registers_its_estimator(tmp_path, monkeypatc
     ({"objective.name": "dpo"}, "not an online loss"),
     ({"objective.kl.placement": "both"}, "kl.placement"),
     ({"ppo.minibatch_size": 12}, "multiple of config.ppo.minibatch_size"),
+    ({"train.steps": 1, "ppo.epochs": 2}, r"below the 8 optimizer updates"),
 ])
 def test_config_mismatches_are_named(change, message):
   config = rlhf_config.get_config("tiny")

@@ -80,6 +80,12 @@ def build_state(config, model: ActorCritic, sft_params, mesh, rules, total_updat
   return state, abstract, shardings, tx, schedule
 
 
+def total_updates(config) -> int:
+  """Optimizer updates of the run: iterations x epochs x minibatches per rollout."""
+  rows = config.data.batch_size * config.rollout.samples_per_prompt
+  return config.train.steps * config.ppo.epochs * (rows // config.ppo.minibatch_size)
+
+
 def _validate(config):
   """(loss, estimator) named by the config, after checking they fit together."""
   o, r = config.objective, config.rollout
@@ -112,6 +118,11 @@ def _validate(config):
   if rows % size:
     raise ValueError(f"config.data.batch_size * config.rollout.samples_per_prompt = {rows} "
                      f"rows must be a multiple of config.ppo.minibatch_size={size}")
+  updates = total_updates(config)
+  if config.optimizer.warmup_steps >= updates:
+    raise ValueError(f"config.optimizer.warmup_steps={config.optimizer.warmup_steps} must be "
+                     f"below the {updates} optimizer updates (train.steps * ppo.epochs * "
+                     f"rows / ppo.minibatch_size)")
   return loss, estimator
 
 
@@ -150,10 +161,8 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
   policy = Decoder(common.decoder_config(config))
   model = ActorCritic(policy, o.critic, _critic_cfg(config))
   ref_params = common.load_params(config.init_from, policy, mesh, rules)
-  rows = config.data.batch_size * config.rollout.samples_per_prompt
-  total_updates = config.train.steps * config.ppo.epochs * (rows // config.ppo.minibatch_size)
   state, abstract, shardings, tx, schedule = build_state(config, model, ref_params, mesh, rules,
-                                                         total_updates)
+                                                         total_updates(config))
   loss = functools.partial(loss_obj, model=model, config=config)
   train_step = step_lib.make_train_step(loss, tx=tx, state_shardings=shardings, mesh=mesh,
                                         rules=rules, schedule=schedule,

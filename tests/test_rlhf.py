@@ -117,7 +117,9 @@ def test_best_of_n_raises_the_reward_of_the_fine_tuned_policy(tiny_sft, tmp_path
   assert jax.tree.leaves(params)
 
 
-@pytest.mark.parametrize("module", [rlhf_config, grpo_config], ids=["ppo", "grpo"])
+@pytest.mark.parametrize("module", [rlhf_config,
+                                    pytest.param(grpo_config, marks=pytest.mark.slow)],
+                         ids=["ppo", "grpo"])
 def test_interrupted_run_resumes_exactly(tiny_sft, tmp_path, module):
   """SIGTERM after iteration 2 saves and stops; the rerun continues to 4 and matches an
   uninterrupted run (policy, critic, Adam state, KL controller, ptx data position);

@@ -88,12 +88,13 @@ def rollout_arrays(params, ref_params, batch, beta, *, model: ActorCritic, confi
   cfg = config.objective
   mask, response = batch["mask"], batch["response_mask"].astype(bool)
   logp, entropy, values, _ = model.forward(params, batch["tokens"], mask, cfg.temperature)
-  ref_logp, _ = logprobs.sequence_token_logprobs(model.policy, ref_params["policy"],
-                                                 batch["tokens"], mask, cfg.temperature)
+  ref_logp, _ = logprobs.sequence_token_logprobs(model.policy, ref_params, batch["tokens"],
+                                                 mask, cfg.temperature)
   ref_logp = jnp.where(response, ref_logp, 0.0)
   kl = adv_lib.kl_per_token(logp, ref_logp, response, cfg.kl.estimator)
-  in_reward = jnp.float32(cfg.kl.placement == "reward")
-  rewards, non_score = adv_lib.token_rewards(batch["scores"], kl * in_reward, response, beta)
+  # GRPO-style runs put the KL in the loss instead (policy_gradient.py).
+  penalty = kl if cfg.kl.placement == "reward" else jnp.zeros_like(kl)
+  rewards, non_score = adv_lib.token_rewards(batch["scores"], penalty, response, beta)
   if cfg.whiten_rewards:
     rewards = adv_lib.whiten(rewards, response, shift_mean=False)
   advantages, returns = estimator(adv_lib.Inputs(rewards, values, response, group_size),
@@ -127,7 +128,6 @@ def prompt_indices(iteration: int, batch_size: int, num_prompts: int, seed: int)
                      for e, i in zip(epochs, within)])
 
 
-
 def group_stats(scores_B: np.ndarray, group_size: int) -> dict[str, float]:
   """How much the G responses of a prompt differ: group baselines learn nothing
   from a group whose scores are all equal."""
@@ -149,7 +149,7 @@ class RolloutSource:
     o, r = config.objective, config.rollout
     self.config, self.prompts, self.prompt_ids = config, prompts, prompt_ids
     self.reward, self.tok, self.mesh, self.rules = reward, tok, mesh, rules
-    self.ref_params, self.ptx_iter = {"policy": ref_params}, ptx_iter
+    self.ref_params, self.ptx_iter = ref_params, ptx_iter
     self.group_size = int(r.samples_per_prompt)
     self.rows = config.data.batch_size * self.group_size
     self.keys = loss.keys(config)

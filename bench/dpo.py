@@ -45,6 +45,7 @@ def _median_time(fn, steps: int) -> float:
 def bench_preset(preset: str, steps: int) -> dict:
   from configs import dpo as dpo_config
   from research import objectives
+  from research.models import config as model_config
   from research.models.decoder import Decoder
   from research.rlhf import reference
   from research.stages import common
@@ -53,7 +54,7 @@ def bench_preset(preset: str, steps: int) -> dict:
   config = dpo_config.get_config(preset)
   config.init_from = ""  # random weights: throughput does not depend on them
   config.mesh.num_devices = 1
-  model_cfg = common.decoder_config(config)
+  model_cfg = model_config.from_config(config.model)
   model = Decoder(model_cfg)
   config.optimizer.warmup_steps = 1
   s = common.setup(config, model, steps + 10)

@@ -30,6 +30,7 @@ def bench_preset(preset: str, steps: int, mesh_shape: dict) -> dict:
   import numpy as np
   from configs import clm as clm_config
   from research import objectives
+  from research.models import config as model_config
   from research.models.decoder import Decoder
   from research.stages import common
   from research.training import partitioning, step as step_lib
@@ -38,7 +39,7 @@ def bench_preset(preset: str, steps: int, mesh_shape: dict) -> dict:
   config.mesh.update(mesh_shape)
   config.train.steps = steps + 10
   config.optimizer.warmup_steps = 1
-  model_cfg = common.decoder_config(config)
+  model_cfg = model_config.from_config(config.model)
   model = Decoder(model_cfg)
   s = common.setup(config, model, config.train.steps)
   loss = functools.partial(objectives.get("clm"), model=model, config=config)

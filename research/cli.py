@@ -14,7 +14,7 @@ import ml_collections
 _OVERRIDE = re.compile(r"^--config\.([A-Za-z0-9_.]+)(?:=.*)?$")
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
+def config_from_file(spec: str) -> ml_collections.ConfigDict:
   """`path/to/file.py[:arg]` -> get_config(arg), as config_flags would load it."""
   path, _, arg = spec.partition(":")
   if not os.path.exists(path):
@@ -58,7 +58,7 @@ def parse_flags(argv):
     spec = _config_spec(argv)
     if spec:
       try:
-        config = load_config(spec)
+        config = config_from_file(spec)
       except Exception:  # the config itself is broken: report the original error
         config = None
       for arg in argv:

@@ -32,6 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from research import runs
 from research.data import hf_tokenizer
 from research.models import config as model_config
 from research.models.decoder import Decoder, unstack_layer_params
@@ -46,7 +47,7 @@ REWARD_HEAD = {("head", "kernel"): Tensor("score.weight", "linear"),
 
 def _run_config(model: dict, stage: str, source: dict, mesh: dict,
                 devices: int) -> ml_collections.ConfigDict:
-  """The config.json of an imported workdir: what `load_config` users read (the
+  """The config.json of an imported workdir: what `runs.load_config` readers get (the
   mesh it was imported on; a batch size any data split of those devices divides)."""
   return ml_collections.ConfigDict({
       "stage": stage, "seed": 0, "init_from": "", "model": {"preset": "", **model},
@@ -119,20 +120,19 @@ def import_hf(hf_dir: str, workdir: str | None, *, dtype: str = "float32",
 
 def _load_run(workdir: str):
   """(DecoderConfig, unscanned params, is_reward, tokenizer path) of any stage's run."""
-  from research.stages import common  # pylint: disable=g-import-not-at-top
-  config = common.load_config(workdir)
+  config = runs.load_config(workdir)
   reward = config.stage == "reward"
-  mesh, rules = common.mesh_and_rules(config)
-  cfg = common.decoder_config(config)
+  mesh, rules = partitioning.mesh_and_rules(config)
+  cfg = model_config.from_config(config.model)
   if reward:
-    params = common.load_params(workdir, _module(cfg, True), mesh, rules)
+    params = runs.load_params(workdir, _module(cfg, True), mesh, rules)
   else:
-    _, params = common.load_policy(workdir, mesh, rules)
+    _, params = runs.load_policy(workdir, mesh, rules)
   if cfg.scan_layers:
     params = ({**params, "decoder": unstack_layer_params(params["decoder"])} if reward
               else unstack_layer_params(params))
     cfg = dataclasses.replace(cfg, scan_layers=False)
-  return cfg, params, reward, common.tokenizer_path(workdir)
+  return cfg, params, reward, runs.tokenizer_path(workdir)
 
 
 def _as_hf_family(cfg, params, reward: bool):

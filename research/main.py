@@ -53,9 +53,10 @@ def main(argv) -> None:
   from research import objectives
   objectives.import_modules(config)  # config.imports: modules that register objectives
   if _DRY_RUN.value:
+    from research.models import config as model_config
     from research.models.decoder import Decoder
     from research.stages import common
-    report = common.describe(config, Decoder(common.decoder_config(config)))
+    report = common.describe(config, Decoder(model_config.from_config(config.model)))
     print(json.dumps({"preset": config.model.get("preset", ""), **report}, indent=2))
     return
   from research.training.loop import NonFiniteLossError

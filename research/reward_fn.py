@@ -14,9 +14,10 @@ import os
 import jax
 import numpy as np
 
+from research import runs
+from research.models import config as model_config
 from research.models.heads import ScalarModel
 from research.models.logprobs import positions_from_mask
-from research.stages import common
 from research.training import partitioning
 
 NORMALIZATION_FILE = "reward_normalization.json"
@@ -46,11 +47,11 @@ class RewardFunction:
   @classmethod
   def load(cls, workdir: str, mesh=None, rules=None, normalize: bool = True):
     """The reward model of a `configs/reward.py` run."""
-    config = common.load_config(workdir)
+    config = runs.load_config(workdir)
     if mesh is None:
-      mesh, rules = common.mesh_and_rules(config)
-    model = ScalarModel(common.decoder_config(config), head_init="reward")
-    params = common.load_params(workdir, model, mesh, rules)
+      mesh, rules = partitioning.mesh_and_rules(config)
+    model = ScalarModel(model_config.from_config(config.model), head_init="reward")
+    params = runs.load_params(workdir, model, mesh, rules)
     offset, scale = 0.0, 1.0
     path = os.path.join(workdir, NORMALIZATION_FILE)
     if normalize and os.path.exists(path):

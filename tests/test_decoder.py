@@ -4,8 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from research.models import config as model_config
-from research.models import decoder as dec
+from research.models import config as model_config, decoder as dec
 from tests import reference
 
 

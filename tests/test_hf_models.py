@@ -16,11 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from research import convert, sampling
+from research import convert, runs, sampling
 from research.data import hf_tokenizer, templates
+from research.models import config as model_config
 from research.models.hf import checkpoint as hf_checkpoint
 from research.models.hf.families import CheckpointError
-from research.stages import common
+from research.training import partitioning
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hf")
 FAMILIES = ["llama", "qwen2", "gemma", "mistral", "gpt2"]
@@ -39,7 +40,7 @@ def imported(tmp_path_factory):
 
 
 def logits_of(workdir, ids):
-  model, params = common.load_policy(workdir)
+  model, params = runs.load_policy(workdir)
   return np.asarray(model.apply({"params": params}, jnp.asarray(ids)))
 
 
@@ -48,15 +49,15 @@ def test_logits_match_transformers(imported, name):
   want = expected(name)
   got = logits_of(imported[name], want["input_ids"])
   np.testing.assert_allclose(got, np.asarray(want["logits"]), atol=1e-4, rtol=0)
-  model, params = common.load_policy(imported[name])  # the closed-form count, per family
+  model, params = runs.load_policy(imported[name])  # the closed-form count, per family
   assert model.cfg.num_params() == sum(x.size for x in jax.tree.leaves(params))
 
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_kv_cache_greedy_matches_transformers_generate(imported, name):
   want = expected(name)
-  mesh, rules = common.mesh_and_rules(common.load_config(imported[name]))
-  model, params = common.load_policy(imported[name], mesh, rules)
+  mesh, rules = partitioning.mesh_and_rules(runs.load_config(imported[name]))
+  model, params = runs.load_policy(imported[name], mesh, rules)
   sampler = sampling.Sampler(model, eos_id=tuple(want["eos_ids"]), pad_id=0, mesh=mesh,
                              rules=rules)
   out = jax.device_get(sampler(params, want["prompts"], jax.random.PRNGKey(0),
@@ -85,8 +86,8 @@ def test_export_round_trips_bit_exactly(imported, name, tmp_path):
     if key in original:
       assert config[key] == original[key], key
   again = convert.import_hf(str(out), str(tmp_path / "again"))["workdir"]
-  first = common.load_policy(imported[name])[1]
-  second = common.load_policy(again)[1]
+  first = runs.load_policy(imported[name])[1]
+  second = runs.load_policy(again)[1]
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                first, second)
 
@@ -95,10 +96,10 @@ def test_scanned_import_on_an_8_device_mesh_matches(devices, tmp_path):
   name = "llama"
   workdir = convert.import_hf(os.path.join(FIXTURES, name), str(tmp_path / "scan"),
                               scan_layers=True, fsdp=2, tensor=2)["workdir"]
-  config = common.load_config(workdir)
+  config = runs.load_config(workdir)
   assert dict(config.mesh)["fsdp"] == 2
-  mesh, rules = common.mesh_and_rules(config)
-  model, params = common.load_policy(workdir, mesh, rules)
+  mesh, rules = partitioning.mesh_and_rules(config)
+  model, params = runs.load_policy(workdir, mesh, rules)
   kernel = params["layers"]["attention"]["query"]["kernel"]
   assert kernel.shape[0] == 2 and len(kernel.sharding.device_set) == 8
   want = expected(name)
@@ -161,9 +162,9 @@ def test_hf_chat_loss_mask_covers_exactly_the_replies(name):
 def test_reward_model_exports_and_reimports(tiny_base, tmp_path):
   from research.models.heads import ScalarModel  # pylint: disable=g-import-not-at-top
   # A reward-model workdir: the CLM trunk with a fresh head, stage 'reward'.
-  config = common.load_config(tiny_base)
-  mesh, rules = common.mesh_and_rules(config)
-  cfg = common.decoder_config(config)
+  config = runs.load_config(tiny_base)
+  mesh, rules = partitioning.mesh_and_rules(config)
+  cfg = model_config.from_config(config.model)
   model = ScalarModel(cfg)
   params = model.init(jax.random.PRNGKey(1), jnp.ones((1, 8), jnp.int32))["params"]
   params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, params,
@@ -175,18 +176,18 @@ def test_reward_model_exports_and_reimports(tiny_base, tmp_path):
   ckpt.save(0, {"params": params}, {})
   ckpt.close()
   config.stage = "reward"
-  common.save_config(config, str(rm))
-  shutil.copy(os.path.join(tiny_base, common.TOKENIZER_FILE), rm / common.TOKENIZER_FILE)
+  runs.save_config(config, str(rm))
+  shutil.copy(os.path.join(tiny_base, runs.TOKENIZER_FILE), rm / runs.TOKENIZER_FILE)
   convert.export_hf(str(rm), str(tmp_path / "hf"))
   with open(tmp_path / "hf" / "config.json", encoding="utf-8") as f:
     assert json.load(f)["architectures"] == ["LlamaForSequenceClassification"]
   back = convert.import_hf(str(tmp_path / "hf"), str(tmp_path / "back"))["workdir"]
-  assert common.load_config(back).stage == "reward"
+  assert runs.load_config(back).stage == "reward"
   tokens = jnp.asarray(np.random.default_rng(0).integers(4, cfg.vocab_size, (2, 9)))
-  again = common.load_params(back, ScalarModel(common.decoder_config(common.load_config(back))),
+  again = runs.load_params(back, ScalarModel(model_config.from_config(runs.load_config(back).model)),
                              mesh, rules)
   want = model.apply({"params": params}, tokens)[1]
-  got = ScalarModel(common.decoder_config(common.load_config(back))).apply(
+  got = ScalarModel(model_config.from_config(runs.load_config(back).model)).apply(
       {"params": again}, tokens)[1]
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
 
@@ -199,8 +200,8 @@ def test_native_run_exports_as_llama_with_the_same_logits(tiny_base, tmp_path):
   ids = np.random.default_rng(0).integers(4, 1024, (2, 10))
   np.testing.assert_allclose(logits_of(back, ids), logits_of(tiny_base, ids), atol=1e-4)
   # The exported tokenizer reads back with the same ids as ours.
-  ours = common.load_tokenizer(os.path.join(tiny_base, common.TOKENIZER_FILE))
-  theirs = common.load_tokenizer(os.path.join(back, hf_tokenizer.DIRNAME))
+  ours = runs.load_tokenizer(os.path.join(tiny_base, runs.TOKENIZER_FILE))
+  theirs = runs.load_tokenizer(os.path.join(back, hf_tokenizer.DIRNAME))
   text = "A great film, 10/10 <|assistant|> would watch again."
   assert theirs.encode(text) == ours.encode(text)
 
@@ -246,8 +247,8 @@ def test_bad_checkpoints_fail_with_one_clear_line(tmp_path):
 
 def test_sharded_export_is_read_back(imported, tmp_path):
   from research.models.hf import families  # pylint: disable=g-import-not-at-top
-  cfg = common.load_policy(imported["gemma"])[0].cfg
-  params = common.load_policy(imported["gemma"])[1]
+  cfg = runs.load_policy(imported["gemma"])[0].cfg
+  params = runs.load_policy(imported["gemma"])[1]
   files = hf_checkpoint.save_tensors(
       str(tmp_path), lambda: hf_checkpoint.hf_tensors(params, families.tensor_map(cfg)),
       max_shard_bytes=40_000)
@@ -287,13 +288,13 @@ def test_native_run_and_reward_model_load_in_transformers(tiny_base, tmp_path):
     theirs = model(torch.tensor(ids)).logits.numpy()
   np.testing.assert_allclose(theirs, logits_of(tiny_base, ids), atol=1e-4)
   tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "lm"))
-  ours = common.load_tokenizer(os.path.join(tiny_base, common.TOKENIZER_FILE))
+  ours = runs.load_tokenizer(os.path.join(tiny_base, runs.TOKENIZER_FILE))
   text = "A great film, 10/10 <|assistant|> would watch again."
   assert tok(text, add_special_tokens=False)["input_ids"] == ours.encode(text)
 
   # A reward model: transformers' score is ours minus the head's bias.
-  config = common.load_config(tiny_base)
-  cfg = common.decoder_config(config)
+  config = runs.load_config(tiny_base)
+  cfg = model_config.from_config(config.model)
   rm = ScalarModel(cfg)
   params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x,
                         rm.init(jax.random.PRNGKey(1), jnp.ones((1, 8), jnp.int32))["params"],
@@ -303,9 +304,9 @@ def test_native_run_and_reward_model_load_in_transformers(tiny_base, tmp_path):
   ckpt.save(0, {"params": params}, {})
   ckpt.close()
   config.stage = "reward"
-  common.save_config(config, str(tmp_path / "rm"))
-  shutil.copy(os.path.join(tiny_base, common.TOKENIZER_FILE),
-              tmp_path / "rm" / common.TOKENIZER_FILE)
+  runs.save_config(config, str(tmp_path / "rm"))
+  shutil.copy(os.path.join(tiny_base, runs.TOKENIZER_FILE),
+              tmp_path / "rm" / runs.TOKENIZER_FILE)
   convert.export_hf(str(tmp_path / "rm"), str(tmp_path / "rm_hf"))
   hf_rm = transformers.AutoModelForSequenceClassification.from_pretrained(
       str(tmp_path / "rm_hf")).eval()

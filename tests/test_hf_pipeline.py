@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import dpo as dpo_config, rlhf as rlhf_config, sft as sft_config
-from research import convert
+from research import convert, runs
 from research.data import hf_tokenizer
-from research.stages import common, dpo, rlhf, sft
+from research.stages import dpo, rlhf, sft
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "hf", "qwen2")
 
@@ -26,7 +26,7 @@ def test_imported_model_runs_sft_dpo_ppo_and_exports(tmp_path):
   c.train.update(steps=30, eval_every=30, checkpoint_every=30, eval_batches=2)
   c.generate.num_examples = 4
   s = sft.run(c, str(tmp_path / "sft"))
-  assert common.load_config(str(tmp_path / "sft")).model.family == "qwen2"
+  assert runs.load_config(str(tmp_path / "sft")).model.family == "qwen2"
   assert os.path.isdir(tmp_path / "sft" / hf_tokenizer.DIRNAME)
   assert s["eval"]["loss"] < s["eval_at_start"]["loss"] - 2  # 9.97 -> 6.24 when written
 
@@ -67,7 +67,7 @@ def test_imported_model_runs_sft_dpo_ppo_and_exports(tmp_path):
   assert (out / "tokenizer.json").exists()
   back = convert.import_hf(str(out), str(tmp_path / "back"))["workdir"]
   ids = jnp.asarray(np.random.default_rng(0).integers(0, 420, (2, 9)))
-  model, params = common.load_policy(str(tmp_path / "ppo"))
-  again_model, again = common.load_policy(back)
+  model, params = runs.load_policy(str(tmp_path / "ppo"))
+  again_model, again = runs.load_policy(back)
   np.testing.assert_array_equal(np.asarray(model.apply({"params": params}, ids)),
                                 np.asarray(again_model.apply({"params": again}, ids)))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from configs import clm as clm_config
+from research.models import config as model_config
 from research.models.decoder import Decoder
 from research.stages import clm, common
 from research.training import checkpoint, writers
@@ -87,7 +88,7 @@ def test_nan_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
   assert "loss=" in message and "param_norm=" in message
   assert f"last good checkpoint is step {bad_step - 1}" in message
   # The last checkpoint restores and is finite.
-  model = Decoder(common.decoder_config(config))
+  model = Decoder(model_config.from_config(config.model))
   s = common.setup(config, model, config.train.steps)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
   assert ckpt.latest_step() == bad_step - 1

@@ -78,3 +78,10 @@ def test_tiny_end_to_end(tmp_path):
   assert events
   tags = set().union(*(read_events(e) for e in events))
   assert {"train/loss", "train/tokens_per_sec", "eval/nll", "train/learning_rate"} <= tags
+  # The sampling CLI on the run just written.
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "PYTHONPATH": ROOT}
+  out = subprocess.run([sys.executable, "-m", "research.generate", f"--workdir={workdir}",
+                        "--prompt=The movie", "--num_samples=2", "--max_new_tokens=8"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.count("--- 'The movie'") == 2 and "The movie" in out.stdout

@@ -11,12 +11,10 @@ import pytest
 
 from configs import common as config_common
 from configs import rlhf as rlhf_config
-from research.models import config as model_config
-from research.models import logprobs
-from research.models.decoder import Decoder
 from research import objectives
-from research.objectives import advantages as adv
-from research.objectives import policy_gradient as pg
+from research.models import config as model_config, logprobs
+from research.models.decoder import Decoder
+from research.objectives import advantages as adv, policy_gradient as pg
 from research.rlhf.actor_critic import ActorCritic
 from research.training import optimizer, partitioning, state as state_lib, step as step_lib
 

@@ -12,8 +12,7 @@ from configs import common as config_common
 from research.models import config as model_config
 from research.models.decoder import Decoder
 from research.objectives import clm
-from research.training import partitioning, state as state_lib, step as step_lib
-from research.training import optimizer
+from research.training import optimizer, partitioning, state as state_lib, step as step_lib
 
 RULES = partitioning.DEFAULT_RULES
 

@@ -13,14 +13,11 @@ aspects) lets later stages build instructions and preference pairs from it.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import random
 from typing import Iterator
 
 from research.data import lexicon, vocab
 
-VERSION = 1
 VALIDATION_EVERY = 20  # review i is held out when i % VALIDATION_EVERY == 0
 
 
@@ -217,16 +214,3 @@ def reviews(seed: int, num_reviews: int, split: str | None = None) -> Iterator[R
     review = make_review(seed, i)
     if split is None or review.split == split:
       yield review
-
-
-def write_jsonl(path: str, seed: int, num_reviews: int) -> str:
-  """Writes the corpus once (atomically) for inspection and reuse; returns `path`."""
-  if os.path.exists(path):
-    return path
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    for review in reviews(seed, num_reviews):
-      f.write(json.dumps({**dataclasses.asdict(review), "split": review.split}) + "\n")
-  os.replace(tmp, path)
-  return path

@@ -136,6 +136,12 @@ def preference_records(data_cfg, split: str, seed: int = 0) -> list[dict]:
   return records
 
 
+
+def prompts(data_cfg, split: str) -> list[str]:
+  """The distinct prompts of the preference data, in a fixed order: what RL,
+  best-of-n and evaluation sample from."""
+  return sorted({r["prompt"] for r in preference_records(data_cfg, split)})
+
 def pairs(records: list[dict]) -> list[dict]:
   """Rankings expanded to (prompt, chosen, rejected) pairs, ties skipped (for DPO)."""
   out = []

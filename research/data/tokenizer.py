@@ -7,7 +7,6 @@ user-defined symbols: always one token, never split or merged.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from typing import Iterable, Sequence
@@ -87,10 +86,6 @@ def train(texts: Iterable[str], vocab_size: int, model_type: str = "bpe",
       max_sentence_length=1 << 16, input_sentence_size=500_000, shuffle_input_sentence=True,
       num_threads=2, minloglevel=2)
   return Tokenizer(buffer.getvalue())
-
-
-def cache_key(*parts) -> str:
-  return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
 
 
 def load_or_train(path: str, texts_fn, vocab_size: int, **kwargs) -> Tokenizer:

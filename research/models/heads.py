@@ -61,10 +61,5 @@ class ScalarModel(nn.Module):
     return values_BxL, score_B
 
 
-def init_from_decoder(scalar_params: dict, decoder_params: dict) -> dict:
-  """A fresh head on a trained trunk."""
-  return {**scalar_params, "decoder": decoder_params}
-
-
 def scores(model: ScalarModel, params, tokens_BxL, mask_BxL):
   return model.apply({"params": params}, tokens_BxL, mask_BxL)[1]

@@ -32,11 +32,11 @@ import numpy as np
 
 from research import sampling
 from research.data import pipeline
-from research.objectives import advantages as adv_lib
 from research.models import logprobs
+from research.objectives import advantages as adv_lib
 from research.rlhf import rollout as rollout_lib
 from research.rlhf.actor_critic import ActorCritic
-from research.stages.common import derived_seed
+from research.seeds import derived_seed
 from research.training import partitioning
 from research.training.loop import Work
 

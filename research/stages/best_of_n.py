@@ -18,12 +18,13 @@ import os
 import jax
 import numpy as np
 
-from research import sampling
-from research.data import comparisons, sft
+from research import evaluation, runs, sampling, seeds
+from research.data import comparisons, preferences, sft
+from research.models import config as model_config
 from research.models.decoder import Decoder
-from research.rlhf import best_of_n, evaluation, rewards
+from research.rlhf import best_of_n, rewards
 from research.stages import common
-from research.stages.rlhf import prompts_for
+from research.training import partitioning
 
 ROUND_SUMMARY = "round_summary.json"
 
@@ -31,7 +32,7 @@ ROUND_SUMMARY = "round_summary.json"
 def round_prompts(config, round_index: int, num_prompts: int) -> np.ndarray:
   """A fresh slice of one fixed permutation per round (wrapping around)."""
   per = config.best_of_n.prompts_per_round
-  order = np.random.default_rng(common.derived_seed(config.seed, "bon_prompts")).permutation(
+  order = np.random.default_rng(seeds.derived_seed(config.seed, "bon_prompts")).permutation(
       num_prompts)
   return order[np.arange(round_index * per, (round_index + 1) * per) % num_prompts]
 
@@ -43,27 +44,29 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
   if config.data.template not in ("alpaca", "chat"):
     raise ValueError(f"config.data.template={config.data.template!r}: best-of-n fine-tunes "
                      f"with the SFT templates, 'alpaca' or 'chat'")
-  common.save_config(config, workdir)
+  runs.save_config(config, workdir)
   b = config.best_of_n
-  mesh, rules = common.mesh_and_rules(config)
-  tok = common.tokenizer_for(config, workdir, lambda: ())
-  model = Decoder(common.decoder_config(config))
-  ref_params = common.load_params(config.init_from, model, mesh, rules)
+  mesh, rules = partitioning.mesh_and_rules(config)
+  tok = runs.tokenizer_for(config, workdir, lambda: ())
+  model = Decoder(model_config.from_config(config.model))
+  ref_params = runs.load_params(config.init_from, model, mesh, rules)
   source = rewards.as_source(reward) if reward is not None else \
       rewards.from_config(config, mesh, rules)
-  prompts = prompts_for(config, "train")
+  prompts = preferences.prompts(config.data, "train")
   ids = [comparisons.prompt_ids(p, config.data.template, tok) for p in prompts]
-  eval_prompts = prompts_for(config, "validation")[:config.evaluate.num_prompts]
+  eval_prompts = preferences.prompts(config.data, "validation")[:config.evaluate.num_prompts]
   eval_ids = [comparisons.prompt_ids(p, config.data.template, tok) for p in eval_prompts]
   sampler = sampling.Sampler(model, eos_id=tok.stop_ids, pad_id=tok.pad_id, mesh=mesh, rules=rules)
   sample_cfg = sampling.SamplingConfig(b.max_new_tokens, temperature=b.temperature)
 
   def evaluate(params, r: int) -> dict:
+    if not eval_prompts:  # config.evaluate.num_prompts = 0
+      return {}
     return evaluation.sampled_report(
         sampler, model, params, ref_params, tok, eval_prompts, eval_ids,
         prompt_format=config.data.prompt_format, mesh=mesh, rules=rules,
         max_new_tokens=config.evaluate.max_new_tokens,
-        seed=common.derived_seed(config.seed, f"bon_eval_{r}"), reward=source,
+        seed=seeds.derived_seed(config.seed, f"bon_eval_{r}"), reward=source,
         samples_per_prompt=config.evaluate.samples_per_prompt)
 
   history = [{"round": 0, **evaluate(ref_params, 0)}]  # the SFT model
@@ -76,11 +79,11 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
         history.append(json.load(f))
       current = round_dir
       continue
-    params = common.load_params(current, model, mesh, rules) if r > 1 else ref_params
+    params = runs.load_params(current, model, mesh, rules) if r > 1 else ref_params
     chosen = round_prompts(config, r - 1, len(prompts))
     texts, scores, ended, _ = best_of_n.sample_and_score(
         sampler, params, [prompts[i] for i in chosen], [ids[i] for i in chosen], tok, source,
-        n=b.n, cfg=sample_cfg, rng=jax.random.PRNGKey(common.derived_seed(config.seed, f"bon_{r}")),
+        n=b.n, cfg=sample_cfg, rng=jax.random.PRNGKey(seeds.derived_seed(config.seed, f"bon_{r}")),
         chunk=b.sample_batch)
     records, stats = best_of_n.best_records([prompts[i] for i in chosen], texts, scores, ended,
                                             b.require_eos)
@@ -95,11 +98,11 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
     with round_config.unlocked():
       round_config.init_from = current
       round_config.stage = "sft"
-    common.save_config(round_config, round_dir)
+    runs.save_config(round_config, round_dir)
     data = sft.build(records, tok, config.data.template, config.data.seq_len)
     batches = lambda train, data=data: sft.batches(  # pylint: disable=cell-var-from-loop
         data, seq_len=config.data.seq_len, global_batch_size=config.data.batch_size,
-        seed=common.derived_seed(config.seed, f"bon_data_{r}"), train=train)
+        seed=seeds.derived_seed(config.seed, f"bon_data_{r}"), train=train)
     # Held-out evaluation is by sampling (below), not by the loss on these targets.
     result, _, _ = common.train(round_config, round_dir, model, train_iter=iter(batches(True)),
                                 eval_batches=None, hooks=hooks)
@@ -107,20 +110,16 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
       return {"preempted": True, "round": r}
     entry = {"round": r, **stats, "train": result.train_metrics,
              **evaluate(result.state.params, r)}
-    common.write_json(round_dir, ROUND_SUMMARY, entry)
+    runs.write_json(round_dir, ROUND_SUMMARY, entry)
     history.append(entry)
     current = round_dir
 
   key = "sampled/reward"
   summary = {"rounds": history, "n": b.n, "final": current,
-             "curves": {k: curve_ends_of_rounds(history, k) for k in (key, "kl")}}
-  if config.evaluate.report:
-    summary["policy"] = evaluation.policy_report(
-        model, common.load_params(current, model, mesh, rules), ref_params, tok, eval_prompts,
-        template=config.data.template, prompt_format=config.data.prompt_format, mesh=mesh,
-        rules=rules, max_new_tokens=config.evaluate.max_new_tokens, seed=config.seed,
-        samples_per_prompt=config.evaluate.samples_per_prompt)
-  common.write_json(workdir, "summary.json", summary)
+             "curves": {k: curve_ends_of_rounds(history, k) for k in (key, "kl")
+                        if k in history[0]}}
+  runs.record_policy(workdir, run=current)  # the policy is the last round's run
+  runs.write_json(workdir, "summary.json", summary)
   return summary
 
 

@@ -8,8 +8,9 @@ import os
 
 import jax
 
-from research import sampling
+from research import runs, sampling, seeds
 from research.data import instructions, pipeline, sources, stats
+from research.models import config as model_config
 from research.models.decoder import Decoder
 from research.stages import common
 from research.training.writers import MetricWriter
@@ -26,15 +27,15 @@ def _tokenizer_texts(source, n: int):
 
 
 def run(config, workdir: str, hooks=()) -> dict:
-  common.save_config(config, workdir)
+  runs.save_config(config, workdir)
   train_src = sources.text_source(config.data, "train")
   eval_src = sources.text_source(config.data, "validation")
-  tok = common.tokenizer_for(config, workdir,
+  tok = runs.tokenizer_for(config, workdir,
                              lambda: _tokenizer_texts(train_src, config.data.tokenizer_train_docs))
-  model = Decoder(common.decoder_config(config))
+  model = Decoder(model_config.from_config(config.model))
   batches = functools.partial(pipeline.clm_batches, tokenizer=tok, seq_len=config.data.seq_len,
                               global_batch_size=config.data.batch_size,
-                              seed=common.derived_seed(config.seed, "data"))
+                              seed=seeds.derived_seed(config.seed, "data"))
   result, s, train_step = common.train(
       config, workdir, model, train_iter=iter(batches(train_src, train=True)),
       eval_batches=lambda: iter(batches(eval_src, train=False)),
@@ -48,7 +49,7 @@ def run(config, workdir: str, hooks=()) -> dict:
   if not result.preempted and config.sample.num_samples:
     summary["samples"] = write_samples(config, workdir, model, result.state.params, tok,
                                        eval_src, s.mesh, s.rules, result.step)
-  common.write_json(workdir, "summary.json", summary)
+  runs.write_json(workdir, "summary.json", summary)
   logging.info("eval loss %.4f vs unigram entropy %.4f nats/token",
                result.eval_metrics.get("nll", float("nan")), entropy)
   return summary

@@ -8,12 +8,14 @@ of greedy samples against the reference's, sequence-level KL to the reference).
 
 from __future__ import annotations
 
+from research import evaluation, objectives, runs, seeds
 from research.data import comparisons, preferences
+from research.models import config as model_config
 from research.models.decoder import Decoder
-from research import objectives
 from research.reward_fn import RewardFunction
-from research.rlhf import evaluation, reference
+from research.rlhf import reference
 from research.stages import common
+from research.training import partitioning
 
 
 def pair_records(records) -> list[dict]:
@@ -22,21 +24,21 @@ def pair_records(records) -> list[dict]:
 
 
 def run(config, workdir: str, hooks=()) -> dict:
-  common.save_config(config, workdir)
+  runs.save_config(config, workdir)
   d, obj = config.data, config.objective
   if not config.init_from:
     raise ValueError("config.init_from must name the SFT run (the policy's start and the "
                      "reference)")
   train_records = preferences.preference_records(
-      d, "train", seed=common.derived_seed(config.seed, "label_noise"))
+      d, "train", seed=seeds.derived_seed(config.seed, "label_noise"))
   eval_records = preferences.preference_records(d, "validation")
-  tok = common.tokenizer_for(config, workdir, lambda: ())
+  tok = runs.tokenizer_for(config, workdir, lambda: ())
   encode = lambda records: comparisons.encode(pair_records(records), tok, d.template,
                                               d.seq_len, 2)
   (train_ex, train_stats), (eval_ex, eval_stats) = encode(train_records), encode(eval_records)
-  model = Decoder(common.decoder_config(config))
-  mesh, rules = common.mesh_and_rules(config)
-  ref_params = common.load_params(config.init_from, model, mesh, rules)
+  model = Decoder(model_config.from_config(config.model))
+  mesh, rules = partitioning.mesh_and_rules(config)
+  ref_params = runs.load_params(config.init_from, model, mesh, rules)
 
   scorer = None if objectives.get(obj.name).reference_free else \
       reference.ReferenceScorer(model, ref_params, mesh, rules)
@@ -48,7 +50,7 @@ def run(config, workdir: str, hooks=()) -> dict:
     raise ValueError(f"config.objective.reference={obj.reference!r}; expected 'precompute' "
                      f"or 'online'")
   batches = lambda examples, train: comparisons.batches(
-      examples, global_batch_size=d.batch_size, seed=common.derived_seed(config.seed, "data"),
+      examples, global_batch_size=d.batch_size, seed=seeds.derived_seed(config.seed, "data"),
       train=train)
   wrap = lambda it: it if "ref_logps" in train_ex[0] else reference.WithReference(it, scorer)
   result, s, train_step = common.train(
@@ -70,5 +72,5 @@ def run(config, workdir: str, hooks=()) -> dict:
         prompt_format=d.prompt_format, mesh=mesh, rules=rules,
         max_new_tokens=config.evaluate.max_new_tokens, seed=config.seed, reward_fn=reward_fn,
         samples_per_prompt=config.evaluate.samples_per_prompt)
-  common.write_json(workdir, "summary.json", summary)
+  runs.write_json(workdir, "summary.json", summary)
   return summary

@@ -15,13 +15,12 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from research import sampling
-from research.data import comparisons
+from research import evaluation, runs, sampling, seeds
+from research.data import comparisons, preferences
 from research.reward_fn import RewardFunction
-from research.rlhf import best_of_n, evaluation, rewards
+from research.rlhf import best_of_n, rewards
 from research.rlhf.rollout import rollout
-from research.stages import common
-from research.stages.rlhf import prompts_for
+from research.training import partitioning
 
 
 def run(config, workdir: str, hooks=(), reward=None) -> dict:
@@ -30,13 +29,13 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
   if not (config.policy and config.init_from):
     raise ValueError("config.policy (the run to evaluate) and config.init_from (the SFT "
                      "reference) are both required")
-  common.save_config(config, workdir)
-  mesh, rules = common.mesh_and_rules(config)
-  tok = common.tokenizer_for(config, workdir, lambda: ())
-  model, ref_params = common.load_policy(config.init_from, mesh, rules)
-  _, params = common.load_policy(config.policy, mesh, rules)
+  runs.save_config(config, workdir)
+  mesh, rules = partitioning.mesh_and_rules(config)
+  tok = runs.tokenizer_for(config, workdir, lambda: ())
+  model, ref_params = runs.load_policy(config.init_from, mesh, rules)
+  _, params = runs.load_policy(config.policy, mesh, rules)
   rm = RewardFunction.load(e.reward_model, mesh, rules) if e.reward_model else None
-  prompts = prompts_for(config, "validation")[:e.num_prompts]
+  prompts = preferences.prompts(config.data, "validation")[:e.num_prompts]
   fmt = config.data.prompt_format
   if e.best_of_n > 1:
     report = _best_of_n(config, model, params, ref_params, tok, prompts, rm, mesh, rules)
@@ -46,7 +45,7 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
         prompt_format=fmt, mesh=mesh, rules=rules, max_new_tokens=e.max_new_tokens,
         seed=config.seed, reward_fn=rm, samples_per_prompt=e.samples_per_prompt)
   summary = {"policy": config.policy, "best_of_n": e.best_of_n, **report}
-  common.write_json(workdir, "summary.json", summary)
+  runs.write_json(workdir, "summary.json", summary)
   return summary
 
 
@@ -68,7 +67,7 @@ def _best_of_n(config, model, params, ref_params, tok, prompts, rm, mesh, rules)
   texts, scores, _, lengths = best_of_n.sample_and_score(
       sampler, params, prompts, ids, tok, select, n=e.best_of_n,
       cfg=sampling.SamplingConfig(e.max_new_tokens, temperature=1.0),
-      rng=jax.random.PRNGKey(common.derived_seed(config.seed, "evaluate_bon")),
+      rng=jax.random.PRNGKey(seeds.derived_seed(config.seed, "evaluate_bon")),
       chunk=e.sample_batch)
   best = scores.argmax(1)
   rows = np.arange(len(prompts))

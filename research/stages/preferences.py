@@ -17,31 +17,30 @@ import os
 
 import jax
 
-from research import sampling
+from research import runs, sampling, seeds
 from research.data import comparisons, preferences
 from research.rlhf import best_of_n, rewards
-from research.stages import common
-from research.stages.rlhf import prompts_for
+from research.training import partitioning
 
 
 def run(config, workdir: str, hooks=(), reward=None) -> dict:
   del hooks
   if not config.init_from:
     raise ValueError("config.init_from must name the policy to sample from (the SFT run)")
-  common.save_config(config, workdir)
+  runs.save_config(config, workdir)
   p = config.preferences
-  mesh, rules = common.mesh_and_rules(config)
-  tok = common.tokenizer_for(config, workdir, lambda: ())
-  model, params = common.load_policy(config.init_from, mesh, rules)
+  mesh, rules = partitioning.mesh_and_rules(config)
+  tok = runs.tokenizer_for(config, workdir, lambda: ())
+  model, params = runs.load_policy(config.init_from, mesh, rules)
   source = rewards.as_source(reward) if reward is not None else \
       rewards.from_config(config, mesh, rules)
-  prompts = prompts_for(config, "train")[:p.num_prompts]
+  prompts = preferences.prompts(config.data, "train")[:p.num_prompts]
   ids = [comparisons.prompt_ids(x, config.data.template, tok) for x in prompts]
   sampler = sampling.Sampler(model, eos_id=tok.stop_ids, pad_id=tok.pad_id, mesh=mesh, rules=rules)
   texts, scores, ended, lengths = best_of_n.sample_and_score(
       sampler, params, prompts, ids, tok, source, n=p.k,
       cfg=sampling.SamplingConfig(p.max_new_tokens, temperature=p.temperature),
-      rng=jax.random.PRNGKey(common.derived_seed(config.seed, "preferences")),
+      rng=jax.random.PRNGKey(seeds.derived_seed(config.seed, "preferences")),
       chunk=p.sample_batch)
   kept = 0
   with open(os.path.join(workdir, "preferences.jsonl"), "w", encoding="utf-8") as f:
@@ -57,5 +56,5 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
   summary = {"prompts": len(prompts), "k": p.k, "kept_prompts": kept,
              "mean_score": float(scores.mean()), "best_score": stats["best/score"],
              "ended": float(ended.mean()), "mean_length": float(lengths.mean())}
-  common.write_json(workdir, "summary.json", summary)
+  runs.write_json(workdir, "summary.json", summary)
   return summary

@@ -14,7 +14,9 @@ import os
 import jax
 import numpy as np
 
+from research import runs, seeds
 from research.data import comparisons, preferences
+from research.models import config as model_config
 from research.models.heads import ScalarModel
 from research.reward_fn import NORMALIZATION_FILE, RewardFunction
 from research.stages import common
@@ -27,19 +29,19 @@ def _texts(records, limit: int):
 
 
 def run(config, workdir: str, hooks=()) -> dict:
-  common.save_config(config, workdir)
+  runs.save_config(config, workdir)
   d = config.data
   train_records = preferences.preference_records(
-      d, "train", seed=common.derived_seed(config.seed, "label_noise"))
+      d, "train", seed=seeds.derived_seed(config.seed, "label_noise"))
   eval_records = preferences.preference_records(d, "validation")
-  tok = common.tokenizer_for(config, workdir,
+  tok = runs.tokenizer_for(config, workdir,
                              lambda: _texts(train_records, d.tokenizer_train_docs))
   encode = lambda records: comparisons.encode(records, tok, d.template, d.seq_len,
                                               d.num_responses)
   (train_ex, train_stats), (eval_ex, eval_stats) = encode(train_records), encode(eval_records)
-  model = ScalarModel(common.decoder_config(config), head_init="reward")
+  model = ScalarModel(model_config.from_config(config.model), head_init="reward")
   batches = lambda examples, train: comparisons.batches(
-      examples, global_batch_size=d.batch_size, seed=common.derived_seed(config.seed, "data"),
+      examples, global_batch_size=d.batch_size, seed=seeds.derived_seed(config.seed, "data"),
       train=train)
   result, s, train_step = common.train(
       config, workdir, model, train_iter=iter(batches(train_ex, True)),
@@ -59,7 +61,7 @@ def run(config, workdir: str, hooks=()) -> dict:
       with open(os.path.join(workdir, NORMALIZATION_FILE), "w", encoding="utf-8") as f:
         json.dump({"offset": analysis["score_mean"], "scale": analysis["score_std"],
                    "num_responses": analysis["num_responses"]}, f, indent=2)
-  common.write_json(workdir, "summary.json", summary)
+  runs.write_json(workdir, "summary.json", summary)
   return summary
 
 

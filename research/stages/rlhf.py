@@ -23,20 +23,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from research import evaluation, objectives, runs, seeds
 from research.data import comparisons, pipeline, preferences, sources
+from research.models import config as model_config
 from research.models.decoder import Decoder
-from research import objectives
 from research.objectives import clm
 from research.reward_fn import RewardFunction
-from research.rlhf import evaluation, online, rewards
+from research.rlhf import online, rewards
 from research.rlhf.actor_critic import ActorCritic
-from research.stages import common
 from research.training import loop, optimizer, partitioning, state as state_lib, step as step_lib
-
-
-def prompts_for(config, split: str) -> list[str]:
-  """The distinct prompts of the preference data (`config.data`), in a fixed order."""
-  return sorted({r["prompt"] for r in preferences.preference_records(config.data, split)})
 
 
 def _value_params(config, model: ActorCritic, sft_params, abstract_value, mesh, rules):
@@ -47,7 +42,7 @@ def _value_params(config, model: ActorCritic, sft_params, abstract_value, mesh, 
     if not config.reward.model:
       raise ValueError("config.objective.critic_init='reward_model' needs config.reward.model; "
                        "or set critic_init='policy' or critic='shared'")
-    return common.load_params(config.reward.model, model.value_module, mesh, rules)
+    return runs.load_params(config.reward.model, model.value_module, mesh, rules)
   if o.critic_init == "policy":
     # The trunk only: a scalar model has no unembedding.
     trunk = {k: jax.tree.map(jnp.copy, sft_params[k]) for k in abstract_value["decoder"]}
@@ -61,7 +56,7 @@ def _critic_cfg(config):
   """A separate critic from a reward model takes that model's size."""
   o = config.objective
   if o.critic == "separate" and o.critic_init == "reward_model" and config.reward.model:
-    return common.decoder_config(common.load_config(config.reward.model))
+    return model_config.from_config(runs.load_config(config.reward.model).model)
   return None
 
 
@@ -135,7 +130,7 @@ def pretrain_loss(config, model: Decoder, params, tok, mesh, rules) -> float:
   loss = functools.partial(clm.loss_fn, model=model, config=plain_clm)
   eval_step = step_lib.make_eval_step(
       loss, params_sharding=partitioning.logical_shardings(
-          jax.eval_shape(common.init_fn(model), jax.random.PRNGKey(0)), mesh, rules),
+          jax.eval_shape(state_lib.init_fn(model), jax.random.PRNGKey(0)), mesh, rules),
       mesh=mesh, rules=rules)
   return loop.evaluate(eval_step, params, iter(batches), mesh, rules,
                        config.evaluate.pretrain_batches)["nll"]
@@ -150,17 +145,18 @@ def curve_ends(history: list[dict], key: str) -> dict:
 
 def run(config, workdir: str, hooks=(), reward=None) -> dict:
   loss_obj, estimator = _validate(config)
-  common.save_config(config, workdir)
+  runs.save_config(config, workdir)
+  runs.record_policy(workdir, subtree="policy")  # params: {'policy', 'value'}
   o = config.objective
-  mesh, rules = common.mesh_and_rules(config)
+  mesh, rules = partitioning.mesh_and_rules(config)
   ways = partitioning.batch_axis_size(mesh, rules)
   if config.ppo.minibatch_size % ways:
     raise ValueError(f"config.ppo.minibatch_size={config.ppo.minibatch_size} must be divisible "
                      f"by the {ways} ways the batch is sharded")
-  tok = common.tokenizer_for(config, workdir, lambda: ())
-  policy = Decoder(common.decoder_config(config))
+  tok = runs.tokenizer_for(config, workdir, lambda: ())
+  policy = Decoder(model_config.from_config(config.model))
   model = ActorCritic(policy, o.critic, _critic_cfg(config))
-  ref_params = common.load_params(config.init_from, policy, mesh, rules)
+  ref_params = runs.load_params(config.init_from, policy, mesh, rules)
   state, abstract, shardings, tx, schedule = build_state(config, model, ref_params, mesh, rules,
                                                          total_updates(config))
   loss = functools.partial(loss_obj, model=model, config=config)
@@ -169,12 +165,12 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
                                         microbatches=config.optimizer.grad_accum_steps)
   reward_source = rewards.as_source(reward) if reward is not None else \
       rewards.from_config(config, mesh, rules)
-  prompts = prompts_for(config, "train")
+  prompts = preferences.prompts(config.data, "train")
   ptx_iter = None
   if o.ptx_coef > 0:
     ptx_iter = iter(pipeline.clm_batches(
         sources.text_source(config.ptx, "train"), tok, seq_len=config.ptx.seq_len,
-        global_batch_size=config.ptx.batch_size, seed=common.derived_seed(config.seed, "ptx"),
+        global_batch_size=config.ptx.batch_size, seed=seeds.derived_seed(config.seed, "ptx"),
         train=True))
   source = online.RolloutSource(
       config, model=model, ref_params=ref_params, loss=loss_obj, estimator=estimator,
@@ -197,7 +193,7 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
     summary["last"] = result.history[-1]
   if not result.preempted and config.evaluate.num_prompts:
     policy_params = result.state.params["policy"]
-    eval_prompts = prompts_for(config, "validation")[:config.evaluate.num_prompts]
+    eval_prompts = preferences.prompts(config.data, "validation")[:config.evaluate.num_prompts]
     rm = config.evaluate.reward_model or (config.reward.model
                                           if config.reward.source == "model" else "")
     summary["policy"] = evaluation.policy_report(
@@ -210,6 +206,6 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
     summary["pretrain_loss"] = {
         "policy": pretrain_loss(config, policy, result.state.params["policy"], tok, mesh, rules),
         "reference": pretrain_loss(config, policy, ref_params, tok, mesh, rules)}
-  common.write_json(workdir, "summary.json", summary)
+  runs.write_json(workdir, "summary.json", summary)
   return summary
 

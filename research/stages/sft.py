@@ -14,8 +14,9 @@ import os
 import jax
 import numpy as np
 
-from research import sampling
+from research import runs, sampling, seeds
 from research.data import instructions, sft, templates
+from research.models import config as model_config
 from research.models.decoder import Decoder
 from research.stages import common
 
@@ -28,18 +29,18 @@ def _record_texts(records, limit: int):
 
 
 def run(config, workdir: str, hooks=()) -> dict:
-  common.save_config(config, workdir)
+  runs.save_config(config, workdir)
   train_records = instructions.instruction_records(config.data, "train")
   eval_records = instructions.instruction_records(config.data, "validation")
-  tok = common.tokenizer_for(config, workdir, lambda: _record_texts(
+  tok = runs.tokenizer_for(config, workdir, lambda: _record_texts(
       train_records, config.data.tokenizer_train_docs))
   d = config.data
   train_data = sft.build(train_records, tok, d.template, d.seq_len)
   eval_data = sft.build(eval_records, tok, d.template, d.seq_len)
-  model = Decoder(common.decoder_config(config))
+  model = Decoder(model_config.from_config(config.model))
   batches = lambda data, train: sft.batches(
       data, seq_len=d.seq_len, global_batch_size=d.batch_size,
-      seed=common.derived_seed(config.seed, "data"), train=train)
+      seed=seeds.derived_seed(config.seed, "data"), train=train)
   result, s, train_step = common.train(
       config, workdir, model, train_iter=iter(batches(train_data, True)),
       eval_batches=lambda: iter(batches(eval_data, False)),
@@ -52,7 +53,7 @@ def run(config, workdir: str, hooks=()) -> dict:
              "compilations": train_step.compilations()}
   if not result.preempted and config.generate.num_examples:
     cases = generation_cases(eval_data.records, config)
-    base = (common.load_params(config.init_from, model, s.mesh, s.rules)
+    base = (runs.load_params(config.init_from, model, s.mesh, s.rules)
             if config.init_from else None)
     summary["generate"] = {}
     outputs = {}
@@ -61,7 +62,7 @@ def run(config, workdir: str, hooks=()) -> dict:
         summary["generate"][name], outputs[name] = evaluate_generation(
             model, params, tok, cases, config, s.mesh, s.rules)
     write_samples(workdir, cases, outputs)
-  common.write_json(workdir, "summary.json", summary)
+  runs.write_json(workdir, "summary.json", summary)
   return summary
 
 

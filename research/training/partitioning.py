@@ -129,6 +129,18 @@ def batch_axis_size(mesh, rules) -> int:
   return math.prod(mesh.shape[a] for a in axes)
 
 
+def mesh_and_rules(config):
+  """The mesh (`config.mesh`) and logical rules (`config.sharding.rules`) of a run,
+  after checking the global batch divides over the ways it is split."""
+  mesh = make_mesh(config.mesh)
+  rules = rules_from_config(config)
+  ways = batch_axis_size(mesh, rules)
+  if config.data.batch_size % ways:
+    raise ValueError(f"config.data.batch_size={config.data.batch_size} must be divisible by "
+                     f"the {ways} ways the batch is sharded (config.mesh {dict(mesh.shape)})")
+  return mesh, rules
+
+
 @contextlib.contextmanager
 def activate(mesh, rules):
   """Mesh + rules for tracing modules that call `nn.with_logical_constraint`."""

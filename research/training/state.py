@@ -26,6 +26,11 @@ class TrainState:
   rng: jax.Array  # raw uint32 key; per-step keys are fold_in(rng, step)
 
 
+def init_fn(module: nn.Module, seq_len: int = 8) -> Callable:
+  """rng -> boxed params of a module that takes token ids."""
+  return lambda rng: module.init(rng, jnp.ones((1, seq_len), jnp.int32))["params"]
+
+
 def _boxed_state(init_params: Callable, tx: optax.GradientTransformation, seed_key):
   init_key, step_key = jax.random.split(seed_key)
   params = init_params(init_key)  # boxed with logical names

@@ -1,27 +1,24 @@
-"""Prints samples from a trained run's checkpoint.
+"""Prints samples from a trained run's language model.
 
-  python -m research.sample --workdir=runs/clm --prompt="I watched" --prompt="The plot"
-  python -m research.sample --workdir=runs/clm --prompts_file=prompts.txt \
+  python -m research.generate --workdir=runs/sft --prompt="I watched" --prompt="The plot"
+  python -m research.generate --workdir=runs/ppo --prompts_file=prompts.txt \
       --temperature=0.8 --top_p=0.9 --num_samples=3 --max_new_tokens=96
 
 Prompts come one per `--prompt` flag or one per line of `--prompts_file`; each
-is preceded by BOS. The model, tokenizer and mesh are the run's own
-(`config.json`, `tokenizer.model`, `checkpoints/` in the workdir).
+is preceded by the tokenizer's BOS. The model, tokenizer and mesh are the run's
+own (`config.json`, its tokenizer, `checkpoints/`): any stage's run, an RLHF
+policy or the last round of best-of-n included.
 """
 
 from __future__ import annotations
 
-import os
-
 from absl import app, flags
 import jax
 
-from research import sampling
-from research.data.tokenizer import Tokenizer
-from research.models.decoder import Decoder
-from research.stages import common
+from research import runs, sampling
+from research.training import partitioning
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "workdir of a CLM/SFT/DPO run", required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "workdir of a run", required=True)
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "a prompt (repeatable)")
 _PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "a file with one prompt per line")
 _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
@@ -47,11 +44,12 @@ def read_prompts() -> list[str]:
 def main(argv) -> None:
   del argv
   workdir = _WORKDIR.value
-  config = common.load_config(workdir)
-  tok = Tokenizer.load(os.path.join(workdir, common.TOKENIZER_FILE))
-  model = Decoder(common.decoder_config(config))
-  mesh, rules = common.mesh_and_rules(config)
-  params = common.load_params(workdir, model, mesh, rules, step=_STEP.value)
+  path = runs.tokenizer_path(workdir)
+  if path is None:
+    raise app.UsageError(f"--workdir={workdir!r} has no tokenizer: is it the workdir of a run?")
+  tok = runs.load_tokenizer(path)
+  mesh, rules = partitioning.mesh_and_rules(runs.load_config(workdir))
+  model, params = runs.load_policy(workdir, mesh, rules, step=_STEP.value)
   prompts = read_prompts()
   token_lists = [tok.prefix_ids + tok.encode(p) for p in prompts for _ in range(_NUM_SAMPLES.value)]
   cfg = sampling.SamplingConfig(_MAX_NEW.value, temperature=_TEMPERATURE.value,
@@ -60,7 +58,7 @@ def main(argv) -> None:
   out = jax.device_get(sampler(params, token_lists, jax.random.PRNGKey(_SEED.value), cfg))
   for i, tokens in enumerate(token_lists):
     ending = "" if out.ended[i] else " [truncated]"
-    print(f"--- {prompts[i // _NUM_SAMPLES.value]!r}\n{tok.decode(tokens[1:])}"
+    print(f"--- {prompts[i // _NUM_SAMPLES.value]!r}\n{tok.decode(tokens[len(tok.prefix_ids):])}"
           f"{tok.decode(out.tokens[i])}{ending}")
 
 

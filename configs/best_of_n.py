@@ -11,40 +11,39 @@
 
 import ml_collections
 
-from configs import common
+from configs import common, presets
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`arg` is the model preset; it must match the SFT run in `init_from`."""
-  preset = arg or "small"
-  c = common.base("best_of_n")
+  """`arg`: a run size (`configs/presets.py`) or a model preset; the model must match
+  the SFT run in `init_from`."""
+  run = presets.run(arg)
+  preset = run["model"]
+  c = common.base("best_of_n", run)
   c.init_from = "runs/sft"
   c.model = common.model(preset)
   c.reward = ml_collections.ConfigDict({"source": "model", "model": "runs/reward"})
   c.best_of_n = ml_collections.ConfigDict({
       "n": 8,                   # samples per prompt
-      "rounds": 2,
-      "prompts_per_round": 256,
+      "rounds": run["best_of_n_rounds"],
+      "prompts_per_round": run["best_of_n_prompts"],
       "temperature": 1.0,
-      "max_new_tokens": 192,
-      "require_eos": True,      # only finished responses become training targets
+      "max_new_tokens": run["new_tokens"],
+      # Only finished responses become training targets (smoke models never stop).
+      "require_eos": run["name"] != "smoke",
       "sample_batch": 64,       # rows per sampler call
   })
   # The SFT objective on the selected responses.
   c.objective = ml_collections.ConfigDict({"name": "clm", "z_loss": 0.0,
                                            "loss_normalization": "sequence"})
   c.data = common.preference_data(seq_len=256)  # prompts; seq_len/batch_size: fine-tuning
-  c.train.update(steps=100, eval_every=0, checkpoint_every=100, eval_batches=4)
+  c.train.update(eval_every=0, checkpoint_every=100, eval_batches=4)
   c.optimizer.update(lr=5e-5, warmup_steps=10, weight_decay=0.0)
-  c.evaluate = ml_collections.ConfigDict({
-      "num_prompts": 64, "max_new_tokens": 192, "samples_per_prompt": 1,
-      "report": True,           # greedy ground truth and win rate of the final policy
-  })
+  # Each round's policy on held-out prompts (the greedy report: configs/evaluate.py).
+  c.evaluate = common.evaluate(run)
   if preset == "tiny":
     c.init_from = "runs/sft_tiny"
     c.reward.model = "runs/reward_tiny"
-    c.best_of_n.update(prompts_per_round=128, max_new_tokens=200)
-    c.train.update(steps=60, checkpoint_every=60)
     c.optimizer.update(lr=5e-4)
-    c.evaluate.update(num_prompts=32, max_new_tokens=200)
+  presets.train_for(c, run["best_of_n"])
   return c

@@ -10,13 +10,14 @@
 
 import ml_collections
 
-from configs import common
+from configs import common, presets
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`arg` is the model preset: tiny | small (default) | 125m | 350m | 1b | 7b."""
-  preset = arg or "small"
-  c = common.base("clm")
+  """`arg`: a run size, smoke | tiny | small (default), or a model preset 125m .. 7b."""
+  run = presets.run(arg)
+  preset = run["model"]
+  c = common.base("clm", run)
   c.model = common.model(preset)
   c.objective = ml_collections.ConfigDict({"name": "clm", "z_loss": 1e-4,
                                            "loss_normalization": "token"})
@@ -25,11 +26,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                         "max_new_tokens": 64})
   if preset == "tiny":
     c.data.update(corpus_size=3000, seq_len=128, batch_size=8, tokenizer_train_docs=3000)
-    c.train.update(steps=60, log_every=10, eval_every=30, eval_batches=4, checkpoint_every=30)
+    c.train.update(eval_every=100, eval_batches=4, checkpoint_every=100)
     c.optimizer.update(lr=3e-3, warmup_steps=10)
     c.sample.update(num_samples=2, max_new_tokens=24)
   elif preset == "small":  # ~8 minutes on 2 CPU cores (~1,000 tokens/s)
     c.data.update(seq_len=256, batch_size=8)
-    c.train.update(steps=240, eval_every=80, checkpoint_every=80)
+    c.train.update(eval_every=80, checkpoint_every=80)
     c.optimizer.update(lr=2e-3, warmup_steps=24)
+  if run["name"] == "smoke":
+    c.data.corpus_size = 500
+    c.sample.num_samples = 0
+  presets.train_for(c, run["clm"])
   return c

@@ -8,13 +8,15 @@ from research.models import config as model_config
 from research.training import partitioning
 
 
-def base(stage: str) -> ml_collections.ConfigDict:
+def base(stage: str, run: dict) -> ml_collections.ConfigDict:
+  """What every stage's config has; `run` is its size (`presets.run`)."""
   c = ml_collections.ConfigDict()
   c.stage = stage
   c.seed = 0                      # drives every rng: init, data order, sampling
   c.init_from = ""                # workdir of an earlier stage to start from
   c.imports = ""                  # modules to import first (they register objectives), a,b
   c.mesh = mesh()
+  c.mesh.num_devices = run["devices"]
   c.sharding = ml_collections.ConfigDict({"rules": partitioning.DEFAULT_RULES})
   c.optimizer = optimizer()
   c.train = train()
@@ -75,4 +77,19 @@ def preference_data(**overrides) -> ml_collections.ConfigDict:
                                               "rejected": "rejected"}),
       "corpus_size": 2000,
       "batch_size": 8,
+      **overrides})
+
+
+def evaluate(run: dict, **overrides) -> ml_collections.ConfigDict:
+  """How a policy is measured on held-out prompts, by every stage that reports one
+  (the same keys everywhere; `research/evaluation.py`). `run`: a `presets.run`."""
+  return ml_collections.ConfigDict({
+      "num_prompts": run["eval_prompts"],    # held-out prompts; 0: no report
+      "max_new_tokens": run["new_tokens"],
+      "samples_per_prompt": run["eval_samples"],  # temperature-1 samples (the KL estimate)
+      "reward_model": "",            # a reward-model workdir: also report its scores
+      "pretrain_batches": 0,         # held-out CLM loss of the policy (what PPO-ptx protects)
+      "best_of_n": 0,                # evaluate stage: > 1 scores best-of-n sampling instead
+      "select_by": "reward_model",   # best-of-n: reward_model | ground_truth
+      "sample_batch": 64,            # rows per sampler call
       **overrides})

@@ -11,13 +11,15 @@ simpo (simpo_gamma), orpo (orpo_lambda); any adds nll_coef * NLL(chosen).
 
 import ml_collections
 
-from configs import common
+from configs import common, presets
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`arg` is the model preset; it must match the SFT run in `init_from`."""
-  preset = arg or "small"
-  c = common.base("dpo")
+  """`arg`: a run size (`configs/presets.py`) or a model preset; the model must match
+  the SFT run in `init_from`."""
+  run = presets.run(arg)
+  preset = run["model"]
+  c = common.base("dpo", run)
   c.init_from = "runs/sft"
   c.model = common.model(preset)
   c.objective = ml_collections.ConfigDict({
@@ -30,16 +32,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "reference": "online",    # online | precompute (cached in the workdir)
   })
   c.data = common.preference_data(num_responses=4, seq_len=256)
-  c.train.update(steps=300, eval_every=100, checkpoint_every=100, eval_batches=8)
+  c.train.update(eval_every=100, checkpoint_every=100, eval_batches=8)
   c.optimizer.update(lr=1e-5, warmup_steps=20, weight_decay=0.0)
-  c.evaluate = ml_collections.ConfigDict({
-      "num_prompts": 64, "max_new_tokens": 160, "samples_per_prompt": 1,
-      "reward_model": "",  # a reward-model workdir, to also report its scores
-  })
+  c.evaluate = common.evaluate(run)  # after training, against the SFT model
   if preset == "tiny":
     c.init_from = "runs/sft_tiny"
     c.data.update(corpus_size=1000, seq_len=256, batch_size=8)
-    c.train.update(steps=150, eval_every=50, checkpoint_every=50, eval_batches=4)
+    c.train.update(eval_every=50, checkpoint_every=150, eval_batches=4)
     c.optimizer.update(lr=1e-4, warmup_steps=10)
-    c.evaluate.update(num_prompts=32, max_new_tokens=200)
+  presets.train_for(c, run["dpo"])
   return c

@@ -8,21 +8,17 @@
 
 import ml_collections
 
-from configs import common
+from configs import common, presets
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  preset = arg or "small"
-  c = common.base("evaluate")
+  """`arg`: a run size (`configs/presets.py`) or a model preset."""
+  run = presets.run(arg)
+  preset = run["model"]
+  c = common.base("evaluate", run)
   c.policy = ""                   # the run to evaluate
   c.init_from = "runs/sft"        # the reference (and its tokenizer)
   c.model = common.model(preset)
-  c.evaluate = ml_collections.ConfigDict({
-      "num_prompts": 64, "max_new_tokens": 192, "samples_per_prompt": 2,
-      "reward_model": "",         # also report this reward model's scores
-      "best_of_n": 0,             # > 1: evaluate best-of-n sampling from `policy`
-      "select_by": "reward_model",  # best-of-n: reward_model | ground_truth
-      "sample_batch": 64,
-  })
+  c.evaluate = common.evaluate(run)
   c.data = common.preference_data()  # held-out prompts
   return c

@@ -7,21 +7,24 @@
 
 import ml_collections
 
-from configs import common
+from configs import common, presets
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  preset = arg or "small"
-  c = common.base("preferences")
+  """`arg`: a run size (`configs/presets.py`) or a model preset."""
+  run = presets.run(arg)
+  preset = run["model"]
+  c = common.base("preferences", run)
   c.init_from = "runs/sft" if preset != "tiny" else "runs/sft_tiny"
   c.model = common.model(preset)
   c.reward = ml_collections.ConfigDict({"source": "ground_truth", "model": ""})
   c.preferences = ml_collections.ConfigDict({
       "k": 4,                  # samples per prompt (the DPO paper's IMDb setup)
-      "num_prompts": 1000,
+      "num_prompts": run["preferences"],
       "temperature": 1.0,
-      "max_new_tokens": 200,
-      "require_eos": True,     # drop prompts with a truncated sample
+      "max_new_tokens": run["new_tokens"],
+      # Drop prompts with a truncated sample (smoke models never stop).
+      "require_eos": run["name"] != "smoke",
       "sample_batch": 64,
   })
   # Prompts: the embedded set's ("Write a review of <film>.").

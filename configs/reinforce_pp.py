@@ -14,4 +14,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.objective.update(name="ppo", advantage="reinforce_pp", critic="none",
                      whiten_advantages=False)  # the estimator normalises over the batch
   c.ppo.update(epochs=1, minibatch_size=8)
+  if c.model.preset == "tiny":
+    c.optimizer.lr = 1e-3  # one pass per rollout: a quarter of PPO's updates (4 epochs)
   return c

@@ -9,13 +9,15 @@
 
 import ml_collections
 
-from configs import common
+from configs import common, presets
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`arg` is the model preset; it must match the run in `init_from`."""
-  preset = arg or "small"
-  c = common.base("reward")
+  """`arg`: a run size (`configs/presets.py`) or a model preset; the model must match
+  the SFT run in `init_from`."""
+  run = presets.run(arg)
+  preset = run["model"]
+  c = common.base("reward", run)
   c.init_from = "runs/sft"
   c.model = common.model(preset)
   c.objective = ml_collections.ConfigDict({
@@ -24,11 +26,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "center_coef": 0.01,    # reward centring, c * (sum_k r_k)^2 per prompt
   })
   c.data = common.preference_data(num_responses=4, corpus_size=4000, seq_len=256)
-  c.train.update(steps=300, eval_every=100, checkpoint_every=100)
+  c.train.update(eval_every=100, checkpoint_every=100)
   c.optimizer.update(lr=1e-4, warmup_steps=20, weight_decay=0.0)
   if preset == "tiny":
     c.init_from = "runs/sft_tiny"
     c.data.update(corpus_size=2000, seq_len=256, batch_size=8)
-    c.train.update(steps=300, eval_every=100, checkpoint_every=100, eval_batches=6)
+    c.train.update(eval_batches=6)
     c.optimizer.update(lr=1e-3, warmup_steps=20)
+  presets.train_for(c, run["reward"])
   return c

@@ -20,13 +20,15 @@ ppo.epochs * rows / ppo.minibatch_size optimizer steps.
 
 import ml_collections
 
-from configs import common
+from configs import common, presets
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`arg` is the model preset; it must match the SFT run in `init_from`."""
-  preset = arg or "small"
-  c = common.base("rlhf")
+  """`arg`: a run size (`configs/presets.py`) or a model preset; the model must match
+  the SFT run in `init_from`."""
+  run = presets.run(arg)
+  preset = run["model"]
+  c = common.base("rlhf", run)
   c.init_from = "runs/sft"
   c.model = common.model(preset)
   c.reward = ml_collections.ConfigDict({
@@ -71,18 +73,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Pretraining text for PPO-ptx and for the held-out pretraining loss.
   c.ptx = common.data(source="embedded", corpus_size=2000, seq_len=128, batch_size=8)
   # A step is an iteration; each one's statistics are logged (a rollout is costly).
-  c.train.update(steps=100, log_every=1, checkpoint_every=20)
+  c.train.update(steps=run["rlhf"], log_every=1,
+                 checkpoint_every=min(20, max(run["rlhf"] // 3, 1)))
   c.optimizer.update(lr=1e-5, warmup_steps=10, weight_decay=0.0, min_lr_ratio=1.0)
-  c.evaluate = ml_collections.ConfigDict({
-      "num_prompts": 64, "max_new_tokens": 160, "samples_per_prompt": 1,
-      "reward_model": "",       # also report this reward model's scores ("" = the training one)
-      "pretrain_batches": 8,    # held-out CLM loss of the policy (what ptx protects); 0 = off
-  })
+  # After training: the policy against the SFT model; reward_model "" reports the
+  # training reward model's scores.
+  c.evaluate = common.evaluate(run, pretrain_batches=8)
   if preset == "tiny":
     c.init_from = "runs/sft_tiny"
     c.reward.model = "runs/reward_tiny"
     c.rollout.max_new_tokens = 64
-    c.optimizer.update(lr=1e-4)
-    c.train.update(steps=40, checkpoint_every=10)
-    c.evaluate.update(num_prompts=32, max_new_tokens=200)
+    c.optimizer.update(lr=2e-4)
+  return c
+
+
+def on_ground_truth(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Train on the embedded ground-truth scorer instead of a reward model. Its raw
+  scores have a std of ~0.1, so they are standardised per batch (else the KL term
+  dominates), and a separate critic starts from the policy (there is no reward
+  model to start it from)."""
+  c.reward.source = "ground_truth"
+  c.objective.score_norm = "batch"
+  c.objective.critic_init = "policy"
   return c

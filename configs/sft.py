@@ -8,13 +8,15 @@
 
 import ml_collections
 
-from configs import common
+from configs import common, presets
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`arg` is the model preset; it must match the CLM run in `init_from`."""
-  preset = arg or "small"
-  c = common.base("sft")
+  """`arg`: a run size (`configs/presets.py`) or a model preset; the model must match
+  the CLM run in `init_from`."""
+  run = presets.run(arg)
+  preset = run["model"]
+  c = common.base("sft", run)
   c.init_from = "runs/clm"
   c.model = common.model(preset)
   # 'sequence': every example weighs the same, so one-word answers are not
@@ -30,13 +32,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           "input": "text", "output": "label"}),
       label_names=("negative", "positive"),
       seq_len=256, batch_size=8)
-  c.train.update(steps=300, eval_every=100, checkpoint_every=100)
+  c.train.update(eval_every=100, checkpoint_every=100)
   c.optimizer.update(lr=5e-4, warmup_steps=20, weight_decay=0.0)
   c.generate = ml_collections.ConfigDict({"num_examples": 64, "max_new_tokens": 24})
   if preset == "tiny":
     c.init_from = "runs/clm_tiny"
     c.data.update(corpus_size=3000, seq_len=256, batch_size=8)
-    c.train.update(steps=600, eval_every=200, checkpoint_every=200, eval_batches=4)
+    c.train.update(eval_every=200, checkpoint_every=200, eval_batches=4)
     c.optimizer.update(lr=2e-3, warmup_steps=10)
     c.generate.num_examples = 76  # every held-out sentiment and title question
+  if run["name"] == "smoke":
+    c.generate.num_examples = 8
+  presets.train_for(c, run["sft"])
   return c

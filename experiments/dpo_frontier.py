@@ -36,7 +36,7 @@ PPO_GT_BETAS = (0.1, 0.5)
 BEST_OF = (4, 16, 64)
 
 
-def experiment(size: str = "default", root: str = "runs/dpo_frontier") -> Experiment:
+def experiment(size: str = "tiny", root: str = "runs/dpo_frontier") -> Experiment:
   s = chain.size(size)
   d = lambda name: os.path.join(root, name)
   prefs = os.path.join(d("preferences"), "preferences.jsonl")

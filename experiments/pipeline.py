@@ -7,7 +7,7 @@ report (report.md + report.png) comparing them by ground-truth score,
 reward-model score, KL to the SFT model, win rate against the SFT model
 (judged by the ground truth) and response length.
 
-  python -m experiments.run experiments/pipeline.py                  # --size=default
+  python -m experiments.run experiments/pipeline.py                  # --size=tiny
   python -m experiments.run experiments/pipeline.py --size=smoke     # wiring check, minutes
 """
 
@@ -24,7 +24,7 @@ COLUMNS = {"ground_truth": "sampled/ground_truth", "greedy_ground_truth": "polic
            "win_rate": "win_rate_vs_reference", "length": "sampled/length"}
 
 
-def experiment(size: str = "default", root: str = "runs/pipeline") -> Experiment:
+def experiment(size: str = "tiny", root: str = "runs/pipeline") -> Experiment:
   s = chain.size(size)
   d = lambda name: os.path.join(root, name)
   points = [

@@ -1,6 +1,6 @@
 """Runs an experiment file: every point (or one), then the table and the plots.
 
-  python -m experiments.run experiments/dpo_frontier.py [--size=default] [--root=DIR]
+  python -m experiments.run experiments/dpo_frontier.py [--size=tiny] [--root=DIR]
   python -m experiments.run experiments/dpo_frontier.py --list        # one command per point
   python -m experiments.run experiments/dpo_frontier.py --point=dpo_beta0.1
   python -m experiments.run experiments/dpo_frontier.py --collect     # table + plots only
@@ -34,7 +34,7 @@ def load(path: str):
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("experiment", help="experiments/NAME.py")
-  parser.add_argument("--size", default="default", help="smoke | default | small")
+  parser.add_argument("--size", default="tiny", help="smoke | tiny | small (configs/presets.py)")
   parser.add_argument("--root", default="", help="output directory (default runs/<name>[_size])")
   parser.add_argument("--point", default="", help="run only this point (its needs must be done)")
   parser.add_argument("--list", action="store_true", help="print one command per point, in waves")
@@ -44,7 +44,7 @@ def main(argv=None) -> None:
   logging.getLogger("absl").setLevel(logging.WARNING)
   module = load(args.experiment)
   name = os.path.splitext(os.path.basename(args.experiment))[0]
-  root = args.root or os.path.join("runs", name if args.size == "default" else f"{name}_{args.size}")
+  root = args.root or os.path.join("runs", name if args.size == "tiny" else f"{name}_{args.size}")
   exp = module.experiment(args.size, root)
   if args.list:
     for i, wave in enumerate(exp.waves()):

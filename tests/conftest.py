@@ -19,12 +19,13 @@ def devices():
   return devs
 
 
-def tiny_clm_config(steps=300):
-  """The tiny CLM base that later stages' tests start from, on one device."""
+def tiny_clm_config():
+  """The tiny CLM run (`configs/clm.py:tiny`) that later stages' tests start from,
+  on one device, without held-out evaluation or samples."""
   from configs import clm as clm_config  # pylint: disable=g-import-not-at-top
   config = clm_config.get_config("tiny")
   config.mesh.num_devices = 1
-  config.train.update(steps=steps, eval_every=0, checkpoint_every=steps)
+  config.train.eval_every = 0
   config.sample.num_samples = 0
   return config
 

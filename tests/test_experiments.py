@@ -21,7 +21,7 @@ def test_points_must_come_after_what_they_need():
 
 
 def test_frontier_points_and_waves():
-  exp = dpo_frontier.experiment("default", "/r")
+  exp = dpo_frontier.experiment("tiny", "/r")
   names = [p.name for p in exp.points]
   assert names[:4] == ["clm", "sft", "preferences", "reward"]
   assert {f"dpo_beta{b:g}" for b in dpo_frontier.DPO_BETAS} <= set(names)
@@ -88,3 +88,21 @@ def test_pipeline_smoke_runs_end_to_end_and_reruns_skip(tmp_path):
   stamp = os.path.getmtime(os.path.join(root, "ppo", "summary.json"))
   runner.run(exp, root)
   assert os.path.getmtime(os.path.join(root, "ppo", "summary.json")) == stamp
+
+
+@pytest.mark.parametrize("size", ["smoke", "tiny", "small"])
+def test_chains_train_what_the_stage_configs_train(size):
+  """Run sizes live in configs/presets.py alone: a chain at a size builds the stage
+  configs at that size, steps and sampling budgets unchanged."""
+  from configs import dpo as dpo_config, presets, rlhf as rlhf_config, sft as sft_config
+  s, run = chain.size(size), presets.RUNS[size]
+  assert chain.clm(s).train.steps == run["clm"]
+  assert chain.sft(s, "x").train.steps == sft_config.get_config(size).train.steps == run["sft"]
+  assert chain.dpo(s, "x").train.steps == dpo_config.get_config(size).train.steps == run["dpo"]
+  assert chain.rlhf(s, "x").train.steps == rlhf_config.get_config(size).train.steps == run["rlhf"]
+  bon = chain.best_of_n(s, "x")
+  assert (bon.train.steps, bon.best_of_n.rounds) == (run["best_of_n"], run["best_of_n_rounds"])
+  ev = chain.evaluate(s, "p", "r")
+  assert (ev.evaluate.num_prompts, ev.evaluate.max_new_tokens) == (run["eval_prompts"],
+                                                                   run["new_tokens"])
+  assert chain.preferences(s, "x").preferences.num_prompts == run["preferences"]

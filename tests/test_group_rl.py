@@ -20,8 +20,7 @@ from configs import reinforce_pp as reinforce_pp_config
 from configs import rlhf as rlhf_config
 from configs import rloo as rloo_config
 from research import objectives
-from research.objectives import advantages as adv
-from research.objectives import policy_gradient as pg
+from research.objectives import advantages as adv, policy_gradient as pg
 from research.rlhf import online
 from research.stages import rlhf as rlhf_stage
 
@@ -229,15 +228,12 @@ def test_config_mismatches_are_named(change, message):
 # --- tiny end-to-end runs on the ground-truth reward ------------------------------
 
 def tiny_online(module, init_from, steps=30, **objective):
-  """The method's config on the tiny SFT model, ground-truth reward standardised per
-  batch (its raw std is ~0.1), a learning rate for ~100 updates."""
-  config = module.get_config("tiny")
+  """The method's tiny config on the tiny SFT model and the ground-truth reward."""
+  config = rlhf_config.on_ground_truth(module.get_config("tiny"))
   config.init_from = init_from
   config.mesh.num_devices = 1
-  config.reward.source = "ground_truth"
-  config.objective.update({"score_norm": "batch", **objective})
+  config.objective.update(objective)
   config.train.update(steps=steps, checkpoint_every=steps)
-  config.optimizer.lr = 1e-3
   config.evaluate.update(num_prompts=0, pretrain_batches=0)
   return config
 

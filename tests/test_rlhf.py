@@ -14,21 +14,16 @@ from configs import best_of_n as bon_config
 from configs import grpo as grpo_config
 from configs import rlhf as rlhf_config
 from research.rlhf import online, rewards
-from research.stages import best_of_n as bon_stage
-from research.stages import common
-from research.stages import rlhf as rlhf_stage
+from research.stages import best_of_n as bon_stage, rlhf as rlhf_stage
 
 
 def tiny_rlhf(init_from, module=rlhf_config, **objective):
   """Ground-truth reward, scores standardised per batch (their raw std is ~0.1, so the
   KL term would otherwise dominate a tiny run), a separate critic from the policy."""
-  config = module.get_config("tiny")
+  config = rlhf_config.on_ground_truth(module.get_config("tiny"))
   config.init_from = init_from
   config.mesh.num_devices = 1
-  config.reward.source = "ground_truth"
-  config.objective.update({"critic_init": "policy", "score_norm": "batch", **objective})
-  config.train.steps = 30
-  config.optimizer.lr = 2e-4
+  config.objective.update(objective)
   config.evaluate.update(num_prompts=0, pretrain_batches=4)
   return config
 
@@ -101,9 +96,7 @@ def test_best_of_n_raises_the_reward_of_the_fine_tuned_policy(tiny_sft, tmp_path
   config.init_from = tiny_sft
   config.mesh.num_devices = 1
   config.reward.source = "ground_truth"
-  config.best_of_n.update(prompts_per_round=64, rounds=2)
-  config.train.update(steps=40, checkpoint_every=40)
-  config.evaluate.update(report=False)
+  config.evaluate.update(num_prompts=32, samples_per_prompt=1)
   s = bon_stage.run(config, str(tmp_path))
   rounds = s["rounds"]
   assert [r["round"] for r in rounds] == [0, 1, 2]
@@ -113,7 +106,7 @@ def test_best_of_n_raises_the_reward_of_the_fine_tuned_policy(tiny_sft, tmp_path
   # A rerun skips finished rounds; the final policy loads like any stage's.
   again = bon_stage.run(config, str(tmp_path))
   assert again["rounds"][1:] == rounds[1:]
-  _, params = common.load_policy(str(tmp_path))
+  _, params = runs.load_policy(str(tmp_path))
   assert jax.tree.leaves(params)
 
 
@@ -144,8 +137,8 @@ def test_interrupted_run_resumes_exactly(tiny_sft, tmp_path, module):
   assert resumed["iteration"] == 4 and not resumed["preempted"]
   for key in ("loss", "objective/kl", "objective/beta", "objective/scores", "ptx/loss"):
     np.testing.assert_allclose(resumed["last"][key], full["last"][key], rtol=1e-5, err_msg=key)
-  _, a = common.load_policy(str(tmp_path / "full"))
-  _, b = common.load_policy(str(tmp_path / "part"))
+  _, a = runs.load_policy(str(tmp_path / "full"))
+  _, b = runs.load_policy(str(tmp_path / "part"))
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), jax.device_get(a),
                jax.device_get(b))
 

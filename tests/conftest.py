@@ -12,6 +12,17 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_threefry_partitionable", True)
 
 
+SHARED_RUNS = {"tiny_base", "tiny_sft", "tiny_sft_run"}
+
+
+def pytest_collection_modifyitems(items):
+  """Tests that start from the shared tiny runs go to one xdist worker, so those
+  runs are trained once per session (the other worker takes everything else)."""
+  for item in items:
+    if SHARED_RUNS & set(getattr(item, "fixturenames", ())):
+      item.add_marker(pytest.mark.xdist_group("tiny_runs"))
+
+
 @pytest.fixture(scope="session")
 def devices():
   devs = jax.devices()

@@ -244,7 +244,7 @@ def tiny_online(module, init_from, steps=30, **objective):
 # Dr. GRPO and REINFORCE++ differ from these two only in their estimator and loss
 # aggregation (numpy-checked above); their runs are `-m slow` to keep the suite short.
 @pytest.mark.parametrize("module,gain", [
-    (grpo_config, 0.2), (rloo_config, 0.2),
+    (grpo_config, 0.2), pytest.param(rloo_config, 0.2, marks=pytest.mark.slow),
     pytest.param(dr_grpo_config, 0.2, marks=pytest.mark.slow),
     pytest.param(reinforce_pp_config, 0.08, marks=pytest.mark.slow)])
 def test_group_methods_raise_the_ground_truth_reward(tiny_sft, tmp_path, module, gain):

@@ -13,6 +13,7 @@ import pytest
 from configs import best_of_n as bon_config
 from configs import grpo as grpo_config
 from configs import rlhf as rlhf_config
+from research import runs
 from research.rlhf import online, rewards
 from research.stages import best_of_n as bon_stage, rlhf as rlhf_stage
 
@@ -28,32 +29,41 @@ def tiny_rlhf(init_from, module=rlhf_config, **objective):
   return config
 
 
-@pytest.fixture(scope="module")
-def runs(tiny_sft, tmp_path_factory):
-  out = {}
-  out["ppo"] = rlhf_stage.run(tiny_rlhf(tiny_sft), str(tmp_path_factory.mktemp("ppo")))
-  out["ptx"] = rlhf_stage.run(tiny_rlhf(tiny_sft, ptx_coef=1.0),
-                              str(tmp_path_factory.mktemp("ppo_ptx")))
+def _rl_configs(tiny_sft):
+  """The runs compared below, by name."""
   big_beta = tiny_rlhf(tiny_sft)
   big_beta.objective.kl.beta = 1.0
-  out["big_beta"] = rlhf_stage.run(big_beta, str(tmp_path_factory.mktemp("ppo_beta1")))
-  # A2C: one pass per rollout, a value head on the policy's trunk, and the
-  # reward given as a plain Python function of the texts.
+  # A2C: one pass per rollout, a value head on the policy's trunk.
   a2c = tiny_rlhf(tiny_sft, name="a2c", critic="shared")
   a2c.ppo.epochs = 1
   a2c.optimizer.lr = 3e-4
   a2c.train.steps = 50
   a2c.evaluate.pretrain_batches = 0
+  return {"ppo": tiny_rlhf(tiny_sft), "ptx": tiny_rlhf(tiny_sft, ptx_coef=1.0),
+          "big_beta": big_beta, "a2c": a2c}
+
+
+@pytest.fixture(scope="module")
+def rl_runs(tiny_sft, tmp_path_factory):
+  """name -> summary, each run trained the first time a test asks for it (the
+  default suite trains PPO only; the comparisons are `-m slow`)."""
+  configs, done = _rl_configs(tiny_sft), {}
+  # A2C's reward is a plain Python function of the texts.
   texts_reward = lambda prompts, responses: [
       rewards.ground_truth(p, r, "instruction") for p, r in zip(prompts, responses)]
-  out["a2c"] = rlhf_stage.run(a2c, str(tmp_path_factory.mktemp("a2c")), reward=texts_reward)
-  return out
+
+  def get(name):
+    if name not in done:
+      done[name] = rlhf_stage.run(configs[name], str(tmp_path_factory.mktemp(name)),
+                                  reward=texts_reward if name == "a2c" else None)
+    return done[name]
+  return get
 
 
-def test_ppo_raises_the_reward_with_a_bounded_kl(runs):
+def test_ppo_raises_the_reward_with_a_bounded_kl(rl_runs):
   """30 iterations x 4 epochs x 4 minibatches = 480 steps. Seen: raw ground truth
   0.49 -> 0.85 (means of the first and last 3 iterations), KL(pi || SFT) 0.6 -> 19 nats."""
-  s = runs["ppo"]
+  s = rl_runs("ppo")
   curves = s["curves"]
   assert curves["objective/raw_scores"]["end"] > curves["objective/raw_scores"]["start"] + 0.1
   assert 0.3 < curves["objective/kl"]["end"] < 30
@@ -66,27 +76,32 @@ def test_ppo_raises_the_reward_with_a_bounded_kl(runs):
   assert 0 < last["policy/clipfrac"] < 0.5 and last["policy/approxkl"] < 0.1
 
 
-def test_a2c_raises_the_reward(runs):
+@pytest.mark.slow
+def test_a2c_raises_the_reward(rl_runs):
   """50 iterations x 4 minibatch steps, one pass each. Seen: 0.49 -> 0.79, KL 13."""
-  curves = runs["a2c"]["curves"]
+  s = rl_runs("a2c")
+  curves = s["curves"]
   assert curves["objective/raw_scores"]["end"] > curves["objective/raw_scores"]["start"] + 0.1
   assert curves["objective/kl"]["end"] < 40
-  assert runs["a2c"]["optimizer_steps"] == 200 and runs["a2c"]["critic"] == "shared"
+  assert s["optimizer_steps"] == 200 and s["critic"] == "shared"
 
 
-def test_a_large_beta_keeps_the_policy_near_the_reference(runs):
+@pytest.mark.slow
+def test_a_large_beta_keeps_the_policy_near_the_reference(rl_runs):
   """beta 1.0 against 0.05 on the same run. Seen: KL 3.5 against 19 nats; reward
   0.49 -> 0.51 against 0.49 -> 0.85."""
-  big, small = runs["big_beta"]["curves"]["objective/kl"], runs["ppo"]["curves"]["objective/kl"]
+  big = rl_runs("big_beta")["curves"]["objective/kl"]
+  small = rl_runs("ppo")["curves"]["objective/kl"]
   assert big["end"] < 5.0 and big["end"] < small["end"] / 3
 
 
-def test_ptx_keeps_the_pretraining_loss_lower(runs):
+@pytest.mark.slow
+def test_ptx_keeps_the_pretraining_loss_lower(rl_runs):
   """Held-out corpus NLL. Seen: SFT 2.15, PPO 2.36, PPO-ptx (coef 1) 1.74."""
-  plain, ptx = runs["ppo"]["pretrain_loss"], runs["ptx"]["pretrain_loss"]
+  plain, ptx = rl_runs("ppo")["pretrain_loss"], rl_runs("ptx")["pretrain_loss"]
   assert plain["policy"] > plain["reference"]  # plain PPO forgets some of the corpus
   assert ptx["policy"] < plain["policy"]
-  assert runs["ptx"]["last"]["ptx/loss"] > 0
+  assert rl_runs("ptx")["last"]["ptx/loss"] > 0
 
 
 def test_best_of_n_raises_the_reward_of_the_fine_tuned_policy(tiny_sft, tmp_path):

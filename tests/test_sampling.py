@@ -111,8 +111,9 @@ def test_logprobs_match_a_full_forward_pass():
     logits = full_forward_logits(model, params, prompt, response)
     for j, token in enumerate(response):
       row = logits[len(prompt) - 1 + j]
+      # KV-cache decoding vs one full pass: float32 sums in another order (~1e-5).
       np.testing.assert_allclose(out.model_logprobs[i, j], reference.log_softmax(row)[token],
-                                 atol=1e-5)
+                                 atol=4e-5)
       filtered = numpy_filter(row, cfg.temperature, cfg.top_k, cfg.top_p)
       assert np.isfinite(filtered[token]), "sampled a token the filters removed"
       want = filtered[token] - np.log(np.exp(filtered[np.isfinite(filtered)]

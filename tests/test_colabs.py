@@ -9,6 +9,7 @@ from nbclient import NotebookClient
 COLABS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "colabs")
 
 
+@pytest.mark.slow  # ~100 s each; CI runs -m slow after the default suite
 @pytest.mark.parametrize("name", ["pipeline_tour.ipynb", "new_objective.ipynb"])
 def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
   monkeypatch.setenv("COLAB_SMOKE", "1")

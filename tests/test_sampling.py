@@ -118,7 +118,7 @@ def test_logprobs_match_a_full_forward_pass():
       assert np.isfinite(filtered[token]), "sampled a token the filters removed"
       want = filtered[token] - np.log(np.exp(filtered[np.isfinite(filtered)]
                                              - filtered.max()).sum()) - filtered.max()
-      np.testing.assert_allclose(out.logprobs[i, j], want, atol=1e-5)
+      np.testing.assert_allclose(out.logprobs[i, j], want, atol=4e-5)
 
 
 def test_top_k_one_equals_greedy_and_rng_is_reproducible():

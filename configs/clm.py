@@ -1,7 +1,7 @@
 """Causal LM pretraining.
 
   python -m research.main --config=configs/clm.py            # small, embedded corpus, CPU
-  python -m research.main --config=configs/clm.py:tiny       # seconds; tests and colabs
+  python -m research.main --config=configs/clm.py:tiny       # ~30 s; :smoke for a wiring check
   python -m research.main --config=configs/clm.py:1b --dry_run --config.mesh.fsdp=8
   python -m research.main --config=configs/clm.py:1b --config.data.source=tfds:lm1b \
       --config.data.batch_size=256 --config.data.seq_len=1024 --config.mesh.fsdp=-1 \

@@ -2,6 +2,10 @@
 
   python -m research.main --config=configs/clm.py[:preset] [--workdir=DIR] \
       [--config.a.b=value ...] [--dry_run]
+
+Exit codes: 0 finished, 1 a non-finite loss (the last good checkpoint is kept),
+2 a bad config or workdir (one line, no traceback), 143 pre-empted by SIGTERM
+after saving (rerun the same command to continue).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import jax
 from ml_collections import config_flags
 
 from research import cli
+from research.validate import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/STAGE.py[:arg]",
                                           lock_config=True)
@@ -26,6 +31,9 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "report parameter count and per-d
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() "
                                  "(multi-host TPU/GPU)")
 
+EXIT_USAGE = 2        # a bad config or workdir, reported in one line
+EXIT_PREEMPTED = 143  # SIGTERM: the state is saved; rerun the same command to continue
+
 STAGES = {"clm": "research.stages.clm", "sft": "research.stages.sft",
           "reward": "research.stages.reward", "dpo": "research.stages.dpo",
           "rlhf": "research.stages.rlhf", "best_of_n": "research.stages.best_of_n",
@@ -34,7 +42,7 @@ STAGES = {"clm": "research.stages.clm", "sft": "research.stages.sft",
 
 def stage_module(name: str):
   if name not in STAGES:
-    raise ValueError(f"config.stage={name!r}; known stages: {sorted(STAGES)}")
+    raise ConfigError(f"config.stage={name!r}; known stages: {sorted(STAGES)}")
   return importlib.import_module(STAGES[name])
 
 
@@ -62,11 +70,16 @@ def main(argv) -> None:
   from research.training.loop import NonFiniteLossError
   try:
     summary = stage_module(config.stage).run(config, workdir)
+  except (ConfigError, FileNotFoundError) as e:  # the user's config or workdir: no traceback
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
   except NonFiniteLossError as e:
     sys.exit(f"error: {e}")
   print(json.dumps({k: v for k, v in summary.items() if k != "samples"}, indent=2, default=float))
   for sample in summary.get("samples", []):
     print("---\n" + sample)
+  if summary.get("preempted"):
+    sys.exit(EXIT_PREEMPTED)  # saved, not finished: schedulers should requeue
 
 
 def run() -> None:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from typing import Callable
 
 import flax.linen as nn
 import jax
 import ml_collections
 
+from research import validate
 from research.data import hf_tokenizer, tokenizer as tokenizer_lib
 from research.models import config as model_config
 from research.models.decoder import Decoder
@@ -54,14 +56,73 @@ def inherit_model(config) -> None:
         config.model[key] = value
 
 
+# What a rerun may change and still continue the same run: how long it trains,
+# how often it logs, evaluates and saves, the device layout (checkpoints reshard
+# on restore), the evaluation after training, and the compute dtype / remat.
+RESUMABLE = ("train.steps", "train.log_every", "train.eval_every", "train.eval_batches",
+             "train.checkpoint_every", "train.max_to_keep", "train.allow_config_change",
+             "mesh.", "sharding.", "evaluate.", "imports", "model.dtype", "model.remat")
+HISTORY_FILE = "config_history.jsonl"
+
+
+def _flat(tree, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def _has_checkpoints(workdir: str) -> bool:
+  directory = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
+def config_changes(config, workdir: str) -> dict[str, tuple]:
+  """{key: (the run's value, this config's)} for every key that differs from the
+  workdir's config.json and is not RESUMABLE."""
+  old = _flat(json.loads(load_config(workdir).to_json_best_effort()))
+  new = _flat(json.loads(config.to_json_best_effort()))
+  resumable = lambda k: any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE)
+  return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+          if old.get(k) != new.get(k) and not resumable(k)}
+
+
 def save_config(config, workdir: str) -> None:
-  """Resolves the model from `init_from` (see `inherit_model`), then writes the
-  run's config, so tools (sampling, later stages) can rebuild its model."""
+  """Checks the config (`validate.check`), resolves the model from `init_from`
+  (see `inherit_model`), refuses to continue a trained run under another config,
+  then writes config.json so tools and later stages can rebuild the model.
+
+  A workdir that holds checkpoints is one run: a rerun resumes it, and may change
+  only RESUMABLE keys (train for longer, another mesh, ...). Any other difference
+  raises `validate.ConfigError` before anything is written, unless
+  `config.train.allow_config_change`; then the change is appended to
+  config_history.jsonl."""
+  validate.check(config)
   inherit_model(config)
+  validate.check(config)  # the inherited architecture against this mesh
+  if os.path.exists(os.path.join(workdir, CONFIG_FILE)) and _has_checkpoints(workdir):
+    changes = config_changes(config, workdir)
+    if changes and not config.train.get("allow_config_change", False):
+      diff = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+      raise validate.ConfigError(
+          f"{workdir} holds a run trained with another config ({diff}); use a new --workdir, "
+          f"or --config.train.allow_config_change=True to continue this run under the new "
+          f"values (recorded in {HISTORY_FILE})")
+    if changes and jax.process_index() == 0:
+      with open(os.path.join(workdir, HISTORY_FILE), "a", encoding="utf-8") as f:
+        f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                            "step": checkpoint.latest_step(os.path.join(workdir, "checkpoints")),
+                            "changes": {k: list(v) for k, v in changes.items()}}) + "\n")
+      logging.warning("%s: continuing under a changed config: %s", workdir, sorted(changes))
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:
+    tmp = os.path.join(workdir, f".{CONFIG_FILE}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
       f.write(config.to_json_best_effort(indent=2))
+    os.replace(tmp, os.path.join(workdir, CONFIG_FILE))  # never a half-written config.json
 
 
 def write_json(workdir: str, name: str, payload: dict) -> str:
@@ -110,8 +171,8 @@ def tokenizer_for(config, workdir: str, texts_fn: Callable):
     # A pretrained model's embedding table may have spare rows (Qwen2: 151936 for
     # 151665 tokens); ours are trained to size.
     if tok.vocab_size > vocab or (native and tok.vocab_size != vocab):
-      raise ValueError(f"tokenizer {path} has {tok.vocab_size} tokens but config.model.vocab_size "
-                       f"is {vocab}")
+      raise validate.ConfigError(f"tokenizer {path} has {tok.vocab_size} tokens but "
+                                 f"config.model.vocab_size is {vocab}")
     own = os.path.join(workdir, TOKENIZER_FILE if native else hf_tokenizer.DIRNAME)
     if os.path.abspath(path) != os.path.abspath(own) and jax.process_index() == 0:
       tok.save(own)

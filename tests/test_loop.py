@@ -1,5 +1,6 @@
 """Checkpoint/resume, SIGTERM and NaN behaviour of the training loop, through the CLM stage."""
 
+import json
 import os
 import signal
 
@@ -75,6 +76,9 @@ def test_crash_then_resume_from_periodic_checkpoint_matches(tmp_path, straight):
     clm.run(tiny_config(), workdir, hooks=[crash])
   clm.run(tiny_config(), workdir)  # resumes from step N, replays N+1.. with the same data
   assert per_step(workdir) == per_step(straight[0])
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    steps = [r["step"] for r in map(json.loads, f) if r["split"] == "train"]
+  assert steps == list(range(1, 2 * N + 1))  # the replayed steps logged once
 
 
 def test_nan_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):

@@ -19,6 +19,7 @@ import numpy as np
 from research.data import pipeline, templates
 from research.data.sources import ListSource
 from research.data.tokenizer import Tokenizer
+from research.validate import ConfigError
 
 
 def prompt_ids(prompt: str, template: str, tok: Tokenizer) -> list[int]:
@@ -60,7 +61,7 @@ def encode(records, tok: Tokenizer, template: str, seq_len: int, k: int):
                      "ranks": ranks, "margin": np.float32(record.get("margin", 0.0))})
   stats["examples"] = len(examples)
   if not examples:
-    raise ValueError(f"no preference example fits config.data.seq_len={seq_len}")
+    raise ConfigError(f"no preference example fits config.data.seq_len={seq_len}")
   return examples, stats
 
 

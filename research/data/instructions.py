@@ -19,6 +19,7 @@ import os
 from research.data import corpus
 from research.data.sources import DataError, TFDSSource, holdout, read_jsonl
 from research.data.templates import record_format
+from research.validate import ConfigError
 
 TASKS = ("sentiment", "title", "summary", "write")
 EXACT_MATCH_TASKS = ("sentiment", "title")
@@ -135,8 +136,8 @@ def instruction_records(data_cfg, split: str) -> list[dict]:
       raise FileNotFoundError(f"config.data.source={spec!r}: no such file")
     return holdout(read_jsonl(spec, validate=record_format), split, data_cfg.holdout_every)
   else:
-    raise ValueError(f"config.data.source={spec!r}: expected 'embedded', 'embedded_chat', "
-                     f"'tfds:NAME' or a .jsonl file")
+    raise ConfigError(f"config.data.source={spec!r}: expected 'embedded', 'embedded_chat', "
+                      f"'tfds:NAME' or a .jsonl file")
   for i, record in enumerate(records):
     record_format(record, f"{spec} record {i}")
   return records

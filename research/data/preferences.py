@@ -27,6 +27,7 @@ import numpy as np
 
 from research.data import corpus, scorer
 from research.data.sources import DataError, TFDSSource, holdout, read_jsonl
+from research.validate import ConfigError
 
 
 def ranks_from_scores(scores) -> list[int]:
@@ -50,8 +51,8 @@ def embedded_record(seed: int, index: int, k: int, prompt_format: str) -> dict:
     responses = [" " + " ".join(r.text.split(" ")[n:]) for r in reviews]
     judged = [prompt + resp for resp in responses]
   else:
-    raise ValueError(f"config.data.prompt_format={prompt_format!r}; expected 'instruction' "
-                     f"or 'prefix'")
+    raise ConfigError(f"config.data.prompt_format={prompt_format!r}; expected 'instruction' "
+                      f"or 'prefix'")
   scores = [scorer.score(t) for t in judged]
   return {"prompt": prompt, "responses": responses, "ranks": ranks_from_scores(scores),
           "scores": scores, "ratings": ratings, "index": index}
@@ -129,8 +130,8 @@ def preference_records(data_cfg, split: str, seed: int = 0) -> list[dict]:
     rows = read_jsonl(spec, validate=normalize)
     records = holdout([normalize(r, spec) for r in rows], split, data_cfg.holdout_every)
   else:
-    raise ValueError(f"config.data.source={spec!r}: expected 'embedded', 'tfds:NAME' or a "
-                     f".jsonl file")
+    raise ConfigError(f"config.data.source={spec!r}: expected 'embedded', 'tfds:NAME' or a "
+                      f".jsonl file")
   if split == "train":
     records = add_label_noise(records, data_cfg.label_noise, seed)
   return records

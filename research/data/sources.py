@@ -20,6 +20,7 @@ import os
 from typing import Any, Callable, Sequence
 
 from research.data import corpus
+from research.validate import ConfigError
 
 
 class DataError(ValueError):
@@ -115,7 +116,7 @@ def text_source(data_cfg, split: str):
   elif spec.endswith(".txt"):
     records = read_text(spec)
   else:
-    raise ValueError(f"config.data.source={spec!r}: unknown file type (use .txt or .jsonl)")
+    raise ConfigError(f"config.data.source={spec!r}: unknown file type (use .txt or .jsonl)")
   return ListSource(holdout(records, split, data_cfg.holdout_every))
 
 

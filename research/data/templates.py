@@ -18,6 +18,7 @@ import numpy as np
 
 from research.data.sources import DataError
 from research.data.tokenizer import ROLE_TOKENS, Tokenizer
+from research.validate import ConfigError
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task. Write a response that appropriately "
@@ -99,8 +100,8 @@ def render_prompt(prompt: str, template: str, tok=None) -> str:
     return chat_prompt([{"role": "user", "content": prompt}])
   if template == "none":
     return prompt
-  raise ValueError(f"config.data.template={template!r}; expected 'alpaca', 'chat', 'hf_chat' "
-                   f"or 'none'")
+  raise ConfigError(f"config.data.template={template!r}; expected 'alpaca', 'chat', 'hf_chat' "
+                    f"or 'none'")
 
 
 def as_template(record: dict, template: str, where: str = "record") -> dict:
@@ -124,7 +125,7 @@ def segments(record: dict, template: str, tok=None) -> list[tuple[str, bool]]:
     return chat_segments(record)
   if template == "hf_chat":
     return hf_chat_segments(as_template(record, "hf_chat"), tok)
-  raise ValueError(f"config.data.template={template!r}; expected 'alpaca', 'chat' or 'hf_chat'")
+  raise ConfigError(f"config.data.template={template!r}; expected 'alpaca', 'chat' or 'hf_chat'")
 
 
 def _start_ids(template: str, tok) -> list[int]:

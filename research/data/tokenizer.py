@@ -13,6 +13,8 @@ from typing import Iterable, Sequence
 
 import sentencepiece as spm
 
+from research.validate import ConfigError
+
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
 
@@ -93,8 +95,8 @@ def load_or_train(path: str, texts_fn, vocab_size: int, **kwargs) -> Tokenizer:
   if os.path.exists(path):
     tok = Tokenizer.load(path)
     if tok.vocab_size != vocab_size:
-      raise ValueError(f"{path} has vocab size {tok.vocab_size}, but config.model.vocab_size "
-                       f"is {vocab_size}")
+      raise ConfigError(f"{path} has vocab size {tok.vocab_size}, but config.model.vocab_size "
+                        f"is {vocab_size}")
     return tok
   tok = train(texts_fn(), vocab_size, **kwargs)
   tok.save(path)

@@ -17,6 +17,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from research.validate import ConfigError
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _CHOICES = {"family": ("native", "llama", "mistral", "qwen2", "gemma", "gpt2"), "norm": ("rms", "layer"),
             "mlp": ("gated", "plain"), "activation": ("silu", "gelu_tanh", "gelu"),
@@ -159,5 +161,5 @@ def from_config(model_cfg) -> DecoderConfig:
   values = {k: v for k, v in model_cfg.items() if k != "preset"}
   unknown = sorted(set(values) - fields)
   if unknown:
-    raise ValueError(f"unknown config.model keys {unknown}; valid keys: {sorted(fields)}")
+    raise ConfigError(f"unknown config.model keys {unknown}; valid keys: {sorted(fields)}")
   return DecoderConfig(**values)

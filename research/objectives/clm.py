@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from research.models.logprobs import token_logprobs  # re-exported: the CLM building block
+from research.validate import ConfigError
 
 BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
 
@@ -58,8 +59,8 @@ def cross_entropy(logits_BxLxV, targets_BxL, mask_BxL, z_loss_coef: float = 0.0,
   elif normalization == "token":
     objective = nll + z_loss_coef * z_loss
   else:
-    raise ValueError(f"config.objective.loss_normalization={normalization!r}; "
-                     f"expected 'token' or 'sequence'")
+    raise ConfigError(f"config.objective.loss_normalization={normalization!r}; "
+                      f"expected 'token' or 'sequence'")
   # Reuses the max that logsumexp computes (an argmax is a separate full pass
   # over BxLxV on CPU); ties count as correct.
   correct = logp_BxL >= jnp.max(logits_BxLxV, axis=-1) - log_z_BxL

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 
 from research.objectives import clm
 from research.objectives.advantages import kl_per_token, masked_mean
+from research.validate import ConfigError
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum")
 
@@ -51,7 +52,7 @@ def aggregate(x_BxT, mask_BxT, how: str = "token_mean"):
     return (x.sum(1) / jnp.maximum(m.sum(1), 1.0)).mean()
   if how == "seq_mean_token_sum":
     return x.sum(1).mean()
-  raise ValueError(f"config.objective.loss_agg={how!r}; expected one of {AGGREGATIONS}")
+  raise ConfigError(f"config.objective.loss_agg={how!r}; expected one of {AGGREGATIONS}")
 
 
 def ppo_policy_loss(logp, old_logp, advantages, mask, clip: float, clip_high: float | None = None,

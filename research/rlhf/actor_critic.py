@@ -23,6 +23,7 @@ from research.models.config import DecoderConfig
 from research.models.decoder import Decoder
 from research.models.heads import ScalarHead, ScalarModel
 from research.models.logprobs import positions_from_mask, token_logprobs
+from research.validate import ConfigError
 
 CRITICS = ("separate", "shared", "none")
 
@@ -39,7 +40,7 @@ class ActorCritic:
 
   def __post_init__(self):
     if self.critic not in CRITICS:
-      raise ValueError(f"config.objective.critic={self.critic!r}; expected one of {CRITICS}")
+      raise ConfigError(f"config.objective.critic={self.critic!r}; expected one of {CRITICS}")
 
   @property
   def value_module(self):

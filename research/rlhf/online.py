@@ -39,6 +39,7 @@ from research.rlhf.actor_critic import ActorCritic
 from research.seeds import derived_seed
 from research.training import partitioning
 from research.training.loop import Work
+from research.validate import ConfigError
 
 KL_PLACEMENTS = ("reward", "loss")
 
@@ -75,8 +76,8 @@ def shape_scores(raw: np.ndarray, ended: np.ndarray, cfg, moments: RunningMoment
   elif cfg.score_norm == "none":
     scores = raw
   else:
-    raise ValueError(f"config.objective.score_norm={cfg.score_norm!r}; expected 'none', "
-                     f"'running' or 'batch'")
+    raise ConfigError(f"config.objective.score_norm={cfg.score_norm!r}; expected 'none', "
+                      f"'running' or 'batch'")
   if cfg.missing_eos_score is not None:  # responses cut off before EOS get the fixed score
     scores = np.where(ended, scores, np.float32(cfg.missing_eos_score))
   return scores.astype(np.float32)
@@ -192,8 +193,8 @@ class RolloutSource:
     data = {**host, **arrays, "kl_beta": np.full(self.rows, beta, np.float32)}
     missing = [k for k in self.keys if k not in data]
     if missing:
-      raise ValueError(f"config.objective.name={o.name!r} needs batch keys {missing}, which "
-                       f"the rollout does not produce (it has {sorted(data)})")
+      raise ConfigError(f"config.objective.name={o.name!r} needs batch keys {missing}, which "
+                        f"the rollout does not produce (it has {sorted(data)})")
     self.kl_ctl.update(float(stats["objective/kl"]), self.rows)
     metrics = {**{k: float(v) for k, v in stats.items()},
                "objective/scores": float(scores.mean()),

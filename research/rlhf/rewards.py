@@ -19,6 +19,7 @@ import numpy as np
 
 from research.data import scorer
 from research.rlhf.rollout import Rollouts
+from research.validate import ConfigError
 
 
 def ground_truth(prompt: str, response: str, prompt_format: str) -> float:
@@ -77,7 +78,7 @@ def from_config(config, mesh, rules):
   if source == "model":
     from research.reward_fn import RewardFunction  # pylint: disable=g-import-not-at-top
     if not config.reward.model:
-      raise ValueError("config.reward.source='model' needs config.reward.model (a reward-model "
-                       "workdir)")
+      raise ConfigError("config.reward.source='model' needs config.reward.model (a reward-model "
+                        "workdir)")
     return TokenReward(RewardFunction.load(config.reward.model, mesh, rules))
-  raise ValueError(f"config.reward.source={source!r}; expected 'ground_truth' or 'model'")
+  raise ConfigError(f"config.reward.source={source!r}; expected 'ground_truth' or 'model'")

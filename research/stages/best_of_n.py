@@ -25,6 +25,7 @@ from research.models.decoder import Decoder
 from research.rlhf import best_of_n, rewards
 from research.stages import common
 from research.training import partitioning
+from research.validate import ConfigError
 
 ROUND_SUMMARY = "round_summary.json"
 
@@ -39,11 +40,11 @@ def round_prompts(config, round_index: int, num_prompts: int) -> np.ndarray:
 
 def run(config, workdir: str, hooks=(), reward=None) -> dict:
   if not config.init_from:
-    raise ValueError("config.init_from must name the SFT run (round 1's policy and the "
-                     "reference)")
+    raise ConfigError("config.init_from must name the SFT run (round 1's policy and the "
+                      "reference)")
   if config.data.template not in ("alpaca", "chat"):
-    raise ValueError(f"config.data.template={config.data.template!r}: best-of-n fine-tunes "
-                     f"with the SFT templates, 'alpaca' or 'chat'")
+    raise ConfigError(f"config.data.template={config.data.template!r}: best-of-n fine-tunes "
+                      f"with the SFT templates, 'alpaca' or 'chat'")
   runs.save_config(config, workdir)
   b = config.best_of_n
   mesh, rules = partitioning.mesh_and_rules(config)

@@ -16,6 +16,7 @@ from research.reward_fn import RewardFunction
 from research.rlhf import reference
 from research.stages import common
 from research.training import partitioning
+from research.validate import ConfigError
 
 
 def pair_records(records) -> list[dict]:
@@ -27,8 +28,8 @@ def run(config, workdir: str, hooks=()) -> dict:
   runs.save_config(config, workdir)
   d, obj = config.data, config.objective
   if not config.init_from:
-    raise ValueError("config.init_from must name the SFT run (the policy's start and the "
-                     "reference)")
+    raise ConfigError("config.init_from must name the SFT run (the policy's start and the "
+                      "reference)")
   train_records = preferences.preference_records(
       d, "train", seed=seeds.derived_seed(config.seed, "label_noise"))
   eval_records = preferences.preference_records(d, "validation")
@@ -47,8 +48,8 @@ def run(config, workdir: str, hooks=()) -> dict:
     eval_ex = reference.precompute(eval_ex, scorer, d.batch_size, workdir, "eval")
     scorer = None  # already in the examples
   elif obj.reference not in ("precompute", "online"):
-    raise ValueError(f"config.objective.reference={obj.reference!r}; expected 'precompute' "
-                     f"or 'online'")
+    raise ConfigError(f"config.objective.reference={obj.reference!r}; expected 'precompute' "
+                      f"or 'online'")
   batches = lambda examples, train: comparisons.batches(
       examples, global_batch_size=d.batch_size, seed=seeds.derived_seed(config.seed, "data"),
       train=train)

@@ -21,14 +21,15 @@ from research.reward_fn import RewardFunction
 from research.rlhf import best_of_n, rewards
 from research.rlhf.rollout import rollout
 from research.training import partitioning
+from research.validate import ConfigError
 
 
 def run(config, workdir: str, hooks=(), reward=None) -> dict:
   del hooks, reward
   e = config.evaluate
   if not (config.policy and config.init_from):
-    raise ValueError("config.policy (the run to evaluate) and config.init_from (the SFT "
-                     "reference) are both required")
+    raise ConfigError("config.policy (the run to evaluate) and config.init_from (the SFT "
+                      "reference) are both required")
   runs.save_config(config, workdir)
   mesh, rules = partitioning.mesh_and_rules(config)
   tok = runs.tokenizer_for(config, workdir, lambda: ())
@@ -53,14 +54,14 @@ def _best_of_n(config, model, params, ref_params, tok, prompts, rm, mesh, rules)
   e = config.evaluate
   if e.select_by == "reward_model":
     if rm is None:
-      raise ValueError("config.evaluate.select_by='reward_model' needs "
-                       "config.evaluate.reward_model")
+      raise ConfigError("config.evaluate.select_by='reward_model' needs "
+                        "config.evaluate.reward_model")
     select = rewards.TokenReward(rm)
   elif e.select_by == "ground_truth":
     select = rewards.ground_truth_source(config.data.prompt_format)
   else:
-    raise ValueError(f"config.evaluate.select_by={e.select_by!r}; expected 'reward_model' or "
-                     f"'ground_truth'")
+    raise ConfigError(f"config.evaluate.select_by={e.select_by!r}; expected 'reward_model' or "
+                      f"'ground_truth'")
   truth = rewards.ground_truth_source(config.data.prompt_format)
   sampler = sampling.Sampler(model, eos_id=tok.stop_ids, pad_id=tok.pad_id, mesh=mesh, rules=rules)
   ids = [comparisons.prompt_ids(p, config.data.template, tok) for p in prompts]

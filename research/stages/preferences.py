@@ -21,12 +21,13 @@ from research import runs, sampling, seeds
 from research.data import comparisons, preferences
 from research.rlhf import best_of_n, rewards
 from research.training import partitioning
+from research.validate import ConfigError
 
 
 def run(config, workdir: str, hooks=(), reward=None) -> dict:
   del hooks
   if not config.init_from:
-    raise ValueError("config.init_from must name the policy to sample from (the SFT run)")
+    raise ConfigError("config.init_from must name the policy to sample from (the SFT run)")
   runs.save_config(config, workdir)
   p = config.preferences
   mesh, rules = partitioning.mesh_and_rules(config)

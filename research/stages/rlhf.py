@@ -32,6 +32,7 @@ from research.reward_fn import RewardFunction
 from research.rlhf import online, rewards
 from research.rlhf.actor_critic import ActorCritic
 from research.training import loop, optimizer, partitioning, state as state_lib, step as step_lib
+from research.validate import ConfigError
 
 
 def _value_params(config, model: ActorCritic, sft_params, abstract_value, mesh, rules):
@@ -40,16 +41,16 @@ def _value_params(config, model: ActorCritic, sft_params, abstract_value, mesh, 
     return None  # the fresh zero head, or no critic
   if o.critic_init == "reward_model":
     if not config.reward.model:
-      raise ValueError("config.objective.critic_init='reward_model' needs config.reward.model; "
-                       "or set critic_init='policy' or critic='shared'")
+      raise ConfigError("config.objective.critic_init='reward_model' needs config.reward.model; "
+                        "or set critic_init='policy' or critic='shared'")
     return runs.load_params(config.reward.model, model.value_module, mesh, rules)
   if o.critic_init == "policy":
     # The trunk only: a scalar model has no unembedding.
     trunk = {k: jax.tree.map(jnp.copy, sft_params[k]) for k in abstract_value["decoder"]}
     head = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), abstract_value["head"])
     return {"decoder": trunk, "head": head}
-  raise ValueError(f"config.objective.critic_init={o.critic_init!r}; expected 'reward_model' "
-                   f"or 'policy'")
+  raise ConfigError(f"config.objective.critic_init={o.critic_init!r}; expected 'reward_model' "
+                    f"or 'policy'")
 
 
 def _critic_cfg(config):
@@ -85,39 +86,39 @@ def _validate(config):
   """(loss, estimator) named by the config, after checking they fit together."""
   o, r = config.objective, config.rollout
   if not config.init_from:
-    raise ValueError("config.init_from must name the SFT run (the policy's start and the "
-                     "reference)")
+    raise ConfigError("config.init_from must name the SFT run (the policy's start and the "
+                      "reference)")
   loss = objectives.get(o.name)
   if not loss.batch_keys:
     online_losses = sorted(k for k, v in objectives.LOSSES.items() if v.batch_keys)
-    raise ValueError(f"config.objective.name={o.name!r} is not an online loss (it declares no "
-                     f"rollout batch keys); online losses: {online_losses}")
+    raise ConfigError(f"config.objective.name={o.name!r} is not an online loss (it declares no "
+                      f"rollout batch keys); online losses: {online_losses}")
   estimator = objectives.get(o.advantage, kind="advantage")
   if estimator.needs_critic and o.critic == "none":
-    raise ValueError(f"config.objective.advantage={o.advantage!r} reads the critic's values; "
-                     f"set config.objective.critic to 'separate' or 'shared'")
+    raise ConfigError(f"config.objective.advantage={o.advantage!r} reads the critic's values; "
+                      f"set config.objective.critic to 'separate' or 'shared'")
   if not estimator.needs_critic and o.critic != "none":
-    raise ValueError(f"config.objective.critic={o.critic!r} would train a critic that "
-                     f"advantage={o.advantage!r} never reads; set config.objective.critic='none'")
+    raise ConfigError(f"config.objective.critic={o.critic!r} would train a critic that "
+                      f"advantage={o.advantage!r} never reads; set config.objective.critic='none'")
   if estimator.min_group_size > r.samples_per_prompt:
-    raise ValueError(f"config.objective.advantage={o.advantage!r} compares the responses of a "
-                     f"prompt: config.rollout.samples_per_prompt must be >= "
-                     f"{estimator.min_group_size} (got {r.samples_per_prompt})")
+    raise ConfigError(f"config.objective.advantage={o.advantage!r} compares the responses of a "
+                      f"prompt: config.rollout.samples_per_prompt must be >= "
+                      f"{estimator.min_group_size} (got {r.samples_per_prompt})")
   if loss.single_pass and config.ppo.epochs != 1:
-    raise ValueError(f"{o.name} makes one pass over each rollout: set config.ppo.epochs=1 "
-                     f"(got {config.ppo.epochs})")
+    raise ConfigError(f"{o.name} makes one pass over each rollout: set config.ppo.epochs=1 "
+                      f"(got {config.ppo.epochs})")
   if o.kl.placement not in online.KL_PLACEMENTS:
-    raise ValueError(f"config.objective.kl.placement={o.kl.placement!r}; expected one of "
-                     f"{online.KL_PLACEMENTS}")
+    raise ConfigError(f"config.objective.kl.placement={o.kl.placement!r}; expected one of "
+                      f"{online.KL_PLACEMENTS}")
   rows, size = config.data.batch_size * r.samples_per_prompt, config.ppo.minibatch_size
   if rows % size:
-    raise ValueError(f"config.data.batch_size * config.rollout.samples_per_prompt = {rows} "
-                     f"rows must be a multiple of config.ppo.minibatch_size={size}")
+    raise ConfigError(f"config.data.batch_size * config.rollout.samples_per_prompt = {rows} "
+                      f"rows must be a multiple of config.ppo.minibatch_size={size}")
   updates = total_updates(config)
   if config.optimizer.warmup_steps >= updates:
-    raise ValueError(f"config.optimizer.warmup_steps={config.optimizer.warmup_steps} must be "
-                     f"below the {updates} optimizer updates (train.steps * ppo.epochs * "
-                     f"rows / ppo.minibatch_size)")
+    raise ConfigError(f"config.optimizer.warmup_steps={config.optimizer.warmup_steps} must be "
+                      f"below the {updates} optimizer updates (train.steps * ppo.epochs * "
+                      f"rows / ppo.minibatch_size)")
   return loss, estimator
 
 
@@ -151,8 +152,8 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
   mesh, rules = partitioning.mesh_and_rules(config)
   ways = partitioning.batch_axis_size(mesh, rules)
   if config.ppo.minibatch_size % ways:
-    raise ValueError(f"config.ppo.minibatch_size={config.ppo.minibatch_size} must be divisible "
-                     f"by the {ways} ways the batch is sharded")
+    raise ConfigError(f"config.ppo.minibatch_size={config.ppo.minibatch_size} must be divisible "
+                      f"by the {ways} ways the batch is sharded")
   tok = runs.tokenizer_for(config, workdir, lambda: ())
   policy = Decoder(model_config.from_config(config.model))
   model = ActorCritic(policy, o.critic, _critic_cfg(config))

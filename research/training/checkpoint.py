@@ -7,6 +7,7 @@ shardings, so a run saved on one layout resumes on another.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -38,6 +39,42 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
+  def restore_newest_good(self, abstract_state, shardings):
+    """(step, state, meta) of the newest checkpoint that restores, or None if there
+    is none. Newer ones that fail (a crash or disk fault mid-write, a truncated
+    file) are moved aside to `<checkpoints>_corrupt/<step>`, never deleted, with a
+    warning naming the step and the error. If none restores, the newest's error is
+    raised and nothing is moved (the fault is not in one checkpoint)."""
+    failed = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        state, meta = self.restore(abstract_state, shardings, step)
+      except Exception as e:  # pylint: disable=broad-except
+        failed.append((step, e))
+        continue
+      for bad, error in failed:
+        aside = os.path.join(f"{self.directory}_corrupt", str(bad))
+        logging.warning("checkpoint step %d in %s does not restore (%s: %s); moved it to %s "
+                        "and resumed from step %d", bad, self.directory, type(error).__name__,
+                        str(error).splitlines()[0][:200] if str(error) else "", aside, step)
+        if jax.process_index() == 0:
+          os.makedirs(os.path.dirname(aside), exist_ok=True)
+          os.replace(os.path.join(self.directory, str(bad)), aside)
+      if failed:
+        self._reopen()
+      return step, state, meta
+    if failed:
+      raise failed[0][1]
+    return None
+
+  def _reopen(self) -> None:
+    """A fresh manager after steps were moved away (it caches the step list)."""
+    max_to_keep = self._manager._options.max_to_keep  # pylint: disable=protected-access
+    self._manager.close()
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+
   def restore(self, abstract_state, shardings, step: int | None = None):
     """(state placed on `shardings`, meta dict) of `step` (default: the latest)."""
     step = self.latest_step() if step is None else step
@@ -67,3 +104,11 @@ def restore_params(directory: str, abstract_params, shardings, step: int | None 
                                    partial_restore=True)))
   manager.close()
   return restored.state["params"]
+
+
+def latest_step(directory: str) -> int | None:
+  """The newest step saved in `directory`, without opening a manager for writing."""
+  if not os.path.isdir(directory):
+    return None
+  steps = [int(name) for name in os.listdir(directory) if name.isdigit()]
+  return max(steps) if steps else None

@@ -30,6 +30,7 @@ from research.data import pipeline
 from research.training import partitioning
 from research.training.checkpoint import Checkpointer
 from research.training.writers import MetricWriter
+from research.validate import ConfigError
 
 
 class NonFiniteLossError(RuntimeError):
@@ -94,8 +95,8 @@ def evaluate(eval_step, params, batches: Iterable[dict], mesh, rules,
     total_weight += weight
     n += 1
   if not n:
-    raise ValueError("the evaluation split yielded no full batch; lower config.data.batch_size "
-                     "or add held-out data")
+    raise ConfigError("the evaluation split yielded no full batch; lower config.data.batch_size "
+                      "or add held-out data")
   out = {k: (v if k.startswith("num_") else v / total_weight) for k, v in sums.items()}
   if "nll" in out:
     out["perplexity"] = float(np.exp(out["nll"]))
@@ -150,12 +151,14 @@ def run(*, train_cfg, workdir: str, state, abstract_state, state_shardings, trai
   after every step."""
   total = int(train_cfg.steps)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), train_cfg.max_to_keep)
-  writer = MetricWriter(workdir)
-  start = ckpt.latest_step() or 0
-  if start:
-    state, meta = ckpt.restore(abstract_state, state_shardings)
+  start = 0
+  restored = ckpt.restore_newest_good(abstract_state, state_shardings)
+  if restored is not None:
+    start, state, meta = restored
     source.set_state(meta["data"])
     logging.info("resumed from %s at step %d", ckpt.directory, start)
+  # Steps logged after the checkpoint resumed from are trained again: drop them.
+  writer = MetricWriter(workdir, resume_step=start)
 
   def save(step: int, data_state) -> None:
     ckpt.save(step, state, {"data": data_state, "step": step})

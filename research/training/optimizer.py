@@ -5,13 +5,15 @@ from __future__ import annotations
 import jax
 import optax
 
+from research.validate import ConfigError
+
 
 def learning_rate_schedule(opt_cfg, total_steps: int) -> optax.Schedule:
   """0 -> lr over `warmup_steps`, then cosine to lr * min_lr_ratio at `total_steps`."""
   warmup = int(opt_cfg.warmup_steps)
   if warmup >= total_steps:
-    raise ValueError(f"config.optimizer.warmup_steps={warmup} must be below the number of "
-                     f"training steps ({total_steps})")
+    raise ConfigError(f"config.optimizer.warmup_steps={warmup} must be below the number of "
+                      f"training steps ({total_steps})")
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=opt_cfg.lr, warmup_steps=warmup,
       decay_steps=total_steps, end_value=opt_cfg.lr * opt_cfg.min_lr_ratio)

@@ -18,6 +18,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
+from research.validate import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Parameter axes first, then activations. An axis name missing here is an error
@@ -48,16 +50,16 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
   """Resolves `config.mesh` sizes; one axis may be -1 and takes the rest."""
   sizes = [int(mesh_cfg[name]) for name in MESH_AXES]
   if sizes.count(-1) > 1:
-    raise ValueError(f"config.mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+    raise ConfigError(f"config.mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if num_devices % known:
-      raise ValueError(f"config.mesh {dict(zip(MESH_AXES, sizes))}: {num_devices} devices "
-                       f"are not divisible by {known}")
+      raise ConfigError(f"config.mesh {dict(zip(MESH_AXES, sizes))}: {num_devices} devices "
+                        f"are not divisible by {known}")
     sizes[sizes.index(-1)] = num_devices // known
   if math.prod(sizes) != num_devices:
-    raise ValueError(f"config.mesh {dict(zip(MESH_AXES, sizes))} has {math.prod(sizes)} "
-                     f"devices but {num_devices} are available")
+    raise ConfigError(f"config.mesh {dict(zip(MESH_AXES, sizes))} has {math.prod(sizes)} "
+                      f"devices but {num_devices} are available")
   return tuple(sizes)
 
 
@@ -70,7 +72,7 @@ def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> jax.shar
     devices = jax.devices()
     n = int(mesh_cfg.get("num_devices", -1))
     if n > len(devices):
-      raise ValueError(f"config.mesh.num_devices={n} but only {len(devices)} devices exist")
+      raise ConfigError(f"config.mesh.num_devices={n} but only {len(devices)} devices exist")
     devices = devices[:n] if n > 0 else devices
   devices = list(devices)
   shape = mesh_shape(mesh_cfg, len(devices))
@@ -103,8 +105,8 @@ def check_rules(logical_specs, rules) -> None:
         missing.setdefault(name, jax.tree_util.keystr(path))
   if missing:
     detail = ", ".join(f"{n!r} (first used by {p})" for n, p in missing.items())
-    raise ValueError(f"config.sharding.rules has no rule for logical axes {detail}; "
-                     f"known axes: {sorted(known)}")
+    raise ConfigError(f"config.sharding.rules has no rule for logical axes {detail}; "
+                      f"known axes: {sorted(known)}")
 
 
 def logical_shardings(abstract_boxed_tree, mesh, rules):
@@ -136,8 +138,8 @@ def mesh_and_rules(config):
   rules = rules_from_config(config)
   ways = batch_axis_size(mesh, rules)
   if config.data.batch_size % ways:
-    raise ValueError(f"config.data.batch_size={config.data.batch_size} must be divisible by "
-                     f"the {ways} ways the batch is sharded (config.mesh {dict(mesh.shape)})")
+    raise ConfigError(f"config.data.batch_size={config.data.batch_size} must be divisible by "
+                      f"the {ways} ways the batch is sharded (config.mesh {dict(mesh.shape)})")
   return mesh, rules
 
 

@@ -240,13 +240,14 @@ def tiny_online(module, init_from, steps=30, **objective):
 
 # Seen (30 iterations x 8 prompts x G=4, 2 CPU cores, ~50 s each), raw ground truth
 # of the first and last 3 iterations: GRPO 0.48 -> 0.88, REINFORCE++ (G=1, 32
-# prompts) 0.48 -> 0.64; after 20 iterations Dr. GRPO 0.50 -> 0.91, RLOO 0.50 -> 0.90.
+# prompts, beta 0.01) 0.48 -> 0.98; after 20 iterations Dr. GRPO 0.50 -> 0.91, RLOO
+# 0.50 -> 0.90.
 # Dr. GRPO and REINFORCE++ differ from these two only in their estimator and loss
 # aggregation (numpy-checked above); their runs are `-m slow` to keep the suite short.
 @pytest.mark.parametrize("module,gain", [
     (grpo_config, 0.2), pytest.param(rloo_config, 0.2, marks=pytest.mark.slow),
     pytest.param(dr_grpo_config, 0.2, marks=pytest.mark.slow),
-    pytest.param(reinforce_pp_config, 0.08, marks=pytest.mark.slow)])
+    pytest.param(reinforce_pp_config, 0.2, marks=pytest.mark.slow)])
 def test_group_methods_raise_the_ground_truth_reward(tiny_sft, tmp_path, module, gain):
   s = rlhf_stage.run(tiny_online(module, tiny_sft), str(tmp_path))
   curve = s["curves"]["objective/raw_scores"]

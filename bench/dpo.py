@@ -20,9 +20,13 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import sys
 import os
 import platform
 import time
+
+# The repository root, for `configs` and `research` when run as `python bench/X.py`.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
 import jax.numpy as jnp

@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import platform
 import time
+
+# The repository root, for `configs` and `research` when run as `python bench/X.py`.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import flax.linen as nn
 import jax

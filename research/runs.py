@@ -40,6 +40,39 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
+# Stages that read `init_from` through `load_policy` (any run's language model);
+# the others restore its checkpoint's parameters as a plain decoder.
+POLICY_READERS = ("evaluate", "preferences")
+
+
+def check_init_from(config) -> None:
+  """`config.init_from` must hold what this stage starts from: a language model
+  (not a reward model), stored as a plain decoder unless the stage reads runs
+  through `load_policy`. Raises ConfigError naming the source run's stage."""
+  source = config.get("init_from")
+  if not source or not os.path.exists(os.path.join(source, CONFIG_FILE)):
+    return
+  upstream = load_config(source).get("stage", "")
+  where = {}
+  if os.path.exists(os.path.join(source, POLICY_FILE)):
+    with open(os.path.join(source, POLICY_FILE), encoding="utf-8") as f:
+      where = json.load(f)
+  key = f"config.init_from={source!r}"
+  if upstream == "reward":
+    raise validate.ConfigError(f"{key} is a reward-model run (a scalar head on the decoder); "
+                               f"stage {config.stage!r} starts from a language-model run "
+                               f"(clm, sft, dpo, rlhf, best_of_n)")
+  if config.stage in POLICY_READERS:
+    return
+  if where.get("run"):
+    raise validate.ConfigError(f"{key} is a {upstream} run whose policy is the run "
+                               f"{where['run']!r}: set config.init_from to that")
+  if where.get("subtree"):
+    raise validate.ConfigError(f"{key} is a {upstream} run that stores its policy under "
+                               f"params[{where['subtree']!r}]; stage {config.stage!r} restores "
+                               f"a plain decoder (clm, sft, dpo runs)")
+
+
 def inherit_model(config) -> None:
   """A stage started from another run builds that run's architecture (an imported
   Llama, a CLM preset): the fields that shape the parameters come from
@@ -101,6 +134,7 @@ def save_config(config, workdir: str) -> None:
   `config.train.allow_config_change`; then the change is appended to
   config_history.jsonl."""
   validate.check(config)
+  check_init_from(config)
   inherit_model(config)
   validate.check(config)  # the inherited architecture against this mesh
   if os.path.exists(os.path.join(workdir, CONFIG_FILE)) and _has_checkpoints(workdir):

@@ -147,3 +147,29 @@ def test_cli_sigterm_saves_and_exits_143(tmp_path):
   saved = [int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit()]
   assert len(saved) == 1 and saved[0] >= 1
   assert max(writers.read_metrics(str(workdir))) == saved[0]
+
+
+@pytest.mark.parametrize("upstream,policy,fragment", [
+    ("reward", None, "is a reward-model run"),
+    ("rlhf", {"subtree": "policy", "run": None}, "stores its policy under params['policy']"),
+    ("best_of_n", {"subtree": None, "run": "runs/bon/round_2"},
+     "whose policy is the run 'runs/bon/round_2'"),
+])
+def test_init_from_of_the_wrong_kind_is_named_before_anything_is_written(
+    tmp_path, upstream, policy, fragment):
+  from configs import sft as sft_config  # pylint: disable=g-import-not-at-top
+  from research import runs  # pylint: disable=g-import-not-at-top
+  from research.stages import sft  # pylint: disable=g-import-not-at-top
+  source = tmp_path / "source"
+  c = sft_config.get_config("smoke")
+  with c.unlocked():
+    c.stage = upstream
+  runs.save_config(c, str(source))
+  if policy:
+    runs.write_json(str(source), runs.POLICY_FILE, policy)
+  c = sft_config.get_config("smoke")
+  c.init_from = str(source)
+  with pytest.raises(validate.ConfigError, match="config.init_from=") as info:
+    sft.run(c, str(tmp_path / "never"))
+  assert fragment in str(info.value)
+  assert not os.path.exists(tmp_path / "never")

@@ -53,10 +53,7 @@ def check_init_from(config) -> None:
   if not source or not os.path.exists(os.path.join(source, CONFIG_FILE)):
     return
   upstream = load_config(source).get("stage", "")
-  where = {}
-  if os.path.exists(os.path.join(source, POLICY_FILE)):
-    with open(os.path.join(source, POLICY_FILE), encoding="utf-8") as f:
-      where = json.load(f)
+  where = policy_location(source)
   key = f"config.init_from={source!r}"
   if upstream == "reward":
     raise validate.ConfigError(f"{key} is a reward-model run (a scalar head on the decoder); "
@@ -108,11 +105,6 @@ def _flat(tree, prefix: str = "") -> dict:
   return out
 
 
-def _has_checkpoints(workdir: str) -> bool:
-  directory = os.path.join(workdir, "checkpoints")
-  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
-
-
 def config_changes(config, workdir: str) -> dict[str, tuple]:
   """{key: (the run's value, this config's)} for every key that differs from the
   workdir's config.json and is not RESUMABLE."""
@@ -133,11 +125,11 @@ def save_config(config, workdir: str) -> None:
   raises `validate.ConfigError` before anything is written, unless
   `config.train.allow_config_change`; then the change is appended to
   config_history.jsonl."""
-  validate.check(config)
   check_init_from(config)
   inherit_model(config)
-  validate.check(config)  # the inherited architecture against this mesh
-  if os.path.exists(os.path.join(workdir, CONFIG_FILE)) and _has_checkpoints(workdir):
+  validate.check(config)  # after inheriting: the architecture against this mesh
+  trained = checkpoint.latest_step(os.path.join(workdir, "checkpoints"))
+  if os.path.exists(os.path.join(workdir, CONFIG_FILE)) and trained is not None:
     changes = config_changes(config, workdir)
     if changes and not config.train.get("allow_config_change", False):
       diff = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
@@ -148,7 +140,7 @@ def save_config(config, workdir: str) -> None:
     if changes and jax.process_index() == 0:
       with open(os.path.join(workdir, HISTORY_FILE), "a", encoding="utf-8") as f:
         f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                            "step": checkpoint.latest_step(os.path.join(workdir, "checkpoints")),
+                            "step": trained,
                             "changes": {k: list(v) for k, v in changes.items()}}) + "\n")
       logging.warning("%s: continuing under a changed config: %s", workdir, sorted(changes))
   if jax.process_index() == 0:
@@ -239,13 +231,19 @@ def record_policy(workdir: str, *, subtree: str | None = None, run: str | None =
   write_json(workdir, POLICY_FILE, {"subtree": subtree, "run": run})
 
 
+def policy_location(workdir: str) -> dict:
+  """What `record_policy` wrote ({} for a run whose decoder is its parameters)."""
+  path = os.path.join(workdir, POLICY_FILE)
+  if not os.path.exists(path):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
 def load_policy(workdir: str, mesh=None, rules=None, step: int | None = None):
   """(Decoder, params) of the language model trained by any run."""
   config = load_config(workdir)
-  where = {}
-  if os.path.exists(os.path.join(workdir, POLICY_FILE)):
-    with open(os.path.join(workdir, POLICY_FILE), encoding="utf-8") as f:
-      where = json.load(f)
+  where = policy_location(workdir)
   if where.get("run"):
     return load_policy(where["run"], mesh, rules, step)
   if mesh is None:

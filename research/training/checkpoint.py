@@ -23,9 +23,13 @@ def _abstract(tree, shardings):
 class Checkpointer:
   def __init__(self, directory: str, max_to_keep: int = 3):
     self.directory = os.path.abspath(directory)
-    self._manager = ocp.CheckpointManager(
+    self._max_to_keep = max_to_keep
+    self._manager = self._open()
+
+  def _open(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+        options=ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=True))
 
   def save(self, step: int, state, meta: dict[str, Any]) -> None:
     """Saves and waits for the write to finish, so the step is on disk on return."""
@@ -60,20 +64,13 @@ class Checkpointer:
         if jax.process_index() == 0:
           os.makedirs(os.path.dirname(aside), exist_ok=True)
           os.replace(os.path.join(self.directory, str(bad)), aside)
-      if failed:
-        self._reopen()
+      if failed:  # the manager caches its step list
+        self._manager.close()
+        self._manager = self._open()
       return step, state, meta
     if failed:
       raise failed[0][1]
     return None
-
-  def _reopen(self) -> None:
-    """A fresh manager after steps were moved away (it caches the step list)."""
-    max_to_keep = self._manager._options.max_to_keep  # pylint: disable=protected-access
-    self._manager.close()
-    self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
 
   def restore(self, abstract_state, shardings, step: int | None = None):
     """(state placed on `shardings`, meta dict) of `step` (default: the latest)."""

@@ -4,7 +4,7 @@
       [--config.a.b=value ...] [--dry_run]
 
 Exit codes: 0 finished, 1 a non-finite loss (the last good checkpoint is kept),
-2 a bad config or workdir (one line, no traceback), 143 pre-empted by SIGTERM
+2 a bad config, data file or workdir (one line, no traceback), 143 pre-empted by SIGTERM
 after saving (rerun the same command to continue).
 """
 
@@ -21,7 +21,7 @@ import jax
 from ml_collections import config_flags
 
 from research import cli
-from research.validate import ConfigError
+from research.errors import ConfigError, UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/STAGE.py[:arg]",
                                           lock_config=True)
@@ -31,7 +31,7 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "report parameter count and per-d
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() "
                                  "(multi-host TPU/GPU)")
 
-EXIT_USAGE = 2        # a bad config or workdir, reported in one line
+EXIT_USAGE = 2        # a bad config, data file or workdir, reported in one line
 EXIT_PREEMPTED = 143  # SIGTERM: the state is saved; rerun the same command to continue
 
 STAGES = {"clm": "research.stages.clm", "sft": "research.stages.sft",
@@ -46,6 +46,19 @@ def stage_module(name: str):
   return importlib.import_module(STAGES[name])
 
 
+def _run(config, workdir: str) -> dict | None:
+  from research import objectives
+  objectives.import_modules(config)  # config.imports: modules that register objectives
+  if _DRY_RUN.value:
+    from research.models import config as model_config
+    from research.models.decoder import Decoder
+    from research.stages import common
+    report = common.describe(config, Decoder(model_config.from_config(config.model)))
+    print(json.dumps({"preset": config.model.get("preset", ""), **report}, indent=2))
+    return None
+  return stage_module(config.stage).run(config, workdir)
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -58,23 +71,16 @@ def main(argv) -> None:
   if config is None:
     raise app.UsageError("--config=configs/STAGE.py[:arg] is required")
   workdir = _WORKDIR.value or os.path.join("runs", config.stage)
-  from research import objectives
-  objectives.import_modules(config)  # config.imports: modules that register objectives
-  if _DRY_RUN.value:
-    from research.models import config as model_config
-    from research.models.decoder import Decoder
-    from research.stages import common
-    report = common.describe(config, Decoder(model_config.from_config(config.model)))
-    print(json.dumps({"preset": config.model.get("preset", ""), **report}, indent=2))
-    return
   from research.training.loop import NonFiniteLossError
   try:
-    summary = stage_module(config.stage).run(config, workdir)
-  except (ConfigError, FileNotFoundError) as e:  # the user's config or workdir: no traceback
+    summary = _run(config, workdir)
+  except (UserError, FileNotFoundError) as e:  # the user's config, data or workdir
     print(f"error: {e}", file=sys.stderr)
     sys.exit(EXIT_USAGE)
   except NonFiniteLossError as e:
     sys.exit(f"error: {e}")
+  if summary is None:  # --dry_run
+    return
   print(json.dumps({k: v for k, v in summary.items() if k != "samples"}, indent=2, default=float))
   for sample in summary.get("samples", []):
     print("---\n" + sample)

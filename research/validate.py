@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from research.errors import ConfigError  # pylint: disable=unused-import (re-exported)
 
-class ConfigError(ValueError):
-  """A user's config (or workdir) is wrong; the message says which key and why."""
 
 
 def _int_at_least(low: int) -> Callable[[Any], bool]:

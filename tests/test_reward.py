@@ -10,7 +10,7 @@ import pytest
 
 from configs import reward as reward_config
 from research.data import comparisons, corpus, instructions, preferences, scorer, tokenizer
-from research.data.sources import DataError
+from research.errors import DataError
 from research.models import config as model_config
 from research.models.heads import ScalarModel, last_token_index
 from research.objectives import reward

@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 
 from configs import sft as sft_config
 from research.data import corpus, instructions, sft, templates, tokenizer
-from research.data.sources import DataError
+from research.errors import DataError
 from research.models import config as model_config
 from research.models.decoder import Decoder
 from research.objectives import clm

@@ -19,7 +19,7 @@ import numpy as np
 from research.data import pipeline, templates
 from research.data.sources import ListSource
 from research.data.tokenizer import Tokenizer
-from research.validate import ConfigError
+from research.errors import ConfigError
 
 
 def prompt_ids(prompt: str, template: str, tok: Tokenizer) -> list[int]:

@@ -17,9 +17,10 @@ from __future__ import annotations
 import os
 
 from research.data import corpus
-from research.data.sources import DataError, TFDSSource, holdout, read_jsonl
+from research.errors import DataError
+from research.data.sources import TFDSSource, holdout, read_jsonl
 from research.data.templates import record_format
-from research.validate import ConfigError
+from research.errors import ConfigError
 
 TASKS = ("sentiment", "title", "summary", "write")
 EXACT_MATCH_TASKS = ("sentiment", "title")

@@ -26,8 +26,9 @@ import random
 import numpy as np
 
 from research.data import corpus, scorer
-from research.data.sources import DataError, TFDSSource, holdout, read_jsonl
-from research.validate import ConfigError
+from research.errors import DataError
+from research.data.sources import TFDSSource, holdout, read_jsonl
+from research.errors import ConfigError
 
 
 def ranks_from_scores(scores) -> list[int]:

@@ -20,11 +20,7 @@ import os
 from typing import Any, Callable, Sequence
 
 from research.data import corpus
-from research.validate import ConfigError
-
-
-class DataError(ValueError):
-  """Bad input data; the message names the file and line."""
+from research.errors import ConfigError, DataError
 
 
 class ListSource:

@@ -16,9 +16,9 @@ from typing import Sequence
 
 import numpy as np
 
-from research.data.sources import DataError
+from research.errors import DataError
 from research.data.tokenizer import ROLE_TOKENS, Tokenizer
-from research.validate import ConfigError
+from research.errors import ConfigError
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task. Write a response that appropriately "

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import sentencepiece as spm
 
-from research.validate import ConfigError
+from research.errors import ConfigError
 
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")

@@ -17,7 +17,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from research.validate import ConfigError
+from research.errors import ConfigError
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _CHOICES = {"family": ("native", "llama", "mistral", "qwen2", "gemma", "gpt2"), "norm": ("rms", "layer"),
@@ -69,16 +69,16 @@ class DecoderConfig:
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
-      raise ValueError(f"model.num_heads={self.num_heads} must be a multiple of "
-                       f"model.num_kv_heads={self.num_kv_heads}")
+      raise ConfigError(f"model.num_heads={self.num_heads} must be a multiple of "
+                        f"model.num_kv_heads={self.num_kv_heads}")
     if self.head_dim % 2 and self.positions == "rope":
-      raise ValueError(f"model.head_dim={self.head_dim} must be even for RoPE")
+      raise ConfigError(f"model.head_dim={self.head_dim} must be even for RoPE")
     for key, allowed in _CHOICES.items():
       if getattr(self, key) not in allowed:
-        raise ValueError(f"model.{key}={getattr(self, key)!r}; expected one of {list(allowed)}")
+        raise ConfigError(f"model.{key}={getattr(self, key)!r}; expected one of {list(allowed)}")
     for key in ("dtype", "param_dtype"):
       if getattr(self, key) not in _DTYPES:
-        raise ValueError(f"model.{key}={getattr(self, key)!r}; expected one of {sorted(_DTYPES)}")
+        raise ConfigError(f"model.{key}={getattr(self, key)!r}; expected one of {sorted(_DTYPES)}")
 
   @property
   def compute_dtype(self) -> Any:
@@ -145,7 +145,7 @@ def defaults() -> dict[str, Any]:
 
 def preset(name: str) -> dict[str, Any]:
   if name not in PRESETS:
-    raise ValueError(f"unknown model preset {name!r}; expected one of {list(PRESETS)}")
+    raise ConfigError(f"unknown model preset {name!r}; expected one of {list(PRESETS)}")
   return {**defaults(), **PRESETS[name]}
 
 

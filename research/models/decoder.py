@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from research.errors import ConfigError
 from research.models.config import DecoderConfig
 
 # Logical names of the activations, mapped to mesh axes by the config's rules.
@@ -296,8 +297,8 @@ def _block_class(cfg: DecoderConfig):
   if cfg.remat == "none":
     return Block
   if cfg.remat not in _REMAT_POLICIES:
-    raise ValueError(f"model.remat={cfg.remat!r}; expected one of "
-                     f"{['none', *_REMAT_POLICIES]}")
+    raise ConfigError(f"model.remat={cfg.remat!r}; expected one of "
+                      f"{['none', *_REMAT_POLICIES]}")
   # Under scan the loop already prevents CSE across layers (flax docs).
   return nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
 

@@ -27,6 +27,8 @@ import dataclasses
 import importlib
 from typing import Any, Callable
 
+from research.errors import ConfigError
+
 KINDS = ("loss", "advantage")
 
 
@@ -70,9 +72,9 @@ def register(name: str, fn: Callable | None = None, *, kind: str = "loss", **pro
 def get(name: str, kind: str = "loss") -> Objective:
   table = REGISTRY[kind]
   if name not in table:
-    raise ValueError(f"{_CONFIG_KEY[kind]}={name!r} is not a registered {kind}; known: "
-                     f"{sorted(table)} (a module that registers more can be listed in "
-                     f"config.imports)")
+    raise ConfigError(f"{_CONFIG_KEY[kind]}={name!r} is not a registered {kind}; known: "
+                      f"{sorted(table)} (a module that registers more can be listed in "
+                      f"config.imports)")
   return table[name]
 
 

@@ -38,6 +38,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from research.errors import ConfigError
+
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
@@ -56,7 +58,8 @@ def kl_per_token(logp_BxT, ref_logp_BxT, mask_BxT, estimator: str = "k1"):
   elif estimator == "k3":
     kl = jnp.expm1(log_r) - log_r
   else:
-    raise ValueError(f"KL estimator {estimator!r}; expected one of {KL_ESTIMATORS}")
+    raise ConfigError(f"config.objective.kl.estimator={estimator!r}; expected one of "
+                      f"{KL_ESTIMATORS}")
   return jnp.where(mask_BxT.astype(bool), kl, 0.0)
 
 

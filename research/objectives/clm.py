@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from research.models.logprobs import token_logprobs  # re-exported: the CLM building block
-from research.validate import ConfigError
+from research.errors import ConfigError
 
 BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
 

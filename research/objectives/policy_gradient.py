@@ -37,7 +37,7 @@ import jax.numpy as jnp
 
 from research.objectives import clm
 from research.objectives.advantages import kl_per_token, masked_mean
-from research.validate import ConfigError
+from research.errors import ConfigError
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum")
 

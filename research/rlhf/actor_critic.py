@@ -23,7 +23,7 @@ from research.models.config import DecoderConfig
 from research.models.decoder import Decoder
 from research.models.heads import ScalarHead, ScalarModel
 from research.models.logprobs import positions_from_mask, token_logprobs
-from research.validate import ConfigError
+from research.errors import ConfigError
 
 CRITICS = ("separate", "shared", "none")
 

@@ -39,7 +39,7 @@ from research.rlhf.actor_critic import ActorCritic
 from research.seeds import derived_seed
 from research.training import partitioning
 from research.training.loop import Work
-from research.validate import ConfigError
+from research.errors import ConfigError
 
 KL_PLACEMENTS = ("reward", "loss")
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from research.data import scorer
 from research.rlhf.rollout import Rollouts
-from research.validate import ConfigError
+from research.errors import ConfigError
 
 
 def ground_truth(prompt: str, response: str, prompt_format: str) -> float:

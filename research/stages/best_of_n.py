@@ -25,7 +25,7 @@ from research.models.decoder import Decoder
 from research.rlhf import best_of_n, rewards
 from research.stages import common
 from research.training import partitioning
-from research.validate import ConfigError
+from research.errors import ConfigError
 
 ROUND_SUMMARY = "round_summary.json"
 

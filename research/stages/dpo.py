@@ -16,7 +16,7 @@ from research.reward_fn import RewardFunction
 from research.rlhf import reference
 from research.stages import common
 from research.training import partitioning
-from research.validate import ConfigError
+from research.errors import ConfigError
 
 
 def pair_records(records) -> list[dict]:

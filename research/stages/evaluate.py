@@ -21,7 +21,7 @@ from research.reward_fn import RewardFunction
 from research.rlhf import best_of_n, rewards
 from research.rlhf.rollout import rollout
 from research.training import partitioning
-from research.validate import ConfigError
+from research.errors import ConfigError
 
 
 def run(config, workdir: str, hooks=(), reward=None) -> dict:

@@ -21,7 +21,7 @@ from research import runs, sampling, seeds
 from research.data import comparisons, preferences
 from research.rlhf import best_of_n, rewards
 from research.training import partitioning
-from research.validate import ConfigError
+from research.errors import ConfigError
 
 
 def run(config, workdir: str, hooks=(), reward=None) -> dict:

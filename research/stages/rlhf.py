@@ -32,7 +32,7 @@ from research.reward_fn import RewardFunction
 from research.rlhf import online, rewards
 from research.rlhf.actor_critic import ActorCritic
 from research.training import loop, optimizer, partitioning, state as state_lib, step as step_lib
-from research.validate import ConfigError
+from research.errors import ConfigError
 
 
 def _value_params(config, model: ActorCritic, sft_params, abstract_value, mesh, rules):

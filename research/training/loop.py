@@ -30,7 +30,7 @@ from research.data import pipeline
 from research.training import partitioning
 from research.training.checkpoint import Checkpointer
 from research.training.writers import MetricWriter
-from research.validate import ConfigError
+from research.errors import ConfigError
 
 
 class NonFiniteLossError(RuntimeError):

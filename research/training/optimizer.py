@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import optax
 
-from research.validate import ConfigError
+from research.errors import ConfigError
 
 
 def learning_rate_schedule(opt_cfg, total_steps: int) -> optax.Schedule:

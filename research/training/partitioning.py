@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from research.validate import ConfigError
+from research.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from research.errors import ConfigError
 from research.training import partitioning
 
 
@@ -70,9 +71,9 @@ def _check_same_structure(expected, given) -> None:
          for p, l in jax.tree_util.tree_flatten_with_path(given)[0]}
   if exp.keys() != got.keys():
     missing, extra = sorted(exp.keys() - got.keys()), sorted(got.keys() - exp.keys())
-    raise ValueError(f"loaded parameters do not fit the model: missing {missing[:5]}, "
-                     f"unexpected {extra[:5]}")
+    raise ConfigError(f"loaded parameters do not fit the model: missing {missing[:5]}, "
+                      f"unexpected {extra[:5]}")
   bad = [(k, exp[k][0], got[k][0]) for k in exp if exp[k][0] != got[k][0]]
   if bad:
-    raise ValueError(f"loaded parameter shapes do not fit the model (path, expected, got): "
-                     f"{bad[:5]}")
+    raise ConfigError(f"loaded parameter shapes do not fit the model (path, expected, got): "
+                      f"{bad[:5]}")

@@ -52,10 +52,11 @@ def train(**overrides) -> ml_collections.ConfigDict:
 
 def data(**overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
-      "source": "embedded",          # 'embedded' | 'tfds:NAME' | path.txt | path.jsonl
+      "source": "embedded",          # embedded | tfds:NAME | hf:ORG/NAME | dataset dir | .txt .jsonl .json .parquet
       "corpus_seed": 0,              # the embedded corpus is a function of (seed, size)
       "corpus_size": 15_000,         # reviews; ~7 MB of text
       "text_field": "text",          # JSONL / TFDS field holding the document
+      # Sources with splits (TFDS, a DatasetDict, a .json of splits): which one is which.
       "tfds_splits": ml_collections.ConfigDict({"train": "train", "validation": "test"}),
       "tfds_data_dir": "",
       "holdout_every": 20,           # local files: every 20th record is held out
@@ -70,17 +71,22 @@ def data(**overrides) -> ml_collections.ConfigDict:
 def preference_data(**overrides) -> ml_collections.ConfigDict:
   """Preference records (and the prompts RL, best-of-n and evaluation draw from them)."""
   return data(**{
-      "source": "embedded",          # embedded | file.jsonl | tfds:NAME
-      "template": "alpaca",          # how prompts are rendered: alpaca | chat | none
+      "source": "embedded",          # embedded | file (.jsonl .json .parquet) | dataset dir | hf:ORG/NAME | tfds:NAME
+      "template": "alpaca",          # how prompts are rendered: alpaca | chat | hf_chat | none
       "prompt_format": "instruction",  # embedded: instruction | prefix
       "num_responses": 2,            # K responses per prompt (pairs: 2)
       "label_noise": 0.0,            # probability of flipping a training label
-      # TFDS features -> {prompt, chosen, rejected}
-      "field_map": ml_collections.ConfigDict({"prompt": "prompt", "chosen": "chosen",
-                                              "rejected": "rejected"}),
+      # Record field <- the source's field (or '=literal'), for any source, e.g.
+      # --config.data.field_map.prompt=question; "" leaves a field as it is.
+      "field_map": field_map("prompt", "chosen", "rejected", "responses", "ranking", "margin"),
       "corpus_size": 2000,
       "batch_size": 8,
       **overrides})
+
+
+def field_map(*fields: str) -> ml_collections.ConfigDict:
+  """`config.data.field_map` with every record field a layout reads, unmapped ("")."""
+  return ml_collections.ConfigDict({f: "" for f in fields})
 
 
 def evaluate(run: dict, **overrides) -> ml_collections.ConfigDict:

@@ -24,13 +24,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.objective = ml_collections.ConfigDict({"name": "clm", "z_loss": 0.0,
                                            "loss_normalization": "sequence"})
   c.data = common.data(
-      source="embedded",            # embedded | embedded_chat | file.jsonl | tfds:NAME
-      template="alpaca",            # alpaca | chat (role markers are tokenizer symbols)
-      # TFDS features -> record fields; '=text' is a literal. E.g. imdb_reviews:
-      field_map=ml_collections.ConfigDict({
-          "instruction": "=Is this movie review positive or negative?",
-          "input": "text", "output": "label"}),
-      label_names=("negative", "positive"),
+      source="embedded",            # embedded | embedded_chat | a file, dataset dir, hf: or tfds:
+      template="alpaca",            # alpaca | chat | hf_chat | none (prompt-completion text as is)
+      # Record field <- the source's field, or '=literal'; "" leaves it as it is. E.g.
+      # tfds:imdb_reviews as a sentiment task: IMDB_SENTIMENT below.
+      field_map=common.field_map("instruction", "input", "output", "prompt", "completion",
+                                 "messages"),
+      label_names=(),               # integer labels -> names, e.g. ("negative", "positive")
       seq_len=256, batch_size=8)
   c.train.update(eval_every=100, checkpoint_every=100)
   c.optimizer.update(lr=5e-4, warmup_steps=20, weight_decay=0.0)
@@ -45,3 +45,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.generate.num_examples = 8
   presets.train_for(c, run["sft"])
   return c
+
+
+# tfds:imdb_reviews as an instruction task (config.data.field_map, label_names).
+IMDB_SENTIMENT = {"instruction": "=Is this movie review positive or negative?",
+                  "input": "text", "output": "label"}
+IMDB_LABELS = ("negative", "positive")

@@ -7,7 +7,9 @@ import tensorflow_datasets as tfds
 from scipy import stats as scipy_stats
 
 from configs import common as config_common
-from research.data import corpus, lexicon, pipeline, scorer, sources, tokenizer, vocab
+from research.data import (corpus, lexicon, pipeline, readers, scorer, sources, tokenizer,
+                           vocab)
+from research.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -95,14 +97,14 @@ def test_tokenizer_special_ids_roundtrip_and_cache(tmp_path, reviews, tok):
 def test_jsonl_errors_name_file_and_line(tmp_path):
   path = tmp_path / "docs.jsonl"
   path.write_text('{"text": "fine"}\n\n{"text": "also fine"}\n{"text": broken}\n')
-  with pytest.raises(sources.DataError, match=r"docs\.jsonl:4: malformed JSON"):
-    sources.read_jsonl(str(path))
-  path.write_text('{"text": "fine"}\n{"body": "x"}\n')
-  with pytest.raises(sources.DataError, match=r"docs\.jsonl:2: missing field\(s\) \['text'\]"):
-    sources.read_jsonl(str(path), ["text"])
+  with pytest.raises(DataError, match=r"docs\.jsonl:4: malformed JSON"):
+    readers.file_rows(str(path))
+  path.write_text('{"text": "fine"}\n{"body": "x"}\n' * 20)
+  with pytest.raises(DataError, match=r"docs\.jsonl:2: no field 'text' \(config.data.text_field\)"):
+    sources.text_source(_data_cfg(source=str(path)), "train")
   path.write_text('[1, 2]\n')
-  with pytest.raises(sources.DataError, match=r"docs\.jsonl:1: expected a JSON object"):
-    sources.read_jsonl(str(path))
+  with pytest.raises(DataError, match=r"docs\.jsonl:1: expected a JSON object"):
+    readers.file_rows(str(path))
 
 
 def _data_cfg(**overrides):

@@ -135,7 +135,8 @@ def test_jsonl_pairs_and_rankings(tmp_path):
                   + "\n" + json.dumps({"prompt": "q", "responses": ["x", "y", "z"],
                                        "ranking": [1, 0, 1]}) + "\n")
   records = preferences.preference_records(_data(source=str(path), holdout_every=100), "train")
-  assert records[0] == {"prompt": "q", "responses": ["x", "y", "z"], "ranks": [1, 0, 1]}
+  assert records[0] == {"prompt": "q", "responses": ["x", "y", "z"], "ranks": [1, 0, 1],
+                        "where": f"{path}:2"}
   assert [p["chosen"] for p in preferences.pairs(records)] == ["y", "y"]  # the tie is skipped
   path.write_text(json.dumps({"prompt": "p", "good": "a", "bad": "b"}) + "\n")
   with pytest.raises(DataError, match=r"prefs\.jsonl:1: unknown preference layout .*"

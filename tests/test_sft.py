@@ -135,11 +135,12 @@ def test_jsonl_layout_errors_name_file_line_and_fields(tmp_path):
   path.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n"
                   + json.dumps({"question": "a", "answer": "b"}) + "\n")
   cfg.source = str(path)
-  with pytest.raises(DataError, match=r"sft\.jsonl:2: unknown record layout .*'answer', "
+  with pytest.raises(DataError, match=r"sft\.jsonl:2: unknown SFT layout .*'answer', "
                                       r"'question'.*\{instruction, input \(optional\), output\}"):
     instructions.instruction_records(cfg, "train")
   path.write_text(json.dumps({"messages": [{"role": "bot", "content": "x"}]}) + "\n")
-  with pytest.raises(DataError, match=r"sft\.jsonl:1: each message needs 'role'"):
+  with pytest.raises(DataError, match=r"sft\.jsonl:1: messages\[0\] is dict .* a message needs "
+                                      r"'role' in \['system', 'user', 'assistant'\]"):
     instructions.instruction_records(cfg, "train")
   path.write_text('{"instruction": "a", "output": "b"}\n{"instruction": \n')
   with pytest.raises(DataError, match=r"sft\.jsonl:2: malformed JSON"):
@@ -149,6 +150,8 @@ def test_jsonl_layout_errors_name_file_line_and_fields(tmp_path):
 def test_tfds_classification_as_instructions():
   cfg = sft_config.get_config("tiny").data
   cfg.source = "tfds:imdb_reviews"
+  cfg.field_map.update(sft_config.IMDB_SENTIMENT)
+  cfg.label_names = sft_config.IMDB_LABELS
   with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
     records = instructions.instruction_records(cfg, "train")
   assert len(records) == 6

@@ -19,7 +19,7 @@ import numpy as np
 from research.data import pipeline, templates
 from research.data.sources import ListSource
 from research.data.tokenizer import Tokenizer
-from research.errors import ConfigError
+from research.errors import ConfigError, DataError
 
 
 def prompt_ids(prompt: str, template: str, tok: Tokenizer) -> list[int]:
@@ -32,10 +32,14 @@ def encode(records, tok: Tokenizer, template: str, seq_len: int, k: int):
   examples = []
   stats = {"examples": 0, "truncated": 0, "dropped": 0}
   for record in records:
+    where = record.get("where", "a record")
     if len(record["responses"]) > k:
-      raise ValueError(f"a record has {len(record['responses'])} responses; raise "
-                       f"config.data.num_responses (now {k})")
-    prompt = prompt_ids(record["prompt"], template, tok)
+      raise DataError(f"{where}: {len(record['responses'])} responses; raise "
+                      f"config.data.num_responses (now {k})")
+    try:
+      prompt = prompt_ids(record["prompt"], template, tok)
+    except DataError as e:
+      raise DataError(f"{where}: {e}") from None
     tokens = np.zeros((k, seq_len), np.int32)
     mask = np.zeros((k, seq_len), bool)
     response_mask = np.zeros((k, seq_len), bool)

@@ -14,13 +14,7 @@ give the held-out split. `embedded_chat` asks the first two as a two-turn chat.
 
 from __future__ import annotations
 
-import os
-
-from research.data import corpus
-from research.errors import DataError
-from research.data.sources import TFDSSource, holdout, read_jsonl
-from research.data.templates import record_format
-from research.errors import ConfigError
+from research.data import corpus, layouts, readers
 
 TASKS = ("sentiment", "title", "summary", "write")
 EXACT_MATCH_TASKS = ("sentiment", "title")
@@ -99,46 +93,9 @@ def task_of(index: int) -> str:
   return TASKS[(index + index // corpus.VALIDATION_EVERY) % len(TASKS)]
 
 
-def _from_tfds(data_cfg, split: str) -> list[dict]:
-  """Maps TFDS features to instruction fields via `config.data.field_map`.
-
-  A value is a feature name, or a literal prefixed with '='; integer labels are
-  named through `config.data.label_names` (e.g. imdb_reviews as a sentiment task).
-  """
-  name = data_cfg.source[len("tfds:"):]
-  source = TFDSSource(name, data_cfg.tfds_splits[split], data_cfg.get("tfds_data_dir") or None)
-  labels = list(data_cfg.label_names)
-  records = []
-  for i in range(len(source)):
-    raw = source[i]
-    record = {}
-    for field, spec in data_cfg.field_map.items():
-      if spec.startswith("="):
-        record[field] = spec[1:]
-        continue
-      if spec not in raw:
-        raise DataError(f"tfds:{name} record {i} has no feature {spec!r} "
-                        f"(config.data.field_map.{field}); features: {sorted(raw)}")
-      value = raw[spec]
-      record[field] = labels[int(value)] if labels and not isinstance(value, str) else str(value)
-    records.append(record)
-  return records
-
-
 def instruction_records(data_cfg, split: str) -> list[dict]:
-  """Records of `split` for SFT, each validated as Alpaca or chat."""
+  """Records of `split` for SFT, normalised by `layouts.sft` (any layout, any source)."""
   spec = data_cfg.source
   if spec in ("embedded", "embedded_chat"):
     return embedded(data_cfg, split, chat=spec == "embedded_chat")
-  if spec.startswith("tfds:"):
-    records = _from_tfds(data_cfg, split)
-  elif spec.endswith(".jsonl"):
-    if not os.path.exists(spec):
-      raise FileNotFoundError(f"config.data.source={spec!r}: no such file")
-    return holdout(read_jsonl(spec, validate=record_format), split, data_cfg.holdout_every)
-  else:
-    raise ConfigError(f"config.data.source={spec!r}: expected 'embedded', 'embedded_chat', "
-                      f"'tfds:NAME' or a .jsonl file")
-  for i, record in enumerate(records):
-    record_format(record, f"{spec} record {i}")
-  return records
+  return [record for _, record in readers.rows(data_cfg, split, layouts.sft)]

@@ -6,9 +6,10 @@ equal ranks ties. Sources (`config.data.source`):
   embedded         K reviews of the same film (same opening, same plot, different
                    latent ratings, `corpus.make_review(..., rating=r)`), ranked by
                    the ground-truth scorer: more positive is preferred.
-  file.jsonl       {prompt, chosen, rejected} or {prompt, responses, ranking} where
-                   ranking[k] is the rank of responses[k] (0 = best, ties equal).
-  tfds:NAME        `config.data.field_map` names the prompt/chosen/rejected features.
+  anything else    a file, dataset folder or TFDS name (`readers`) in any layout of
+                   `layouts.preference`: pairs, TRL's explicit and implicit prompts
+                   (strings or messages), rankings where ranking[k] is the rank of
+                   responses[k] (0 = best, ties equal).
 
 Prompt formats for the embedded set (`config.data.prompt_format`):
   instruction      "Write a review of <title>." -> the whole review
@@ -21,13 +22,12 @@ adjacent swaps, each with that probability. Held-out labels stay clean.
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
 
-from research.data import corpus, scorer
-from research.errors import DataError
-from research.data.sources import TFDSSource, holdout, read_jsonl
+from research.data import corpus, layouts, readers, scorer
 from research.errors import ConfigError
 
 
@@ -84,65 +84,25 @@ def add_label_noise(records: list[dict], rate: float, seed: int) -> list[dict]:
   return out
 
 
-def normalize(record: dict, where: str) -> dict:
-  """Either JSONL layout -> {prompt, responses, ranks}; errors name the expected layouts."""
-  if "chosen" in record and "rejected" in record and "prompt" in record:
-    out = {"prompt": record["prompt"], "responses": [record["chosen"], record["rejected"]],
-           "ranks": [0, 1]}
-    if "margin" in record:
-      out["margin"] = float(record["margin"])
-    return out
-  if "responses" in record and "ranking" in record and "prompt" in record:
-    responses, ranking = record["responses"], record["ranking"]
-    if not isinstance(responses, list) or len(responses) < 2:
-      raise DataError(f"{where}: 'responses' must list at least 2 responses")
-    if (not isinstance(ranking, list) or len(ranking) != len(responses)
-        or not all(isinstance(r, int) and r >= 0 for r in ranking)):
-      raise DataError(f"{where}: 'ranking' must give a rank >= 0 (0 = best) for each of the "
-                      f"{len(responses)} responses, got {ranking!r}")
-    return {"prompt": record["prompt"], "responses": responses, "ranks": ranking}
-  raise DataError(f"{where}: unknown preference layout with fields {sorted(record)}; expected "
-                  f"{{prompt, chosen, rejected}} or {{prompt, responses, ranking}}")
-
-
-def _from_tfds(data_cfg, split: str) -> list[dict]:
-  name = data_cfg.source[len("tfds:"):]
-  source = TFDSSource(name, data_cfg.tfds_splits[split], data_cfg.get("tfds_data_dir") or None)
-  fields = data_cfg.field_map
-  records = []
-  for i in range(len(source)):
-    raw = source[i]
-    missing = [f for f in ("prompt", "chosen", "rejected") if fields[f] not in raw]
-    if missing:
-      raise DataError(f"tfds:{name} record {i} lacks features for {missing} "
-                      f"(config.data.field_map); features: {sorted(raw)}")
-    records.append(normalize({f: raw[fields[f]] for f in ("prompt", "chosen", "rejected")},
-                             f"tfds:{name} record {i}"))
-  return records
-
-
 def preference_records(data_cfg, split: str, seed: int = 0) -> list[dict]:
+  """Records of `split`, each {prompt, responses, ranks} (`layouts.preference`)."""
   spec = data_cfg.source
   if spec == "embedded":
     records = embedded(data_cfg, split)
-  elif spec.startswith("tfds:"):
-    records = _from_tfds(data_cfg, split)
-  elif spec.endswith(".jsonl"):
-    rows = read_jsonl(spec, validate=normalize)
-    records = holdout([normalize(r, spec) for r in rows], split, data_cfg.holdout_every)
   else:
-    raise ConfigError(f"config.data.source={spec!r}: expected 'embedded', 'tfds:NAME' or a "
-                      f".jsonl file")
+    records = [r for _, r in readers.rows(data_cfg, split, layouts.preference)]
   if split == "train":
     records = add_label_noise(records, data_cfg.label_noise, seed)
   return records
 
 
-
-def prompts(data_cfg, split: str) -> list[str]:
+def prompts(data_cfg, split: str) -> list:
   """The distinct prompts of the preference data, in a fixed order: what RL,
-  best-of-n and evaluation sample from."""
-  return sorted({r["prompt"] for r in preference_records(data_cfg, split)})
+  best-of-n and evaluation sample from (strings, or message lists)."""
+  distinct = {json.dumps(r["prompt"], sort_keys=True): r["prompt"]
+              for r in preference_records(data_cfg, split)}
+  return [distinct[k] for k in sorted(distinct)]
+
 
 def pairs(records: list[dict]) -> list[dict]:
   """Rankings expanded to (prompt, chosen, rejected) pairs, ties skipped (for DPO)."""

@@ -13,6 +13,7 @@ import numpy as np
 from research.data import pipeline, templates
 from research.data.sources import ListSource
 from research.data.tokenizer import Tokenizer
+from research.errors import DataError
 
 
 @dataclasses.dataclass
@@ -27,9 +28,11 @@ def build(records, tok: Tokenizer, template: str, seq_len: int) -> SFTExamples:
   examples, kept = [], []
   counts = {"truncated": 0, "dropped": 0}
   response_tokens = total_tokens = 0
-  for i, record in enumerate(records):
-    record = templates.as_template(record, template, f"record {i}")
+  longest = (0, "")
+  for record in records:
+    record = templates.as_template(record, template)
     ids, mask = templates.tokenize(record, template, tok)
+    longest = max(longest, (len(ids), record.get("where", "")))
     ids, mask, status = templates.fit(ids, mask, seq_len + 1)
     if status != "ok":
       counts[status] += 1
@@ -41,8 +44,10 @@ def build(records, tok: Tokenizer, template: str, seq_len: int) -> SFTExamples:
     response_tokens += int(mask.sum())
     total_tokens += len(ids) - 1
   if not examples:
-    raise ValueError(f"every one of {len(records)} examples is longer than "
-                     f"config.data.seq_len={seq_len} even without its prompt")
+    raise DataError(f"every one of {len(records)} examples is longer than "
+                    f"config.data.seq_len={seq_len} even without its prompt (the longest, "
+                    f"{longest[1] or 'a record'}, has {longest[0]} tokens); raise "
+                    f"config.data.seq_len or shorten the responses")
   stats = {"examples": len(examples), "truncated": counts["truncated"],
            "dropped": counts["dropped"], "mean_tokens": total_tokens / len(examples),
            "response_fraction": response_tokens / total_tokens}

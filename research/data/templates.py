@@ -8,6 +8,10 @@ tokenizer's jinja `chat_template`): the conversation is rendered up to each
 assistant turn with the generation prompt, then with the turn, and the text
 in between (the reply and the template's end-of-turn token) is the response.
 The template supplies BOS and the end-of-turn token itself.
+
+`none` renders a prompt-completion record as its text, unchanged (TRL's
+standard prompt-completion), and a bare prompt as itself (a prefix to continue).
+Records arrive normalised by `layouts.sft` (Alpaca, chat or prompt-completion).
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ from typing import Sequence
 
 import numpy as np
 
-from research.errors import DataError
+from research.data import layouts
 from research.data.tokenizer import ROLE_TOKENS, Tokenizer
-from research.errors import ConfigError
+from research.errors import ConfigError, DataError
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task. Write a response that appropriately "
@@ -28,7 +32,9 @@ ALPACA_PROMPT_WITH_INPUT = (
     "further context. Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
 
-ALPACA_FIELDS = ("instruction", "input", "output")
+SFT_FIELDS = ("instruction", "input", "output", "prompt", "completion", "messages")
+SFT_TEMPLATES = ("alpaca", "chat", "hf_chat", "none")
+PROMPT_TEMPLATES = SFT_TEMPLATES
 CHAT_ROLES = {"system": ROLE_TOKENS[0], "user": ROLE_TOKENS[1], "assistant": ROLE_TOKENS[2]}
 
 
@@ -75,8 +81,8 @@ def hf_chat_segments(record: dict, tok) -> list[tuple[str, bool]]:
     prompt = tok.render_chat(messages[:i], add_generation_prompt=True)
     full = tok.render_chat(messages[:i + 1])
     if not (prompt.startswith(done) and full.startswith(prompt)):
-      raise DataError("the tokenizer's chat template does not render a conversation as a "
-                      "prefix of its continuation (it rewrites earlier turns), so the "
+      raise DataError(f"{record.get('where', 'record')}: the tokenizer's chat template does "
+                      "not render a conversation as a prefix of its continuation (it rewrites earlier turns), so the "
                       "assistant-only loss mask cannot be cut from it")
     reply = full[len(prompt):]
     kept = reply.rstrip()
@@ -87,45 +93,73 @@ def hf_chat_segments(record: dict, tok) -> list[tuple[str, bool]]:
   return segments
 
 
-def render_prompt(prompt: str, template: str, tok=None) -> str:
-  """A bare prompt (preference / RL data) as the policy saw prompts in SFT.
+def render_prompt(prompt, template: str, tok=None) -> str:
+  """A bare prompt (preference / RL data: a string, or the messages before the reply)
+  rendered as the policy saw prompts in SFT.
 
-  'none' leaves it raw: a text prefix to continue (the DPO paper's IMDb task).
+  'none' leaves a string raw: a text prefix to continue (the DPO paper's IMDb task).
   """
+  if template not in PROMPT_TEMPLATES:
+    raise ConfigError(f"config.data.template={template!r}; expected one of {PROMPT_TEMPLATES}")
+  if isinstance(prompt, list):
+    if template == "hf_chat":
+      return tok.render_chat(prompt, add_generation_prompt=True)
+    if template == "chat":
+      return chat_prompt(prompt)
+    if len(prompt) != 1 or prompt[0]["role"] != "user":
+      raise DataError(f"a prompt of {len(prompt)} messages (roles {[m['role'] for m in prompt]}) "
+                      f"needs config.data.template='chat' or 'hf_chat'; {template!r} renders "
+                      f"one user message")
+    prompt = prompt[0]["content"]
   if template == "hf_chat":
     return tok.render_chat([{"role": "user", "content": prompt}], add_generation_prompt=True)
   if template == "alpaca":
     return alpaca_prompt({"instruction": prompt})
   if template == "chat":
     return chat_prompt([{"role": "user", "content": prompt}])
-  if template == "none":
-    return prompt
-  raise ConfigError(f"config.data.template={template!r}; expected 'alpaca', 'chat', 'hf_chat' "
-                    f"or 'none'")
+  return prompt
 
 
-def as_template(record: dict, template: str, where: str = "record") -> dict:
-  """The record in the layout `template` renders; Alpaca records become a one-turn chat."""
-  layout = record_format(record, where)
+def as_template(record: dict, template: str) -> dict:
+  """A normalised SFT record (`layouts.sft`) in the layout `template` renders:
+  Alpaca and prompt-completion records become a one-turn chat for the chat
+  templates, prompt-completion an Alpaca instruction for 'alpaca'."""
+  layout = layouts.sft_kind(record)
+  where = record.get("where", "record")
   if layout == template or (template == "hf_chat" and layout == "chat"):
     return record
-  if template in ("chat", "hf_chat"):
-    user = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
-    return {**{k: v for k, v in record.items() if k not in ALPACA_FIELDS},
-            "messages": [{"role": "user", "content": user},
-                         {"role": "assistant", "content": record["output"]}]}
-  raise DataError(f"{where}: a chat record cannot be rendered with the Alpaca template "
-                  f"(config.data.template='chat' renders it)")
+  if template in ("chat", "hf_chat") and layout != "chat":
+    if layout == "alpaca":
+      user = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
+      reply = record["output"]
+    else:
+      user, reply = record["prompt"], record["completion"]
+    rest = {k: v for k, v in record.items() if k not in SFT_FIELDS}
+    return {**rest, "messages": [{"role": "user", "content": user},
+                                 {"role": "assistant", "content": reply}]}
+  if template == "alpaca" and layout == "prompt_completion":
+    rest = {k: v for k, v in record.items() if k not in SFT_FIELDS}
+    return {**rest, "instruction": record["prompt"], "input": "", "output": record["completion"]}
+  if template not in SFT_TEMPLATES:
+    raise ConfigError(f"config.data.template={template!r}; expected one of {SFT_TEMPLATES}")
+  raise DataError(f"{where}: a {layout} record cannot be rendered with "
+                  f"config.data.template={template!r} ({_RENDERS[layout]})")
+
+
+_RENDERS = {"chat": "'chat' or 'hf_chat' render it",
+            "alpaca": "'alpaca', 'chat' or 'hf_chat' render it",
+            "prompt_completion": "any template renders it"}
 
 
 def segments(record: dict, template: str, tok=None) -> list[tuple[str, bool]]:
+  record = as_template(record, template)
   if template == "alpaca":
     return alpaca_segments(record)
   if template == "chat":
     return chat_segments(record)
   if template == "hf_chat":
-    return hf_chat_segments(as_template(record, "hf_chat"), tok)
-  raise ConfigError(f"config.data.template={template!r}; expected 'alpaca', 'chat' or 'hf_chat'")
+    return hf_chat_segments(record, tok)
+  return [(record["prompt"], False), (record["completion"], True)]  # 'none': the text as is
 
 
 def _start_ids(template: str, tok) -> list[int]:
@@ -191,22 +225,3 @@ def fit(ids, mask, max_tokens: int):
     return ids, mask, "dropped"
   keep = np.r_[0, np.arange(1 + excess, len(ids))]
   return ids[keep], mask[keep], "truncated"
-
-
-def record_format(record: dict, where: str) -> str:
-  """'alpaca' or 'chat' from the fields; a clear error naming both layouts otherwise."""
-  if "messages" in record:
-    messages = record["messages"]
-    if not isinstance(messages, list) or not messages:
-      raise DataError(f"{where}: 'messages' must be a non-empty list")
-    for m in messages:
-      if not isinstance(m, dict) or m.get("role") not in CHAT_ROLES or "content" not in m:
-        raise DataError(f"{where}: each message needs 'role' in {sorted(CHAT_ROLES)} and "
-                        f"'content', got {m!r}"[:300])
-    if not any(m["role"] == "assistant" for m in messages):
-      raise DataError(f"{where}: a chat record needs at least one assistant message")
-    return "chat"
-  if "instruction" in record and "output" in record:
-    return "alpaca"
-  raise DataError(f"{where}: unknown record layout with fields {sorted(record)}; expected "
-                  f"{{instruction, input (optional), output}} or {{messages: [{{role, content}}]}}")

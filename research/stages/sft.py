@@ -15,17 +15,21 @@ import jax
 import numpy as np
 
 from research import runs, sampling, seeds
-from research.data import instructions, sft, templates
+from research.data import instructions, layouts, sft, templates
 from research.models import config as model_config
 from research.models.decoder import Decoder
 from research.stages import common
 
 
 def _record_texts(records, limit: int):
+  """The text of the first `limit` records, for training a tokenizer."""
+  fields = {"chat": (), "alpaca": ("instruction", "input", "output"),
+            "prompt_completion": ("prompt", "completion")}
   for record in records[:limit]:
-    layout = templates.record_format(record, "record")
-    yield from (m["content"] for m in record["messages"]) if layout == "chat" else \
-        (record["instruction"], record.get("input", ""), record["output"])
+    if "messages" in record:
+      yield from (m["content"] for m in record["messages"])
+    else:
+      yield from (record[f] for f in fields[layouts.sft_kind(record)] if record.get(f))
 
 
 def run(config, workdir: str, hooks=()) -> dict:

@@ -1,0 +1,210 @@
+"""The record layouts a researcher's data comes in (TRL's, Hugging Face's, Alpaca's),
+each checked field by field and normalised to what the stages read. Every error
+names the record (`where`: 'file:line' or 'source record i') and the field.
+
+Preference records (reward model, DPO, and the prompts of RL / best-of-n):
+
+  {"prompt": "...", "chosen": "...", "rejected": "..."}        pair (+ optional "margin")
+  {"prompt": [msgs], "chosen": [msgs], "rejected": [msgs]}     TRL conversational, explicit prompt
+  {"chosen": [msgs], "rejected": [msgs]}                       TRL implicit prompt: the shared turns
+  {"chosen": "...", "rejected": "..."}                         TRL implicit prompt: the common prefix
+  {"prompt": ..., "responses": [...], "ranking": [0, 2, 1]}    K ranked responses, 0 = best
+  {"prompt": ..., "completion": ..., "label": true}            unpaired (KTO): refused, no stage takes it
+
+  -> {"prompt": str | [msgs], "responses": [str], "ranks": [int], "where": str (, "margin")}
+
+SFT records:
+
+  {"instruction": "...", "input": "..." (optional), "output": "..."}   Alpaca
+  {"prompt": "...", "completion": "..."}                               TRL prompt-completion
+  {"prompt": [msgs], "completion": [msgs]}                             -> {"messages": prompt + completion}
+  {"messages": [{"role": "user", "content": "..."}, ...]}              chat, every assistant turn trained
+
+A response given as messages is one assistant message; a prompt given as
+messages is a conversation that does not end with the assistant.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from research.errors import DataError
+
+ROLES = ("system", "user", "assistant")
+PAIR_FIELDS = ("chosen", "rejected")
+
+
+def kind(value: Any) -> str:
+  """How a bad value is named in an error."""
+  if value is None:
+    return "null"
+  return f"{type(value).__name__} {json.dumps(value, default=str)[:60]}"
+
+
+def text(record: dict, field: str, where: str, *, optional: bool = False) -> str:
+  value = record.get(field)
+  if value is None and optional:
+    return ""
+  if field not in record:
+    raise DataError(f"{where}: missing field {field!r}; fields: {sorted(record)}")
+  if not isinstance(value, str):
+    raise DataError(f"{where}: field {field!r} is {kind(value)}; expected a string")
+  return value
+
+
+def messages(value: Any, field: str, where: str) -> list[dict]:
+  """A non-empty list of {role, content} with string content; extra keys dropped."""
+  if not isinstance(value, list) or not value:
+    raise DataError(f"{where}: field {field!r} is {kind(value)}; expected a non-empty list of "
+                    f"messages {{role, content}}")
+  out = []
+  for i, m in enumerate(value):
+    if not isinstance(m, dict) or m.get("role") not in ROLES:
+      raise DataError(f"{where}: {field}[{i}] is {kind(m)}; a message needs 'role' in "
+                      f"{list(ROLES)} and 'content'")
+    if not isinstance(m.get("content"), str):
+      raise DataError(f"{where}: {field}[{i}].content is {kind(m.get('content'))}; expected a "
+                      f"string")
+    out.append({"role": m["role"], "content": m["content"]})
+  return out
+
+
+def prompt(value: Any, field: str, where: str) -> str | list[dict]:
+  if isinstance(value, str):
+    return value
+  if isinstance(value, list):
+    msgs = messages(value, field, where)
+    if msgs[-1]["role"] == "assistant":
+      raise DataError(f"{where}: field {field!r} ends with an assistant message; a prompt is "
+                      f"the conversation before the reply")
+    return msgs
+  raise DataError(f"{where}: field {field!r} is {kind(value)}; expected a string or a list of "
+                  f"messages")
+
+
+def response(value: Any, field: str, where: str) -> str:
+  if isinstance(value, str):
+    return value
+  if isinstance(value, list):
+    msgs = messages(value, field, where)
+    if len(msgs) != 1 or msgs[0]["role"] != "assistant":
+      raise DataError(f"{where}: field {field!r} has {len(msgs)} message(s) with roles "
+                      f"{[m['role'] for m in msgs]}; a response is one assistant message")
+    return msgs[0]["content"]
+  raise DataError(f"{where}: field {field!r} is {kind(value)}; expected a string or one "
+                  f"assistant message")
+
+
+def _unpaired(record: dict, where: str) -> None:
+  if "completion" in record and "label" in record:
+    raise DataError(f"{where}: an unpaired preference record {{prompt, completion, label}} "
+                    f"(KTO style); no stage here trains on unpaired labels: pair a desirable "
+                    f"and an undesirable completion of the same prompt as {{prompt, chosen, "
+                    f"rejected}}, or drop 'label' and keep the desirable ones for SFT")
+
+
+def implicit_prompt(chosen, rejected):
+  """TRL's `extract_prompt`: the longest common prefix of chosen and rejected (whole
+  messages, or characters backed off to before a space) is the prompt."""
+  idx = 0
+  for idx in range(min(len(chosen), len(rejected))):
+    if chosen[idx] != rejected[idx]:
+      if isinstance(chosen, str) and idx > 0 and chosen[idx - 1] == " ":
+        idx -= 1
+      break
+  else:
+    idx = min(len(chosen), len(rejected))
+  return chosen[:idx], chosen[idx:], rejected[idx:]
+
+
+def preference(record: dict, where: str) -> dict:
+  """Any preference layout above -> {prompt, responses, ranks, where (, margin)}."""
+  _unpaired(record, where)
+  if all(f in record for f in PAIR_FIELDS):
+    if "prompt" in record:
+      out = {"prompt": prompt(record["prompt"], "prompt", where),
+             "responses": [response(record[f], f, where) for f in PAIR_FIELDS]}
+    else:
+      out = _implicit(record, where)
+    out.update(ranks=[0, 1], where=where)
+    if record.get("margin") is not None:
+      if isinstance(record["margin"], bool) or not isinstance(record["margin"], (int, float)):
+        raise DataError(f"{where}: field 'margin' is {kind(record['margin'])}; expected a number")
+      out["margin"] = float(record["margin"])
+    return out
+  if "responses" in record and "prompt" in record:
+    responses, ranking = record["responses"], record.get("ranking")
+    if not isinstance(responses, list) or len(responses) < 2:
+      raise DataError(f"{where}: field 'responses' is {kind(responses)}; expected a list of at "
+                      f"least 2 responses")
+    if (not isinstance(ranking, list) or len(ranking) != len(responses)
+        or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in ranking)):
+      raise DataError(f"{where}: 'ranking' must give a rank >= 0 (0 = best) for each of the "
+                      f"{len(responses)} responses, got {kind(ranking)}")
+    return {"prompt": prompt(record["prompt"], "prompt", where),
+            "responses": [response(r, f"responses[{i}]", where) for i, r in enumerate(responses)],
+            "ranks": ranking, "where": where}
+  raise DataError(f"{where}: unknown preference layout with fields {sorted(record)}; expected "
+                  f"{{prompt, chosen, rejected}}, {{chosen, rejected}} (TRL, implicit prompt) "
+                  f"or {{prompt, responses, ranking}} (config.data.field_map renames fields)")
+
+
+def _implicit(record: dict, where: str) -> dict:
+  chosen, rejected = record["chosen"], record["rejected"]
+  if isinstance(chosen, str) and isinstance(rejected, str):
+    shared, a, b = implicit_prompt(chosen, rejected)
+    if not shared.strip():
+      raise DataError(f"{where}: 'chosen' and 'rejected' share no prompt text; give the prompt "
+                      f"in a 'prompt' field")
+    return {"prompt": shared, "responses": [a, b]}
+  chosen = messages(chosen, "chosen", where)
+  rejected = messages(rejected, "rejected", where)
+  shared, a, b = implicit_prompt(chosen, rejected)
+  if not shared:
+    raise DataError(f"{where}: 'chosen' and 'rejected' share no first turns, so there is no "
+                    f"implicit prompt; give it in a 'prompt' field")
+  return {"prompt": prompt(shared, "chosen (shared turns)", where),
+          "responses": [response(a, "chosen (after the shared turns)", where),
+                        response(b, "rejected (after the shared turns)", where)]}
+
+
+def sft(record: dict, where: str) -> dict:
+  """Any SFT layout above -> Alpaca, chat or prompt-completion (strings), with `where`
+  added and the record's other fields (e.g. 'task') kept."""
+  _unpaired(record, where)
+  out = {"where": where}
+  if "messages" in record:
+    msgs = messages(record["messages"], "messages", where)
+    if not any(m["role"] == "assistant" for m in msgs):
+      raise DataError(f"{where}: a chat record needs at least one assistant message")
+    out["messages"] = msgs
+  elif "instruction" in record and "output" in record:
+    out.update(instruction=text(record, "instruction", where),
+               input=text(record, "input", where, optional=True),
+               output=text(record, "output", where))
+  elif "prompt" in record and "completion" in record:
+    p = prompt(record["prompt"], "prompt", where)
+    c = record["completion"]
+    if isinstance(p, list) or isinstance(c, list):
+      conversation = p if isinstance(p, list) else [{"role": "user", "content": p}]
+      out["messages"] = conversation + [{"role": "assistant",
+                                         "content": response(c, "completion", where)}]
+    else:
+      out.update(prompt=p, completion=text(record, "completion", where))
+  else:
+    raise DataError(f"{where}: unknown SFT layout with fields {sorted(record)}; expected "
+                    f"{{instruction, input (optional), output}}, {{prompt, completion}} or "
+                    f"{{messages: [{{role, content}}]}} (config.data.field_map renames fields)")
+  rest = {k: v for k, v in record.items()
+          if k not in ("messages", "instruction", "input", "output", "prompt", "completion")}
+  return {**rest, **out}
+
+
+def sft_kind(record: dict) -> str:
+  """The layout of a normalised SFT record: 'chat', 'alpaca' or 'prompt_completion'."""
+  if "messages" in record:
+    return "chat"
+  if "instruction" in record:
+    return "alpaca"
+  return "prompt_completion"

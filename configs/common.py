@@ -97,6 +97,9 @@ def evaluate(run: dict, **overrides) -> ml_collections.ConfigDict:
       "max_new_tokens": run["new_tokens"],
       "samples_per_prompt": run["eval_samples"],  # temperature-1 samples (the KL estimate)
       "reward_model": "",            # a reward-model workdir: also report its scores
+      # The embedded movie-review scorer: auto (on the embedded data only; on a
+      # researcher's data the reward model judges the win rate) | embedded_sentiment | none
+      "ground_truth": "auto",
       "pretrain_batches": 0,         # held-out CLM loss of the policy (what PPO-ptx protects)
       "best_of_n": 0,                # evaluate stage: > 1 scores best-of-n sampling instead
       "select_by": "reward_model",   # best-of-n: reward_model | ground_truth

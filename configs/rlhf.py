@@ -70,8 +70,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ppo = ml_collections.ConfigDict({"epochs": 4, "minibatch_size": 8})  # minibatch: rows
   # Prompts: the preference data's (embedded: "Write a review of <film>.").
   c.data = common.preference_data(batch_size=32)  # batch_size: prompts per iteration
-  # Pretraining text for PPO-ptx and for the held-out pretraining loss.
-  c.ptx = common.data(source="embedded", corpus_size=2000, seq_len=128, batch_size=8)
+  # Pretraining text for PPO-ptx and for the held-out pretraining loss; source "":
+  # the stage's own data (the embedded corpus, or a preference file's prompts with
+  # their preferred responses; research/stages/rlhf.py:ptx_source).
+  c.ptx = common.data(source="", corpus_size=2000, seq_len=128, batch_size=8)
   # A step is an iteration; each one's statistics are logged (a rollout is costly).
   c.train.update(steps=run["rlhf"], log_every=1,
                  checkpoint_every=min(20, max(run["rlhf"] // 3, 1)))

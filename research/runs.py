@@ -20,6 +20,7 @@ import ml_collections
 
 from research import validate
 from research.data import hf_tokenizer, tokenizer as tokenizer_lib
+from research.errors import DataError
 from research.models import config as model_config
 from research.models.decoder import Decoder
 from research.training import checkpoint, partitioning, state as state_lib
@@ -204,8 +205,11 @@ def tokenizer_for(config, workdir: str, texts_fn: Callable):
       tok.save(own)
     return tok
   own = os.path.join(workdir, TOKENIZER_FILE)
-  return tokenizer_lib.load_or_train(own, texts_fn, vocab,
-                                     byte_fallback=config.data.tokenizer_byte_fallback)
+  try:
+    return tokenizer_lib.load_or_train(own, texts_fn, vocab,
+                                       byte_fallback=config.data.tokenizer_byte_fallback)
+  except DataError as e:  # too little text: name the data it came from
+    raise DataError(f"config.data.source={config.data.source!r}: {e}") from None
 
 
 # --- parameters ------------------------------------------------------------------

@@ -99,8 +99,12 @@ def preference_records(data_cfg, split: str, seed: int = 0) -> list[dict]:
 def prompts(data_cfg, split: str) -> list:
   """The distinct prompts of the preference data, in a fixed order: what RL,
   best-of-n and evaluation sample from (strings, or message lists)."""
-  distinct = {json.dumps(r["prompt"], sort_keys=True): r["prompt"]
-              for r in preference_records(data_cfg, split)}
+  return distinct_prompts(preference_records(data_cfg, split))
+
+
+def distinct_prompts(records: list[dict]) -> list:
+  """Each prompt once (strings or message lists), in a fixed order."""
+  distinct = {json.dumps(r["prompt"], sort_keys=True): r["prompt"] for r in records}
   return [distinct[k] for k in sorted(distinct)]
 
 

@@ -16,10 +16,9 @@ dict of fields (`text` for pretraining).
 
 from __future__ import annotations
 
-import json
 from typing import Sequence
 
-from research.data import corpus, readers
+from research.data import corpus, layouts, readers
 from research.errors import DataError
 
 
@@ -58,12 +57,8 @@ def text_of(record: dict, field: str, where: str) -> str:
                     f"{sorted(record)}")
   value = record[field]
   if not isinstance(value, str):
-    raise DataError(f"{where}: field {field!r} is {_kind(value)}; expected a string")
+    raise DataError(f"{where}: field {field!r} is {layouts.kind(value)}; expected a string")
   return value
-
-
-def _kind(value) -> str:
-  return "null" if value is None else f"a {type(value).__name__} ({json.dumps(value)[:60]})"
 
 
 class _Renamed:

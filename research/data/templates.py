@@ -126,7 +126,8 @@ def as_template(record: dict, template: str) -> dict:
   templates, prompt-completion an Alpaca instruction for 'alpaca'."""
   layout = layouts.sft_kind(record)
   where = record.get("where", "record")
-  if layout == template or (template == "hf_chat" and layout == "chat"):
+  if (layout == template or (template == "hf_chat" and layout == "chat")
+      or (template == "none" and layout == "prompt_completion")):
     return record
   if template in ("chat", "hf_chat") and layout != "chat":
     if layout == "alpaca":

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from typing import Iterable, Sequence
 
 import sentencepiece as spm
 
-from research.errors import ConfigError
+from research.errors import ConfigError, DataError
 
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
@@ -78,8 +79,26 @@ class Tokenizer:
 
 def train(texts: Iterable[str], vocab_size: int, model_type: str = "bpe",
           byte_fallback: bool = False) -> Tokenizer:
-  """Trains in memory; a few MB of text take a second or two."""
+  """Trains in memory; a few MB of text take a second or two. Too little text for
+  `vocab_size` pieces is a DataError saying how many the texts allow."""
+  texts = [t for t in texts if t]
+  if not texts:
+    raise DataError("no text to train a tokenizer on")
   buffer = io.BytesIO()
+  try:
+    _train(texts, buffer, vocab_size, model_type, byte_fallback)
+  except RuntimeError as e:
+    most = re.search(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)",
+                     str(e))
+    if not most:
+      raise
+    raise DataError(f"{len(texts)} texts allow at most {most.group(1)} tokenizer pieces, fewer "
+                    f"than config.model.vocab_size={vocab_size}: lower model.vocab_size or give "
+                    f"more data") from None
+  return Tokenizer(buffer.getvalue())
+
+
+def _train(texts: list[str], buffer, vocab_size: int, model_type: str, byte_fallback: bool):
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(texts), model_writer=buffer, vocab_size=vocab_size,
       model_type=model_type, pad_id=PAD_ID, eos_id=EOS_ID, bos_id=BOS_ID, unk_id=UNK_ID,
@@ -87,7 +106,6 @@ def train(texts: Iterable[str], vocab_size: int, model_type: str = "bpe",
       split_digits=True, normalization_rule_name="identity", character_coverage=1.0,
       max_sentence_length=1 << 16, input_sentence_size=500_000, shuffle_input_sentence=True,
       num_threads=2, minloglevel=2)
-  return Tokenizer(buffer.getvalue())
 
 
 def load_or_train(path: str, texts_fn, vocab_size: int, **kwargs) -> Tokenizer:

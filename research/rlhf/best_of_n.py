@@ -12,6 +12,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from research.data import layouts
 from research.rlhf.rollout import rollout
 
 
@@ -47,12 +48,13 @@ def choose(scores_PxN, ended_PxN, require_eos: bool = True) -> np.ndarray:
 
 
 def best_records(prompts, texts, scores_PxN, ended_PxN, require_eos: bool = True):
-  """SFT records of the best responses, and the pool's statistics."""
+  """SFT records (prompt-completion, so every template renders the prompt as RL
+  saw it) of the best responses, and the pool's statistics."""
   best = choose(scores_PxN, ended_PxN, require_eos)
   rows = np.arange(len(prompts))
   keep = ended_PxN[rows, best] | (not require_eos)
-  records = [{"instruction": prompts[i], "input": "", "output": texts[i][best[i]]}
-             for i in rows if keep[i]]
+  records = [layouts.sft({"prompt": prompts[i], "completion": texts[i][best[i]]},
+                         f"best-of-n response {i}") for i in rows if keep[i]]
   stats = {"pool/score": float(scores_PxN.mean()),
            "best/score": float(scores_PxN[rows, best].mean()),
            "pool/ended": float(ended_PxN.mean()), "kept": len(records),

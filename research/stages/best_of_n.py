@@ -65,7 +65,7 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
       return {}
     return evaluation.sampled_report(
         sampler, model, params, ref_params, tok, eval_prompts, eval_ids,
-        prompt_format=config.data.prompt_format, mesh=mesh, rules=rules,
+        prompt_format=evaluation.ground_truth_format(config), mesh=mesh, rules=rules,
         max_new_tokens=config.evaluate.max_new_tokens,
         seed=seeds.derived_seed(config.seed, f"bon_eval_{r}"), reward=source,
         samples_per_prompt=config.evaluate.samples_per_prompt)
@@ -89,9 +89,9 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
     records, stats = best_of_n.best_records([prompts[i] for i in chosen], texts, scores, ended,
                                             b.require_eos)
     if not records:
-      raise RuntimeError(f"round {r}: no sampled response ended with EOS within "
-                         f"best_of_n.max_new_tokens={b.max_new_tokens}; raise it or set "
-                         f"best_of_n.require_eos=False")
+      raise ConfigError(f"round {r}: no sampled response ended with EOS within "
+                        f"config.best_of_n.max_new_tokens={b.max_new_tokens}; raise it or set "
+                        f"config.best_of_n.require_eos=False")
     os.makedirs(round_dir, exist_ok=True)
     with open(os.path.join(round_dir, "best_responses.jsonl"), "w", encoding="utf-8") as f:
       f.writelines(json.dumps(rec) + "\n" for rec in records)

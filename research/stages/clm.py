@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 
 import jax
 
@@ -32,6 +33,9 @@ def run(config, workdir: str, hooks=()) -> dict:
   eval_src = sources.text_source(config.data, "validation")
   tok = runs.tokenizer_for(config, workdir,
                              lambda: _tokenizer_texts(train_src, config.data.tokenizer_train_docs))
+  data_summary = stats.text_summary(train_src, eval_src, tok)
+  if jax.process_index() == 0:
+    print(stats.describe(data_summary), file=sys.stderr, flush=True)
   model = Decoder(model_config.from_config(config.model))
   batches = functools.partial(pipeline.clm_batches, tokenizer=tok, seq_len=config.data.seq_len,
                               global_batch_size=config.data.batch_size,
@@ -43,7 +47,7 @@ def run(config, workdir: str, hooks=()) -> dict:
 
   entropy = stats.unigram_entropy(
       (tok.encode(t) + [tok.eos_id] for t in _first_texts(train_src, 2000)), tok.vocab_size)
-  summary = {"step": result.step, "preempted": result.preempted,
+  summary = {"step": result.step, "preempted": result.preempted, "data": data_summary,
              "unigram_entropy": entropy, "train": result.train_metrics,
              "eval": result.eval_metrics, "compilations": train_step.compilations()}
   if not result.preempted and config.sample.num_samples:

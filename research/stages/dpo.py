@@ -65,12 +65,12 @@ def run(config, workdir: str, hooks=()) -> dict:
              "eval_at_start": result.eval_history.get(0, {}),
              "compilations": train_step.compilations()}
   if not result.preempted and config.evaluate.num_prompts:
-    prompts = sorted({r["prompt"] for r in eval_records})[:config.evaluate.num_prompts]
+    prompts = preferences.distinct_prompts(eval_records)[:config.evaluate.num_prompts]
     reward_fn = (RewardFunction.load(config.evaluate.reward_model, mesh, rules)
                  if config.evaluate.reward_model else None)
     summary["policy"] = evaluation.policy_report(
         model, result.state.params, ref_params, tok, prompts, template=d.template,
-        prompt_format=d.prompt_format, mesh=mesh, rules=rules,
+        prompt_format=evaluation.ground_truth_format(config), mesh=mesh, rules=rules,
         max_new_tokens=config.evaluate.max_new_tokens, seed=config.seed, reward_fn=reward_fn,
         samples_per_prompt=config.evaluate.samples_per_prompt)
   runs.write_json(workdir, "summary.json", summary)

@@ -3,7 +3,8 @@
 Every method of an experiment is measured by the same code on the same prompts
 and seeds: the ground-truth score of temperature-1 samples and of greedy
 responses, the reward model's score, KL(policy || SFT) summed over the response,
-the win rate against the SFT model judged by the ground truth, and the length.
+the win rate against the SFT model judged by the ground truth (on a researcher's
+own data: by the reward model; `evaluation.ground_truth_format`), and the length.
 
 `evaluate.best_of_n = n > 1` evaluates best-of-n sampling from `policy` instead:
 n samples per prompt, the one `evaluate.select_by` prefers is kept, and its KL
@@ -37,7 +38,7 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
   _, params = runs.load_policy(config.policy, mesh, rules)
   rm = RewardFunction.load(e.reward_model, mesh, rules) if e.reward_model else None
   prompts = preferences.prompts(config.data, "validation")[:e.num_prompts]
-  fmt = config.data.prompt_format
+  fmt = evaluation.ground_truth_format(config)
   if e.best_of_n > 1:
     report = _best_of_n(config, model, params, ref_params, tok, prompts, rm, mesh, rules)
   else:
@@ -58,11 +59,11 @@ def _best_of_n(config, model, params, ref_params, tok, prompts, rm, mesh, rules)
                         "config.evaluate.reward_model")
     select = rewards.TokenReward(rm)
   elif e.select_by == "ground_truth":
-    select = rewards.ground_truth_source(config.data.prompt_format)
+    select = rewards.ground_truth_source(config.data.prompt_format)  # asked for: always
   else:
     raise ConfigError(f"config.evaluate.select_by={e.select_by!r}; expected 'reward_model' or "
                       f"'ground_truth'")
-  truth = rewards.ground_truth_source(config.data.prompt_format)
+  fmt = evaluation.ground_truth_format(config)
   sampler = sampling.Sampler(model, eos_id=tok.stop_ids, pad_id=tok.pad_id, mesh=mesh, rules=rules)
   ids = [comparisons.prompt_ids(p, config.data.template, tok) for p in prompts]
   texts, scores, _, lengths = best_of_n.sample_and_score(
@@ -72,16 +73,24 @@ def _best_of_n(config, model, params, ref_params, tok, prompts, rm, mesh, rules)
       chunk=e.sample_batch)
   best = scores.argmax(1)
   rows = np.arange(len(prompts))
-  chosen = [texts[i][best[i]] for i in rows]
-  gt = np.asarray(truth.fn(prompts, chosen))
   greedy_ref = rollout(sampler, ref_params, ids, tok, jax.random.PRNGKey(config.seed),
-                                  sampling.SamplingConfig(e.max_new_tokens, greedy=True))
-  ref_gt = np.asarray(truth.fn(prompts, greedy_ref.texts))
+                       sampling.SamplingConfig(e.max_new_tokens, greedy=True))
   report = {"num_prompts": len(prompts), "kl": best_of_n.kl_bound(e.best_of_n),
-            "sampled/ground_truth": float(gt.mean()),
-            "sampled/length": float(lengths[rows, best].mean()),
-            "reference/ground_truth": float(ref_gt.mean()),
-            "win_rate_vs_reference": float(np.mean((np.sign(gt - ref_gt) + 1) / 2))}
+            "sampled/length": float(lengths[rows, best].mean())}
   if e.select_by == "reward_model":
     report["sampled/reward_model"] = float(scores[rows, best].mean())
+  if fmt is not None:  # judged by the ground truth
+    truth = rewards.ground_truth_source(fmt)
+    judged = (np.asarray(truth.fn(prompts, [texts[i][best[i]] for i in rows])),
+              np.asarray(truth.fn(prompts, greedy_ref.texts)))
+    report.update({"sampled/ground_truth": float(judged[0].mean()),
+                   "reference/ground_truth": float(judged[1].mean()), "win_rate_judge":
+                   "ground_truth"})
+  elif e.select_by == "reward_model":  # a researcher's own data: judged by the reward model
+    judged = (scores[rows, best], np.asarray(rm(greedy_ref.tokens, greedy_ref.mask)))
+    report.update({"reference/reward_model": float(judged[1].mean()),
+                   "win_rate_judge": "reward_model"})
+  else:
+    return report
+  report["win_rate_vs_reference"] = float(np.mean((np.sign(judged[0] - judged[1]) + 1) / 2))
   return report

@@ -122,9 +122,28 @@ def _validate(config):
   return loss, estimator
 
 
+def ptx_source(config, split: str):
+  """PPO-ptx's text: `config.ptx.source`, else the stage's own data: the embedded
+  corpus for the embedded prompts, or a preference file's prompts with their
+  preferred responses (never the embedded corpus under a researcher's data)."""
+  if config.ptx.source or config.data.source == "embedded":
+    ptx = config.ptx
+    if not ptx.source:
+      ptx = ml_collections.ConfigDict(config.ptx.to_dict())
+      ptx.source = "embedded"
+    return sources.text_source(ptx, split)
+  texts = []
+  for r in preferences.preference_records(config.data, split):
+    prompt = r["prompt"] if isinstance(r["prompt"], str) else "\n".join(
+        m["content"] for m in r["prompt"])
+    best = min(range(len(r["ranks"])), key=lambda i: r["ranks"][i])
+    texts.append({"text": f"{prompt}\n{r['responses'][best]}"})
+  return sources.ListSource(texts)
+
+
 def pretrain_loss(config, model: Decoder, params, tok, mesh, rules) -> float:
   """Per-token CLM loss of `params` on held-out pretraining text (`config.ptx`)."""
-  batches = pipeline.clm_batches(sources.text_source(config.ptx, "validation"), tok,
+  batches = pipeline.clm_batches(ptx_source(config, "validation"), tok,
                                  seq_len=config.ptx.seq_len,
                                  global_batch_size=config.ptx.batch_size, seed=0, train=False)
   plain_clm = ml_collections.ConfigDict({"objective": {"z_loss": 0.0}})
@@ -170,7 +189,7 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
   ptx_iter = None
   if o.ptx_coef > 0:
     ptx_iter = iter(pipeline.clm_batches(
-        sources.text_source(config.ptx, "train"), tok, seq_len=config.ptx.seq_len,
+        ptx_source(config, "train"), tok, seq_len=config.ptx.seq_len,
         global_batch_size=config.ptx.batch_size, seed=seeds.derived_seed(config.seed, "ptx"),
         train=True))
   source = online.RolloutSource(
@@ -199,7 +218,7 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
                                           if config.reward.source == "model" else "")
     summary["policy"] = evaluation.policy_report(
         policy, policy_params, ref_params, tok, eval_prompts, template=config.data.template,
-        prompt_format=config.data.prompt_format, mesh=mesh, rules=rules,
+        prompt_format=evaluation.ground_truth_format(config), mesh=mesh, rules=rules,
         max_new_tokens=config.evaluate.max_new_tokens, seed=config.seed,
         reward_fn=RewardFunction.load(rm, mesh, rules) if rm else None,
         samples_per_prompt=config.evaluate.samples_per_prompt)

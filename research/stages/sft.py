@@ -80,8 +80,9 @@ def evaluate_generation(model, params, tok, cases, config, mesh, rules):
   """Greedy answers -> (metrics, decoded answers).
 
   ends_with_eos: the answer was closed with EOS within max_new_tokens.
-  exact_match[/task]: closed with EOS and equal to the reference (stripped).
-  valid[/task]: the answer is one of the task's reference answers in this set
+  exact_match: closed with EOS and equal to the reference answer (stripped), on
+  any data; exact_match/TASK and valid/TASK when records carry a 'task' field.
+  valid/TASK: the answer is one of the task's reference answers in this set
   (for sentiment: exactly 'positive' or 'negative'), i.e. the format is right.
   """
   template = config.data.template
@@ -97,11 +98,13 @@ def evaluate_generation(model, params, tok, cases, config, mesh, rules):
   ended = np.asarray(out.ended)
   metrics = {"ends_with_eos": float(ended.mean()),
              "response_tokens": float(np.asarray(out.lengths).mean())}
-  tasks = [r.get("task", "all") for r in cases]
-  if any(t in instructions.EXACT_MATCH_TASKS for t in tasks):
-    exact = np.asarray([e and g == a for e, g, a in zip(ended, decoded, answers)])
-    metrics["exact_match"] = float(exact.mean())
-    for task in sorted(set(tasks)):
+  # Every SFT record carries its reference answer (the output, or the last assistant
+  # turn), so exact match is reported on any data; per task when records name one.
+  exact = np.asarray([e and g == a for e, g, a in zip(ended, decoded, answers)])
+  metrics["exact_match"] = float(exact.mean())
+  tasks = [r.get("task") for r in cases]
+  if any(tasks):
+    for task in sorted({t for t in tasks if t}):
       rows = [i for i, t in enumerate(tasks) if t == task]
       allowed = {answers[i] for i in rows}
       metrics[f"exact_match/{task}"] = float(exact[rows].mean())

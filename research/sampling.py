@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.models.decoder import CACHE_AXES, Decoder, init_cache
+from research.models.decoder import Decoder, cache_axes, init_cache
 from research.training import partitioning
 
 
@@ -107,7 +107,7 @@ def generate(params, prompts_BxP, prompt_lengths_B, rng, *, model: Decoder,
   kv_valid_BxS = jnp.concatenate(
       [slots_P[None] >= pad_count_B[:, None], jnp.zeros((b, n), bool)], axis=1)
   positions_BxP = jnp.maximum(slots_P[None] - pad_count_B[:, None], 0)
-  cache = jax.tree.map(lambda a: flax.linen.with_logical_constraint(a, CACHE_AXES),
+  cache = jax.tree.map(lambda a: flax.linen.with_logical_constraint(a, cache_axes(a)),
                        init_cache(model.cfg, b, p + n))
 
   def last_logits(tokens, positions, kv_valid, cache, index):

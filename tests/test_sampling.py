@@ -198,7 +198,7 @@ def test_sharded_sampling_matches_single_device(devices):
                              atol=1e-5, rtol=1e-5)
   np.testing.assert_allclose(np.asarray(sharded.model_logprobs),
                              np.asarray(single.model_logprobs), atol=1e-5, rtol=1e-5)
-  # The KV cache (layers 2, batch 8, slots 16 + 10, kv heads 2, head dim 16) is
+  # The KV cache (per layer: batch 8, slots 16 + 10, kv heads 2, head dim 16) is
   # constrained to batch over (data, fsdp) and kv heads over tensor.
   batch = partitioning.shard_batch({"p": np.zeros((8, 16), np.int32),
                                     "n": np.ones((8,), np.int32)}, mesh, rules)
@@ -206,6 +206,6 @@ def test_sharded_sampling_matches_single_device(devices):
     text = sampler._fn(cfg).lower(sharded_params, batch["p"], batch["n"],
                                   jax.random.PRNGKey(0)).as_text()
   constraints = [line for line in text.splitlines()
-                 if "sharding_constraint" in line and "2x8x26x2x16" in line]
-  assert constraints and all('[{}, {"data", "fsdp"}, {}, {"tensor"}, {}]' in line
+                 if "sharding_constraint" in line and "<8x26x2x16" in line]
+  assert constraints and all('[{"data", "fsdp"}, {}, {"tensor"}, {}]' in line
                              for line in constraints)

@@ -355,14 +355,15 @@ class Decoder(nn.Module):
   def _layers(self, x_BxLxD, positions_BxL, mask_BxLxS, cache, cache_index):
     if self.cfg.scan_layers:
       return self.layers(x_BxLxD, positions_BxL, mask_BxLxS, cache, cache_index)
+    # Unscanned, the cache is one buffer per layer (`init_cache`): each step's
+    # write is an in-place update of that buffer, where slicing a stacked cache
+    # and stacking it back copied the whole cache on every decoded token.
     new_caches = []
     for i, layer in enumerate(self.layers):
-      layer_cache = None if cache is None else jax.tree.map(lambda a, i=i: a[i], cache)
+      layer_cache = None if cache is None else cache[i]
       x_BxLxD, layer_cache = layer(x_BxLxD, positions_BxL, mask_BxLxS, layer_cache, cache_index)
       new_caches.append(layer_cache)
-    if cache is None:
-      return x_BxLxD, None
-    return x_BxLxD, jax.tree.map(lambda *a: jnp.stack(a), *new_caches)
+    return x_BxLxD, (None if cache is None else tuple(new_caches))
 
   def trunk(self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None):
     """Final hidden states, BxLxD, in the compute dtype."""
@@ -412,13 +413,21 @@ class Decoder(nn.Module):
     return self.logits(self.trunk(tokens_BxL, positions_BxL, segment_ids_BxL))
 
 
-def init_cache(cfg: DecoderConfig, batch: int, length: int) -> dict:
-  """Zeroed KV cache: {'k', 'v'} of shape (layers, batch, length, kv heads, head dim)."""
-  shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
-  return {"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype)}
+def init_cache(cfg: DecoderConfig, batch: int, length: int):
+  """Zeroed KV cache. Scanned layers: {'k', 'v'} of shape (layers, batch, length,
+  kv heads, head dim), what nn.scan slices per layer; unscanned: a tuple of one
+  {'k', 'v'} (batch, length, kv heads, head dim) per layer, updated in place."""
+  if cfg.scan_layers:
+    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+    return {"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype)}
+  shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+  return tuple({"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype)}
+               for _ in range(cfg.num_layers))
 
 
-CACHE_AXES = ("layers",) + ACT_BxLxKxE  # logical names of each cache array
+def cache_axes(cache_array) -> tuple[str, ...]:
+  """Logical axis names of one cache array (stacked over layers or not)."""
+  return (("layers",) + ACT_BxLxKxE) if cache_array.ndim == 5 else ACT_BxLxKxE
 
 
 def stack_layer_params(params: dict, num_layers: int) -> dict:

@@ -158,12 +158,27 @@ def _native_tokenizer_config() -> dict:
           "add_eos_token": False, "legacy": True}
 
 
-def export_hf(workdir: str, out_dir: str, *, dtype: str = "float32") -> dict:
-  cfg, params, reward, tok_path = _load_run(workdir)
+def write_hf_model(cfg, params, directory: str, *, dtype: str = "float32",
+                   special: dict | None = None, reward: bool = False) -> list[str]:
+  """config.json and safetensors of (unscanned) `params` in `directory`, as the
+  Hugging Face family of `cfg` (a native decoder as Llama); -> the weight files."""
   cfg, params = _as_hf_family(cfg, params, reward)
   families.check_exportable(cfg)
   np_dtype = {"float32": np.float32, "bfloat16": jax.numpy.bfloat16,
               "float16": np.float16}[dtype]
+  with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(families.hf_config(cfg, dtype=dtype, special=special or {}, reward_head=reward), f,
+              indent=2)
+  mapping = _mapping(cfg, True) if reward else families.tensor_map(cfg)
+  tensors = lambda: ((name, arr.astype(np_dtype)) for name, arr in
+                     hf_checkpoint.hf_tensors(params, mapping))
+  return hf_checkpoint.save_tensors(directory, tensors)
+
+
+def export_hf(workdir: str, out_dir: str, *, dtype: str = "float32") -> dict:
+  cfg, params, reward, tok_path = _load_run(workdir)
+  cfg, params = _as_hf_family(cfg, params, reward)
+  families.check_exportable(cfg)  # before anything is written
   tmp = f"{out_dir.rstrip('/')}.tmp{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
@@ -183,16 +198,7 @@ def export_hf(workdir: str, out_dir: str, *, dtype: str = "float32") -> dict:
     special = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
     with open(os.path.join(tmp, "generation_config.json"), "w", encoding="utf-8") as f:
       json.dump({**special, "eos_token_id": list(tok.stop_ids)}, f, indent=2)
-  with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
-    json.dump(families.hf_config(cfg, dtype=dtype, special=special, reward_head=reward), f,
-              indent=2)
-  if reward:
-    mapping = _mapping(cfg, True)
-  else:
-    mapping = families.tensor_map(cfg)
-  tensors = lambda: ((name, arr.astype(np_dtype)) for name, arr in
-                     hf_checkpoint.hf_tensors(params, mapping))
-  files = hf_checkpoint.save_tensors(tmp, tensors)
+  files = write_hf_model(cfg, params, tmp, dtype=dtype, special=special, reward=reward)
   shutil.rmtree(out_dir, ignore_errors=True)
   os.replace(tmp, out_dir)
   return {"exported": out_dir, "family": cfg.family, "reward_model": reward, "files": files}

@@ -107,8 +107,10 @@ def generate(params, prompts_BxP, prompt_lengths_B, rng, *, model: Decoder,
   kv_valid_BxS = jnp.concatenate(
       [slots_P[None] >= pad_count_B[:, None], jnp.zeros((b, n), bool)], axis=1)
   positions_BxP = jnp.maximum(slots_P[None] - pad_count_B[:, None], 0)
-  cache = jax.tree.map(lambda a: flax.linen.with_logical_constraint(a, cache_axes(a)),
-                       init_cache(model.cfg, b, p + n))
+  constrain = lambda c: {name: flax.linen.with_logical_constraint(c[name], axes)
+                         for name, axes in cache_axes(c).items()}
+  cache = init_cache(model.cfg, b, p + n)
+  cache = constrain(cache) if isinstance(cache, dict) else tuple(map(constrain, cache))
 
   def last_logits(tokens, positions, kv_valid, cache, index):
     def fn(m, *args):

@@ -1,0 +1,83 @@
+"""Peer: Hugging Face `transformers` `generate` (torch, KV cache), greedy, EOS off.
+
+Runs in its own environment (not this project's requirements, never in CI):
+
+  python -m venv /tmp/peers && . /tmp/peers/bin/activate
+  pip install "torch==2.13.0+cpu" transformers    # the CPU wheel; on a GPU the CUDA one
+
+  python bench/peers/hf_generate.py --model_dir=DIR --batch=64 --new_tokens=256
+  python bench/peers/hf_generate.py --model_dir=DIR --batch=64 --new_tokens=256 --serve
+
+`--serve` loads and warms up once, then times one `generate` per line read on
+stdin and answers each with one JSON line, so `bench/compare.py` can alternate
+it with the project's sampler (A B A B) with both sides warm. The prompts are
+`prompt_tokens` ids per row from numpy's default_rng(seed), as bench/compare.py
+draws them, so both sides decode the same prompts with the same weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+import transformers
+
+
+def prompts(batch: int, prompt_tokens: int, vocab_size: int, seed: int) -> np.ndarray:
+  return np.random.default_rng(seed).integers(4, vocab_size, (batch, prompt_tokens)).astype(
+      np.int32)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--model_dir", required=True)
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--prompt_tokens", type=int, default=16)
+  parser.add_argument("--new_tokens", type=int, default=256)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+  parser.add_argument("--serve", action="store_true")
+  args = parser.parse_args()
+  if args.threads:
+    torch.set_num_threads(args.threads)
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  model = transformers.AutoModelForCausalLM.from_pretrained(
+      args.model_dir, torch_dtype=torch.float32).to(device).eval()
+  ids = torch.from_numpy(prompts(args.batch, args.prompt_tokens, model.config.vocab_size,
+                                 args.seed).astype(np.int64)).to(device)
+  kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
+                use_cache=True, eos_token_id=None, pad_token_id=0,
+                attention_mask=torch.ones_like(ids))
+
+  def once() -> dict:
+    if device == "cuda":
+      torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.inference_mode():
+      out = model.generate(ids, **kwargs)
+    if device == "cuda":
+      torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    new = out[:, ids.shape[1]:].cpu().numpy().astype(np.int32)
+    return {"peer": "hf_generate", "seconds": seconds,
+            "tokens_per_sec": new.size / seconds, "tokens_sha1": hashlib.sha1(
+                new.tobytes()).hexdigest(), "device": device,
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "threads": torch.get_num_threads()}
+
+  once()  # warm-up
+  if not args.serve:
+    print(json.dumps(once()))
+    return
+  print(json.dumps({"ready": True}), flush=True)
+  for _ in sys.stdin:
+    print(json.dumps(once()), flush=True)
+
+
+if __name__ == "__main__":
+  main()

@@ -79,7 +79,8 @@ def compare_generation(args, cfg, model, params, model_dir: str, batch: int,
   prompts = np.random.default_rng(args.seed).integers(
       4, cfg.vocab_size, (batch, args.prompt_tokens)).astype(np.int32)
   lengths = np.full((batch,), args.prompt_tokens, np.int32)
-  sampler = sampling.Sampler(model, eos_id=-1, pad_id=0, bucket=args.prompt_tokens)
+  sampler = sampling.Sampler(model, eos_id=-1, pad_id=0, bucket=args.prompt_tokens,
+                             segment=args.segment)
   sample_cfg = sampling.SamplingConfig(new_tokens, greedy=True)
 
   def ours() -> tuple[float, np.ndarray]:
@@ -88,7 +89,9 @@ def compare_generation(args, cfg, model, params, model_dir: str, batch: int,
     tokens = np.asarray(jax.block_until_ready(out.tokens))
     return time.perf_counter() - start, tokens
 
+  start = time.perf_counter()
   _, tokens = ours()  # compile
+  compile_s = time.perf_counter() - start
   peer = PeerServer(args.peer_python, model_dir, batch, args.prompt_tokens, new_tokens,
                     args.threads)
   mine, theirs, peer_info = [], [], {}
@@ -105,6 +108,7 @@ def compare_generation(args, cfg, model, params, model_dir: str, batch: int,
           "ours_tokens_per_sec": batch * new_tokens / ours_s,
           "peer_tokens_per_sec": batch * new_tokens / peer_s,
           "speedup_vs_peer": peer_s / ours_s, "rounds": args.rounds,
+          "ours_first_call_s": compile_s, "segment": args.segment,
           "ours_all_s": mine, "peer_all_s": theirs,
           "same_tokens": hashlib.sha1(tokens.tobytes()).hexdigest() == peer_info["tokens_sha1"],
           "peer": {k: peer_info[k] for k in ("peer", "torch", "transformers", "threads",
@@ -132,6 +136,8 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--threads", type=int, default=0, help="the peer's torch threads")
+  parser.add_argument("--segment", type=int, default=sampling.SEGMENT,
+                      help="the sampler's decode segment (0: attend over the whole cache)")
   parser.add_argument("--markdown", action="store_true")
   args = parser.parse_args()
   dev = jax.devices()[0]

@@ -97,19 +97,32 @@ def is_stop(token_B, eos_id):
   return jnp.isin(token_B, jnp.asarray(ids, token_B.dtype))
 
 
+def segment_ends(max_new_tokens: int, segment: int) -> list[int]:
+  """Where the decode loop grows the cache: every `segment` new tokens (0: never)."""
+  if segment <= 0 or max_new_tokens <= segment:
+    return [max_new_tokens]
+  return list(range(segment, max_new_tokens, segment)) + [max_new_tokens]
+
+
 def generate(params, prompts_BxP, prompt_lengths_B, rng, *, model: Decoder,
-             cfg: SamplingConfig, eos_id, pad_id: int) -> SampleOutput:
-  """Pure generation from left-aligned prompts (jit it; see `Sampler`)."""
+             cfg: SamplingConfig, eos_id, pad_id: int, segment: int = 0) -> SampleOutput:
+  """Pure generation from left-aligned prompts (jit it; see `Sampler`).
+
+  With `segment` > 0 the decode loop runs in segments of that many tokens, the
+  cache holding only the slots written so far (grown by one copy between
+  segments), so attention reads the filled part of the cache instead of all of it.
+  """
   b, p = prompts_BxP.shape
   n = cfg.max_new_tokens
+  ends = segment_ends(n, segment)
   pad_count_B = p - prompt_lengths_B
   slots_P = jnp.arange(p, dtype=jnp.int32)
   kv_valid_BxS = jnp.concatenate(
-      [slots_P[None] >= pad_count_B[:, None], jnp.zeros((b, n), bool)], axis=1)
+      [slots_P[None] >= pad_count_B[:, None], jnp.zeros((b, ends[0]), bool)], axis=1)
   positions_BxP = jnp.maximum(slots_P[None] - pad_count_B[:, None], 0)
   constrain = lambda c: {name: flax.linen.with_logical_constraint(c[name], axes)
                          for name, axes in cache_axes(c).items()}
-  cache = init_cache(model.cfg, b, p + n)
+  cache = init_cache(model.cfg, b, p + ends[0])
   cache = constrain(cache) if isinstance(cache, dict) else tuple(map(constrain, cache))
 
   def last_logits(tokens, positions, kv_valid, cache, index):
@@ -119,10 +132,6 @@ def generate(params, prompts_BxP, prompt_lengths_B, rng, *, model: Decoder,
     return model.apply({"params": params}, tokens, positions, kv_valid, cache, index, method=fn)
 
   logits_BxV, cache = last_logits(prompts_BxP, positions_BxP, kv_valid_BxS, cache, 0)
-
-  def cond(carry):
-    i, done_B = carry[0], carry[5]
-    return (i < n) & ~jnp.all(done_B)
 
   def body(carry):
     i, cache, kv_valid, logits, next_pos_B, done_B, out = carry
@@ -144,11 +153,27 @@ def generate(params, prompts_BxP, prompt_lengths_B, rng, *, model: Decoder,
          "model_logprobs": jnp.zeros((b, n), jnp.float32)}
   carry = (jnp.int32(0), cache, kv_valid_BxS, logits_BxV, prompt_lengths_B.astype(jnp.int32),
            jnp.zeros((b,), bool), out)
-  _, _, _, _, _, done_B, out = jax.lax.while_loop(cond, body, carry)
+  for j, end in enumerate(ends):
+    if j:  # grow the cache (and its valid mask) by the next segment's slots
+      extra = end - ends[j - 1]
+      grow = lambda c: constrain({"k": _pad_slots(c["k"], extra, -1),
+                                  "v": _pad_slots(c["v"], extra, -2)})
+      cache = carry[1]
+      cache = grow(cache) if isinstance(cache, dict) else tuple(map(grow, cache))
+      carry = (carry[0], cache, _pad_slots(carry[2], extra, -1), *carry[3:])
+    cond = lambda carry, end=end: (carry[0] < end) & ~jnp.all(carry[5])
+    carry = jax.lax.while_loop(cond, body, carry)
+  _, _, _, _, _, done_B, out = carry
   return SampleOutput(prompts=prompts_BxP, prompt_lengths=prompt_lengths_B,
                       tokens=out["tokens"], mask=out["mask"], lengths=out["mask"].sum(1),
                       logprobs=out["logprobs"], model_logprobs=out["model_logprobs"],
                       ended=done_B)
+
+
+def _pad_slots(x, extra: int, axis: int):
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, extra)
+  return jnp.pad(x, widths)
 
 
 def left_align(prompts_BxP: np.ndarray, lengths_B: np.ndarray, padding: str,
@@ -164,6 +189,11 @@ def left_align(prompts_BxP: np.ndarray, lengths_B: np.ndarray, padding: str,
   return out
 
 
+# Decode-loop segment (new tokens): attention reads the cache filled so far,
+# rounded up to this, at the price of one more compiled loop per segment.
+SEGMENT = 64
+
+
 class Sampler:
   """Batched, sharded, compiled-once generation for a `Decoder`.
 
@@ -174,8 +204,9 @@ class Sampler:
   """
 
   def __init__(self, model: Decoder, *, eos_id: int, pad_id: int = 0, mesh=None, rules=None,
-               bucket: int = 16):
+               bucket: int = 16, segment: int = SEGMENT):
     self.model, self.eos_id, self.pad_id, self.bucket = model, eos_id, pad_id, bucket
+    self.segment = segment
     if mesh is None:
       mesh = partitioning.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     self.mesh, self.rules = mesh, rules or partitioning.DEFAULT_RULES
@@ -184,7 +215,8 @@ class Sampler:
   def _fn(self, cfg: SamplingConfig):
     if cfg not in self._fns:
       self._fns[cfg] = jax.jit(functools.partial(
-          generate, model=self.model, cfg=cfg, eos_id=self.eos_id, pad_id=self.pad_id))
+          generate, model=self.model, cfg=cfg, eos_id=self.eos_id, pad_id=self.pad_id,
+          segment=self.segment))
     return self._fns[cfg]
 
   def compilations(self) -> int:

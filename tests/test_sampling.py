@@ -31,13 +31,15 @@ def full_forward_logits(model, params, prompt, response):
   return np.asarray(model.apply({"params": params}, tokens)[0], np.float64)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"tie_embeddings": True}, {"scan_layers": True}],
-                         ids=["untied", "tied", "scanned"])
-def test_greedy_with_cache_equals_full_forward_argmax(overrides):
+@pytest.mark.parametrize("overrides,segment", [
+    ({}, 0), ({"tie_embeddings": True}, 0), ({"scan_layers": True}, 0),
+    ({}, 5), ({"scan_layers": True}, 4)],  # the cache grown every 5 / 4 new tokens
+    ids=["untied", "tied", "scanned", "segmented", "scanned-segmented"])
+def test_greedy_with_cache_equals_full_forward_argmax(overrides, segment):
   model, params = make_model(1, **overrides)
   rng = np.random.default_rng(0)
   prompts = random_prompts(rng, [1, 3, 7, 16, 17, 2])  # spans two prompt buckets
-  sampler = sampling.Sampler(model, eos_id=EOS, pad_id=PAD)
+  sampler = sampling.Sampler(model, eos_id=EOS, pad_id=PAD, segment=segment)
   out = sampler(params, prompts, jax.random.PRNGKey(0),
                 sampling.SamplingConfig(max_new_tokens=12, greedy=True))
   tokens, lengths = sampling.right_pad(prompts, PAD)
@@ -45,6 +47,25 @@ def test_greedy_with_cache_equals_full_forward_argmax(overrides):
       lambda p, t: model.apply({"params": p}, t), params, tokens, lengths, 12, EOS, PAD)
   np.testing.assert_array_equal(np.asarray(out.tokens), want)
   np.testing.assert_array_equal(np.asarray(out.lengths), want_lengths)
+
+
+def test_segmented_decoding_samples_exactly_as_one_loop():
+  """Growing the cache between segments changes nothing: the same samples, log-probs,
+  lengths and early stops (EOS is a token row 0 draws at step 8, past a segment)."""
+  model, params = make_model(3)
+  prompts = random_prompts(np.random.default_rng(5), [4, 9, 1, 12])
+  cfg = sampling.SamplingConfig(max_new_tokens=23, temperature=1.0, top_k=50)
+  draw = lambda eos, segment: sampling.Sampler(model, eos_id=eos, pad_id=PAD, segment=segment)(
+      params, prompts, jax.random.PRNGKey(2), cfg)
+  eos = int(np.asarray(draw(-1, 0).tokens)[0, 7])
+  one, segmented = draw(eos, 0), draw(eos, 6)
+  assert bool(one.ended[0]) and int(one.lengths[0]) <= 8
+  for name in ("tokens", "mask", "lengths", "ended"):
+    np.testing.assert_array_equal(np.asarray(getattr(one, name)),
+                                  np.asarray(getattr(segmented, name)))
+  np.testing.assert_allclose(np.asarray(one.model_logprobs),
+                             np.asarray(segmented.model_logprobs), atol=1e-5)
+  assert sampling.segment_ends(23, 6) == [6, 12, 18, 23] and sampling.segment_ends(5, 6) == [5]
 
 
 def test_left_and_right_padded_inputs_give_the_same_samples():

@@ -1,7 +1,7 @@
 """The project against the peer a user would pick instead, side by side in one run.
 
-  python bench/compare.py --peer_python=/tmp/peers/bin/python          # small, 64x256 and 1x256
-  python bench/compare.py --peer_python=... --shapes=64x256 --rounds=5 --markdown
+  python bench/compare.py --peer_python=/tmp/peers/bin/python --markdown   # small
+  python bench/compare.py --peer_python=... --tasks=generate --shapes=64x256 --rounds=5
 
 Generation: this project's KV-cache sampler against Hugging Face `generate`
 (bench/peers/hf_generate.py, run in the peer's own environment) on the same
@@ -28,32 +28,34 @@ import time
 # The repository root, for `research` when run as `python bench/compare.py`.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 import flax.linen as nn  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
+from peak import measure_matmul_peak  # pylint: disable=wrong-import-position  # bench/
 from research import convert, sampling  # pylint: disable=wrong-import-position
 from research.models import config as model_config  # pylint: disable=wrong-import-position
 from research.models.decoder import Decoder  # pylint: disable=wrong-import-position
 
-PEER = os.path.join(ROOT, "bench", "peers", "hf_generate.py")
+PEERS = os.path.join(ROOT, "bench", "peers")
 
 
 class PeerServer:
-  """bench/peers/hf_generate.py --serve: one timed generate per request."""
+  """A bench/peers script in --serve mode: one timed run per request."""
 
-  def __init__(self, python: str, model_dir: str, batch: int, prompt_tokens: int,
-               new_tokens: int, threads: int):
-    cmd = [python, PEER, f"--model_dir={model_dir}", f"--batch={batch}",
-           f"--prompt_tokens={prompt_tokens}", f"--new_tokens={new_tokens}", "--serve"]
+  def __init__(self, python: str, script: str, threads: int = 0, **flags):
+    cmd = [python, os.path.join(PEERS, script), "--serve",
+           *(f"--{k}={v}" for k, v in flags.items())]
     if threads:
       cmd.append(f"--threads={threads}")
     self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     ready = self.proc.stdout.readline()
     if not ready:
       raise RuntimeError(f"the peer did not start: {' '.join(cmd)}")
+    self.ready = json.loads(ready)
 
   def run(self) -> dict:
     self.proc.stdin.write("run\n")
@@ -63,6 +65,20 @@ class PeerServer:
   def close(self) -> None:
     self.proc.stdin.close()
     self.proc.wait(timeout=60)
+
+
+def alternate(ours, peer: PeerServer, rounds: int) -> tuple[list[float], list[float], dict]:
+  """A B A B ...: (our seconds, the peer's seconds, the peer's last answer)."""
+  mine, theirs, info = [], [], {}
+  for _ in range(rounds):
+    mine.append(ours())
+    info = peer.run()
+    theirs.append(info["seconds"])
+  return mine, theirs, info
+
+
+def peer_versions(info: dict) -> dict:
+  return {k: info[k] for k in ("peer", "torch", "transformers", "threads", "device")}
 
 
 def export(preset: str, directory: str):
@@ -92,14 +108,10 @@ def compare_generation(args, cfg, model, params, model_dir: str, batch: int,
   start = time.perf_counter()
   _, tokens = ours()  # compile
   compile_s = time.perf_counter() - start
-  peer = PeerServer(args.peer_python, model_dir, batch, args.prompt_tokens, new_tokens,
-                    args.threads)
-  mine, theirs, peer_info = [], [], {}
+  peer = PeerServer(args.peer_python, "hf_generate.py", args.threads, model_dir=model_dir,
+                    batch=batch, prompt_tokens=args.prompt_tokens, new_tokens=new_tokens)
   try:
-    for _ in range(args.rounds):
-      mine.append(ours()[0])
-      peer_info = peer.run()
-      theirs.append(peer_info["seconds"])
+    mine, theirs, info = alternate(lambda: ours()[0], peer, args.rounds)
   finally:
     peer.close()
   ours_s, peer_s = statistics.median(mine), statistics.median(theirs)
@@ -110,19 +122,62 @@ def compare_generation(args, cfg, model, params, model_dir: str, batch: int,
           "speedup_vs_peer": peer_s / ours_s, "rounds": args.rounds,
           "ours_first_call_s": compile_s, "segment": args.segment,
           "ours_all_s": mine, "peer_all_s": theirs,
-          "same_tokens": hashlib.sha1(tokens.tobytes()).hexdigest() == peer_info["tokens_sha1"],
-          "peer": {k: peer_info[k] for k in ("peer", "torch", "transformers", "threads",
-                                             "device")}}
+          "same_tokens": hashlib.sha1(tokens.tobytes()).hexdigest() == info["tokens_sha1"],
+          "peer": peer_versions(info)}
+
+
+def compare_clm_step(args, peak: float) -> dict:
+  """Our CLM train step (bench/train_step.py, one device) against the same step in
+  PyTorch (bench/peers/torch_clm_step.py) from the same initial weights and batch."""
+  from train_step import make_step  # pylint: disable=g-import-not-at-top  # bench/ is on sys.path
+  train_step, s, batch, model_cfg, config = make_step(args.preset, {"data": 1, "fsdp": 1,
+                                                                     "tensor": 1})
+  b, length = config.data.batch_size, config.data.seq_len
+  with tempfile.TemporaryDirectory() as model_dir:
+    convert.write_hf_model(model_cfg, jax.device_get(s.state.params), model_dir)
+    state, metrics = train_step(s.state, batch)  # compile; the loss of the initial weights
+    first_loss = float(metrics["loss"])
+    state = {"state": state}
+
+    def ours() -> float:
+      start = time.perf_counter()
+      state["state"], m = train_step(state["state"], batch)
+      jax.block_until_ready(m)
+      return time.perf_counter() - start
+
+    ours()
+    peer = PeerServer(args.peer_python, "torch_clm_step.py", args.threads, model_dir=model_dir,
+                      batch=b, seq_len=length, lr=config.optimizer.lr)
+    try:
+      mine, theirs, info = alternate(ours, peer, args.rounds)
+    finally:
+      peer.close()
+  ours_s, peer_s = statistics.median(mine), statistics.median(theirs)
+  flops = model_cfg.flops_per_token(length) * b * length
+  return {"task": "clm_step", "batch": b, "seq_len": length, "ours_s": ours_s, "peer_s": peer_s,
+          "ours_tokens_per_sec": b * length / ours_s, "peer_tokens_per_sec": b * length / peer_s,
+          "speedup_vs_peer": peer_s / ours_s, "ours_mfu": flops / ours_s / peak,
+          "peer_mfu": flops / peer_s / peak, "rounds": args.rounds, "ours_all_s": mine,
+          "peer_all_s": theirs, "first_loss": first_loss,
+          "peer_first_loss": peer.ready["first_loss"],
+          "same_loss": abs(first_loss - peer.ready["first_loss"]) < 1e-3,
+          "compilations": train_step.compilations(), "peer": peer_versions(info)}
 
 
 def markdown(rows: list[dict], device: str) -> str:
   lines = [f"Device: {device}", "",
-           "| batch x new tokens | ours tok/s | HF generate tok/s | ratio | same tokens |",
-           "|---|---|---|---|---|"]
+           "| task | shape | ours | peer | ratio | same result |", "|---|---|---|---|---|---|"]
   for r in rows:
-    lines.append(f"| {r['batch']} x {r['new_tokens']} | {r['ours_tokens_per_sec']:,.0f} | "
-                 f"{r['peer_tokens_per_sec']:,.0f} | {r['speedup_vs_peer']:.2f}x | "
-                 f"{'yes' if r['same_tokens'] else 'no'} |")
+    if r["task"] == "generate":
+      shape, same = f"{r['batch']} x {r['new_tokens']} new tokens", r["same_tokens"]
+      peer = "HF generate"
+    else:
+      shape, same = f"{r['batch']} x {r['seq_len']} (MFU {r['ours_mfu']:.2f} vs " \
+                    f"{r['peer_mfu']:.2f})", r["same_loss"]
+      peer = "torch step"
+    lines.append(f"| {r['task']} | {shape} | {r['ours_tokens_per_sec']:,.0f} tok/s | "
+                 f"{peer} {r['peer_tokens_per_sec']:,.0f} tok/s | {r['speedup_vs_peer']:.2f}x | "
+                 f"{'yes' if same else 'no'} |")
   return "\n".join(lines)
 
 
@@ -131,7 +186,9 @@ def main() -> None:
   parser.add_argument("--peer_python", required=True,
                       help="python of an environment with torch + transformers")
   parser.add_argument("--preset", default="small")
-  parser.add_argument("--shapes", default="64x256,1x256", help="batch x new tokens, comma-separated")
+  parser.add_argument("--tasks", default="generate,clm_step")
+  parser.add_argument("--shapes", default="64x256,1x256",
+                      help="generate: batch x new tokens, comma-separated")
   parser.add_argument("--prompt_tokens", type=int, default=16)
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--seed", type=int, default=0)
@@ -142,17 +199,21 @@ def main() -> None:
   args = parser.parse_args()
   dev = jax.devices()[0]
   device = f"{dev.platform} {dev.device_kind}, {os.cpu_count()} cores ({platform.node()})"
+  peak = measure_matmul_peak(jax, jnp, jnp.float32 if dev.platform == "cpu" else jnp.bfloat16)
   rows = []
-  with tempfile.TemporaryDirectory() as model_dir:
-    cfg, model, params = export(args.preset, model_dir)
-    for shape in args.shapes.split(","):
-      batch, new_tokens = map(int, shape.split("x"))
-      row = compare_generation(args, cfg, model, params, model_dir, batch, new_tokens)
-      rows.append(row)
-      print(json.dumps(row), file=sys.stderr, flush=True)
-  print(json.dumps({"benchmark": "compare", "preset": args.preset,
-                    "parameters": cfg.num_params(), "device": device, "results": rows},
-                   indent=2))
+  tasks = args.tasks.split(",")
+  if "generate" in tasks:
+    with tempfile.TemporaryDirectory() as model_dir:
+      cfg, model, params = export(args.preset, model_dir)
+      for shape in args.shapes.split(","):
+        batch, new_tokens = map(int, shape.split("x"))
+        rows.append(compare_generation(args, cfg, model, params, model_dir, batch, new_tokens))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+  if "clm_step" in tasks:
+    rows.append(compare_clm_step(args, peak["flops_per_sec"]))
+    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+  print(json.dumps({"benchmark": "compare", "preset": args.preset, "device": device,
+                    "matmul_peak": peak, "results": rows}, indent=2))
   if args.markdown:
     print(markdown(rows, device))
 

@@ -24,9 +24,10 @@ from peak import measure_matmul_peak  # bench/ is on sys.path when run as a scri
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def bench_preset(preset: str, steps: int, mesh_shape: dict) -> dict:
+def make_step(preset: str, mesh_shape: dict, steps: int = 100):
+  """(compiled-once train step, initial state, one batch, model config, config) of
+  the CLM stage at `preset`, on random tokens of the config's batch shape."""
   import functools
-  import jax
   import numpy as np
   from configs import clm as clm_config
   from research import objectives
@@ -46,14 +47,26 @@ def bench_preset(preset: str, steps: int, mesh_shape: dict) -> dict:
   train_step = step_lib.make_train_step(loss, tx=s.tx, state_shardings=s.shardings, mesh=s.mesh,
                                         rules=s.rules, schedule=s.schedule)
   b, length = config.data.batch_size, config.data.seq_len
-  rng = np.random.default_rng(0)
-  tokens = rng.integers(4, model_cfg.vocab_size, (b, length + 1)).astype(np.int32)
+  tokens = batch_tokens(b, length, model_cfg.vocab_size)
   batch = partitioning.shard_batch({
       "inputs": tokens[:, :-1], "targets": tokens[:, 1:],
       "segment_ids": np.ones((b, length), np.int32),
       "positions": np.tile(np.arange(length, dtype=np.int32), (b, 1)),
       "loss_mask": np.ones((b, length), np.int32)}, s.mesh, s.rules)
+  return train_step, s, batch, model_cfg, config
 
+
+def batch_tokens(batch: int, length: int, vocab_size: int, seed: int = 0):
+  """The benchmark's tokens (bench/peers draw the same): batch x (length + 1)."""
+  import numpy as np
+  return np.random.default_rng(seed).integers(4, vocab_size, (batch, length + 1)).astype(np.int32)
+
+
+def bench_preset(preset: str, steps: int, mesh_shape: dict) -> dict:
+  import jax
+  import numpy as np
+  train_step, s, batch, model_cfg, config = make_step(preset, mesh_shape, steps)
+  b, length = config.data.batch_size, config.data.seq_len
   state = s.state
   compiled_flops = None  # XLA's count, per device (the program of one shard)
   try:

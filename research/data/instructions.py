@@ -1,4 +1,5 @@
-"""Instruction data for SFT: the embedded set built from the review corpus, JSONL, TFDS.
+"""Instruction data for SFT: the embedded set built from the review corpus, or a
+researcher's data from any source of `readers` in any SFT layout of `layouts`.
 
 Embedded tasks, one per review (`task_of`):
 

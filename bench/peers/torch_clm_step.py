@@ -1,0 +1,76 @@
+"""Peer: one causal-LM training step in PyTorch (`transformers` Llama, AdamW with
+gradient clipping), the step a researcher would otherwise write.
+
+Runs in its own environment (see bench/peers/hf_generate.py):
+
+  python bench/peers/torch_clm_step.py --model_dir=DIR --batch=8 --seq_len=256 [--serve]
+
+The batch is bench/train_step.py's: numpy default_rng(seed) tokens, batch x
+(seq_len + 1), inputs and next-token targets, every position in the loss. The
+first step's loss is reported, so a caller with the same weights can check it
+computes the same loss. `--serve` times one step per stdin line (JSON answers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+import transformers
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--model_dir", required=True)
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--seq_len", type=int, default=256)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--lr", type=float, default=1e-3)
+  parser.add_argument("--threads", type=int, default=0)
+  parser.add_argument("--serve", action="store_true")
+  args = parser.parse_args()
+  if args.threads:
+    torch.set_num_threads(args.threads)
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  model = transformers.AutoModelForCausalLM.from_pretrained(
+      args.model_dir, torch_dtype=torch.float32).to(device).train()
+  opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), eps=1e-8,
+                          weight_decay=0.1)
+  tokens = np.random.default_rng(args.seed).integers(
+      4, model.config.vocab_size, (args.batch, args.seq_len + 1)).astype(np.int64)
+  inputs = torch.from_numpy(tokens[:, :-1]).to(device)
+  targets = torch.from_numpy(tokens[:, 1:]).to(device)
+
+  def step() -> dict:
+    if device == "cuda":
+      torch.cuda.synchronize()
+    start = time.perf_counter()
+    logits = model(input_ids=inputs).logits
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                             targets.reshape(-1))
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    value = float(loss)
+    if device == "cuda":
+      torch.cuda.synchronize()
+    return {"peer": "torch_clm_step", "seconds": time.perf_counter() - start, "loss": value,
+            "device": device, "torch": torch.__version__,
+            "transformers": transformers.__version__, "threads": torch.get_num_threads()}
+
+  first = step()  # warm-up; its loss is the loss of the shared initial weights
+  if not args.serve:
+    print(json.dumps({**step(), "first_loss": first["loss"]}))
+    return
+  print(json.dumps({"ready": True, "first_loss": first["loss"]}), flush=True)
+  for _ in sys.stdin:
+    print(json.dumps(step()), flush=True)
+
+
+if __name__ == "__main__":
+  main()

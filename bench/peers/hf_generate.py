@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
-import sys
 import time
 
 import numpy as np
 import torch
-import transformers
+
+import serve  # bench/peers/serve.py, beside this script
 
 
 def prompts(batch: int, prompt_tokens: int, vocab_size: int, seed: int) -> np.ndarray:
@@ -43,11 +42,8 @@ def main() -> None:
   parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
   parser.add_argument("--serve", action="store_true")
   args = parser.parse_args()
-  if args.threads:
-    torch.set_num_threads(args.threads)
-  device = "cuda" if torch.cuda.is_available() else "cpu"
-  model = transformers.AutoModelForCausalLM.from_pretrained(
-      args.model_dir, torch_dtype=torch.float32).to(device).eval()
+  model, device = serve.load_model(args.model_dir, args.threads)
+  model.eval()
   ids = torch.from_numpy(prompts(args.batch, args.prompt_tokens, model.config.vocab_size,
                                  args.seed).astype(np.int64)).to(device)
   kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
@@ -64,19 +60,11 @@ def main() -> None:
       torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     new = out[:, ids.shape[1]:].cpu().numpy().astype(np.int32)
-    return {"peer": "hf_generate", "seconds": seconds,
-            "tokens_per_sec": new.size / seconds, "tokens_sha1": hashlib.sha1(
-                new.tobytes()).hexdigest(), "device": device,
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "threads": torch.get_num_threads()}
+    return {"peer": "hf_generate", "seconds": seconds, "tokens_per_sec": new.size / seconds,
+            "tokens_sha1": hashlib.sha1(new.tobytes()).hexdigest(), **serve.versions(device)}
 
   once()  # warm-up
-  if not args.serve:
-    print(json.dumps(once()))
-    return
-  print(json.dumps({"ready": True}), flush=True)
-  for _ in sys.stdin:
-    print(json.dumps(once()), flush=True)
+  serve.timed_answers(once, args.serve, {})
 
 
 if __name__ == "__main__":

@@ -14,13 +14,12 @@ computes the same loss. `--serve` times one step per stdin line (JSON answers).
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 
 import numpy as np
 import torch
-import transformers
+
+import serve  # bench/peers/serve.py, beside this script
 
 
 def main() -> None:
@@ -33,11 +32,8 @@ def main() -> None:
   parser.add_argument("--threads", type=int, default=0)
   parser.add_argument("--serve", action="store_true")
   args = parser.parse_args()
-  if args.threads:
-    torch.set_num_threads(args.threads)
-  device = "cuda" if torch.cuda.is_available() else "cpu"
-  model = transformers.AutoModelForCausalLM.from_pretrained(
-      args.model_dir, torch_dtype=torch.float32).to(device).train()
+  model, device = serve.load_model(args.model_dir, args.threads)
+  model.train()
   opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), eps=1e-8,
                           weight_decay=0.1)
   tokens = np.random.default_rng(args.seed).integers(
@@ -60,16 +56,10 @@ def main() -> None:
     if device == "cuda":
       torch.cuda.synchronize()
     return {"peer": "torch_clm_step", "seconds": time.perf_counter() - start, "loss": value,
-            "device": device, "torch": torch.__version__,
-            "transformers": transformers.__version__, "threads": torch.get_num_threads()}
+            **serve.versions(device)}
 
   first = step()  # warm-up; its loss is the loss of the shared initial weights
-  if not args.serve:
-    print(json.dumps({**step(), "first_loss": first["loss"]}))
-    return
-  print(json.dumps({"ready": True, "first_loss": first["loss"]}), flush=True)
-  for _ in sys.stdin:
-    print(json.dumps(step()), flush=True)
+  serve.timed_answers(step, args.serve, {"first_loss": first["loss"]})
 
 
 if __name__ == "__main__":

@@ -194,6 +194,14 @@ def attention_mask(q_segment_BxL, kv_segment_BxS, q_index_BxL, kv_index_BxS):
   return same_segment & causal & real_key  # BxLxS
 
 
+def _attention_probs(logits_BxKxGxLxS, mask_BxLxS, head_dim: int, dtype):
+  """Scaled, masked softmax in float32; a row with no visible key gets a finite
+  large negative everywhere (a finite average, not NaN)."""
+  logits = logits_BxKxGxLxS / jnp.sqrt(head_dim).astype(jnp.float32)
+  logits = jnp.where(mask_BxLxS[:, None, None], logits, jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(logits, axis=-1).astype(dtype)
+
+
 def grouped_query_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, mask_BxLxS):
   """Softmax attention with K kv heads shared by groups of H // K query heads.
 
@@ -205,10 +213,8 @@ def grouped_query_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, mask_BxLxS):
   k = k_BxSxKxE.shape[2]
   q_BxLxKxGxE = q_BxLxHxE.reshape(b, l, k, h // k, e)
   logits_BxKxGxLxS = jnp.einsum("blkge,bske->bkgls", q_BxLxKxGxE, k_BxSxKxE,
-                                preferred_element_type=jnp.float32) / jnp.sqrt(e).astype(jnp.float32)
-  big_neg = jnp.finfo(jnp.float32).min
-  logits_BxKxGxLxS = jnp.where(mask_BxLxS[:, None, None], logits_BxKxGxLxS, big_neg)
-  probs = jax.nn.softmax(logits_BxKxGxLxS, axis=-1).astype(v_BxSxKxE.dtype)
+                                preferred_element_type=jnp.float32)
+  probs = _attention_probs(logits_BxKxGxLxS, mask_BxLxS, e, v_BxSxKxE.dtype)
   out_BxLxKxGxE = jnp.einsum("bkgls,bske->blkge", probs, v_BxSxKxE)
   return out_BxLxKxGxE.reshape(b, l, h, e)
 
@@ -219,10 +225,8 @@ def cached_attention(q_BxLxHxE, k_BxKxExS, v_BxKxSxE, mask_BxLxS):
   k = k_BxKxExS.shape[1]
   q_BxKxGxLxE = q_BxLxHxE.reshape(b, l, k, h // k, e).transpose(0, 2, 3, 1, 4)
   logits_BxKxGxLxS = jnp.einsum("bkgle,bkes->bkgls", q_BxKxGxLxE, k_BxKxExS,
-                                preferred_element_type=jnp.float32) / jnp.sqrt(e).astype(jnp.float32)
-  big_neg = jnp.finfo(jnp.float32).min
-  logits_BxKxGxLxS = jnp.where(mask_BxLxS[:, None, None], logits_BxKxGxLxS, big_neg)
-  probs = jax.nn.softmax(logits_BxKxGxLxS, axis=-1).astype(v_BxKxSxE.dtype)
+                                preferred_element_type=jnp.float32)
+  probs = _attention_probs(logits_BxKxGxLxS, mask_BxLxS, e, v_BxKxSxE.dtype)
   out_BxKxGxLxE = jnp.einsum("bkgls,bkse->bkgle", probs, v_BxKxSxE)
   return out_BxKxGxLxE.transpose(0, 3, 1, 2, 4).reshape(b, l, h, e)
 

@@ -1,0 +1,36 @@
+"""What every peer script shares: torch threads and device, the HF model, and the
+--serve loop (one timed run per stdin line, one JSON answer each)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Callable
+
+import torch
+import transformers
+
+
+def load_model(model_dir: str, threads: int):
+  """(model in float32 on the GPU if there is one, device name)."""
+  if threads:
+    torch.set_num_threads(threads)
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  model = transformers.AutoModelForCausalLM.from_pretrained(
+      model_dir, torch_dtype=torch.float32).to(device)
+  return model, device
+
+
+def timed_answers(run: Callable[[], dict], serve: bool, ready: dict) -> None:
+  """Without --serve: one JSON line of `run()`; with it, `ready` then one per request."""
+  if not serve:
+    print(json.dumps({**run(), **ready}))
+    return
+  print(json.dumps({"ready": True, **ready}), flush=True)
+  for _ in sys.stdin:
+    print(json.dumps(run()), flush=True)
+
+
+def versions(device: str) -> dict:
+  return {"device": device, "torch": torch.__version__, "transformers": transformers.__version__,
+          "threads": torch.get_num_threads()}

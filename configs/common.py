@@ -52,7 +52,8 @@ def train(**overrides) -> ml_collections.ConfigDict:
 
 def data(**overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
-      "source": "embedded",          # embedded | tfds:NAME | hf:ORG/NAME | dataset dir | .txt .jsonl .json .parquet
+      # embedded | tfds:NAME | hf:ORG/NAME | a dataset dir | .txt .jsonl .json .parquet
+      "source": "embedded",
       "corpus_seed": 0,              # the embedded corpus is a function of (seed, size)
       "corpus_size": 15_000,         # reviews; ~7 MB of text
       "text_field": "text",          # JSONL / TFDS field holding the document
@@ -71,7 +72,8 @@ def data(**overrides) -> ml_collections.ConfigDict:
 def preference_data(**overrides) -> ml_collections.ConfigDict:
   """Preference records (and the prompts RL, best-of-n and evaluation draw from them)."""
   return data(**{
-      "source": "embedded",          # embedded | file (.jsonl .json .parquet) | dataset dir | hf:ORG/NAME | tfds:NAME
+      # embedded | a .jsonl .json .parquet file | a dataset dir | hf:ORG/NAME | tfds:NAME
+      "source": "embedded",
       "template": "alpaca",          # how prompts are rendered: alpaca | chat | hf_chat | none
       "prompt_format": "instruction",  # embedded: instruction | prefix
       "num_responses": 2,            # K responses per prompt (pairs: 2)

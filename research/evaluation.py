@@ -83,8 +83,9 @@ def sampled_report(sampler, model, policy_params, ref_params, tok, prompts, ids,
                    prompt_format: str | None, mesh, rules, max_new_tokens: int, seed: int,
                    reward_fn=None, reward=None, samples_per_prompt: int = 1) -> dict:
   """Temperature-1 samples of the policy: KL(pi || pi_ref) summed over the response
-  (k1, unbiased), and their mean ground-truth score (unless `prompt_format` is None); with `reward_fn` (tokens, mask)
-  also the reward model's, with `reward` (an `rlhf.rewards` source) also its."""
+  (k1, unbiased), and their mean ground-truth score (unless `prompt_format` is None);
+  with `reward_fn` (tokens, mask) also the reward model's, with `reward` (an
+  `rlhf.rewards` source) also its."""
   many = [i for i in ids for _ in range(samples_per_prompt)]
   sampled = rollout(sampler, policy_params, many, tok, jax.random.PRNGKey(seed),
                     sampling.SamplingConfig(max_new_tokens, temperature=1.0))

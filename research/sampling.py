@@ -122,8 +122,7 @@ def generate(params, prompts_BxP, prompt_lengths_B, rng, *, model: Decoder,
   positions_BxP = jnp.maximum(slots_P[None] - pad_count_B[:, None], 0)
   constrain = lambda c: {name: flax.linen.with_logical_constraint(c[name], axes)
                          for name, axes in cache_axes(c).items()}
-  cache = init_cache(model.cfg, b, p + ends[0])
-  cache = constrain(cache) if isinstance(cache, dict) else tuple(map(constrain, cache))
+  cache = _each_layer(constrain, init_cache(model.cfg, b, p + ends[0]))
 
   def last_logits(tokens, positions, kv_valid, cache, index):
     def fn(m, *args):
@@ -158,9 +157,8 @@ def generate(params, prompts_BxP, prompt_lengths_B, rng, *, model: Decoder,
       extra = end - ends[j - 1]
       grow = lambda c: constrain({"k": _pad_slots(c["k"], extra, -1),
                                   "v": _pad_slots(c["v"], extra, -2)})
-      cache = carry[1]
-      cache = grow(cache) if isinstance(cache, dict) else tuple(map(grow, cache))
-      carry = (carry[0], cache, _pad_slots(carry[2], extra, -1), *carry[3:])
+      carry = (carry[0], _each_layer(grow, carry[1]), _pad_slots(carry[2], extra, -1),
+               *carry[3:])
     cond = lambda carry, end=end: (carry[0] < end) & ~jnp.all(carry[5])
     carry = jax.lax.while_loop(cond, body, carry)
   _, _, _, _, _, done_B, out = carry
@@ -168,6 +166,11 @@ def generate(params, prompts_BxP, prompt_lengths_B, rng, *, model: Decoder,
                       tokens=out["tokens"], mask=out["mask"], lengths=out["mask"].sum(1),
                       logprobs=out["logprobs"], model_logprobs=out["model_logprobs"],
                       ended=done_B)
+
+
+def _each_layer(fn, cache):
+  """`fn` on the stacked cache (scanned layers) or on each layer's (`init_cache`)."""
+  return fn(cache) if isinstance(cache, dict) else tuple(map(fn, cache))
 
 
 def _pad_slots(x, extra: int, axis: int):

@@ -286,7 +286,8 @@ def test_clm_data_summary_counts_documents_and_unk(tmp_path):
   d = common.data(source=str(path), holdout_every=10)
   train, held = sources.text_source(d, "train"), sources.text_source(d, "validation")
   tok = tokenizer.train([train[i]["text"] for i in range(len(train) - 1)] * 20, 40)
-  summary = stats.text_summary(train, held, tok)
+  tokens = [tok.encode(train[i]["text"]) for i in range(len(train))]
+  summary = stats.text_summary(train, held, tokens, tok.unk_id)
   assert (summary["train_documents"], summary["heldout_documents"]) == (18, 2)
   assert summary["exact"] and summary["train_tokens"] == sum(
       len(tok.encode(train[i]["text"])) for i in range(len(train)))

@@ -5,11 +5,11 @@ names the record (`where`: 'file:line' or 'source record i') and the field.
 Preference records (reward model, DPO, and the prompts of RL / best-of-n):
 
   {"prompt": "...", "chosen": "...", "rejected": "..."}        pair (+ optional "margin")
-  {"prompt": [msgs], "chosen": [msgs], "rejected": [msgs]}     TRL conversational, explicit prompt
-  {"chosen": [msgs], "rejected": [msgs]}                       TRL implicit prompt: the shared turns
-  {"chosen": "...", "rejected": "..."}                         TRL implicit prompt: the common prefix
+  {"prompt": [msgs], "chosen": [msgs], "rejected": [msgs]}     TRL, explicit prompt
+  {"chosen": [msgs], "rejected": [msgs]}                       TRL implicit: the shared turns
+  {"chosen": "...", "rejected": "..."}                         TRL implicit: the common prefix
   {"prompt": ..., "responses": [...], "ranking": [0, 2, 1]}    K ranked responses, 0 = best
-  {"prompt": ..., "completion": ..., "label": true}            unpaired (KTO): refused, no stage takes it
+  {"prompt": ..., "completion": ..., "label": true}            unpaired (KTO): refused
 
   -> {"prompt": str | [msgs], "responses": [str], "ranks": [int], "where": str (, "margin")}
 
@@ -17,8 +17,8 @@ SFT records:
 
   {"instruction": "...", "input": "..." (optional), "output": "..."}   Alpaca
   {"prompt": "...", "completion": "..."}                               TRL prompt-completion
-  {"prompt": [msgs], "completion": [msgs]}                             -> {"messages": prompt + completion}
-  {"messages": [{"role": "user", "content": "..."}, ...]}              chat, every assistant turn trained
+  {"prompt": [msgs], "completion": [msgs]}                             -> {"messages": both}
+  {"messages": [{"role": "user", "content": "..."}, ...]}              chat, assistant turns trained
 
 A response given as messages is one assistant message; a prompt given as
 messages is a conversation that does not end with the assistant.

@@ -20,19 +20,18 @@ def unigram_entropy(token_lists: Iterable[Sequence[int]], vocab_size: int) -> fl
   return float(-(p * np.log(p)).sum())
 
 
-def text_summary(train_src, eval_src, tok, sample: int = 2000) -> dict:
-  """What a CLM run reads: documents per split, train tokens (exact up to `sample`
-  documents, extrapolated beyond) and the tokenizer's `<unk>` rate on them."""
-  n = min(sample, len(train_src))
-  token_lists = [tok.encode(train_src[i]["text"]) for i in range(n)]
+def text_summary(train_src, eval_src, token_lists: Sequence[Sequence[int]],
+                 unk_id: int | None) -> dict:
+  """What a CLM run reads: documents per split, train tokens (exact when
+  `token_lists`, the first train documents' tokens, cover the split; extrapolated
+  otherwise) and the tokenizer's `<unk>` rate on them."""
+  n = len(token_lists)
   tokens = sum(len(t) for t in token_lists)
-  unk_id = getattr(tok, "unk_id", None)
-  unk = sum(t.count(unk_id) for t in token_lists) if unk_id is not None else 0
-  out = {"train_documents": len(train_src), "heldout_documents": len(eval_src),
-         "train_tokens": round(tokens * len(train_src) / max(n, 1)),
-         "tokens_per_document": tokens / max(n, 1),
-         "unk_rate": unk / max(tokens, 1), "exact": n == len(train_src)}
-  return out
+  unk = sum(list(t).count(unk_id) for t in token_lists) if unk_id is not None else 0
+  return {"train_documents": len(train_src), "heldout_documents": len(eval_src),
+          "train_tokens": round(tokens * len(train_src) / max(n, 1)),
+          "tokens_per_document": tokens / max(n, 1),
+          "unk_rate": unk / max(tokens, 1), "exact": n == len(train_src)}
 
 
 def describe(summary: dict) -> str:

@@ -33,8 +33,7 @@ ALPACA_PROMPT_WITH_INPUT = (
     "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
 
 SFT_FIELDS = ("instruction", "input", "output", "prompt", "completion", "messages")
-SFT_TEMPLATES = ("alpaca", "chat", "hf_chat", "none")
-PROMPT_TEMPLATES = SFT_TEMPLATES
+TEMPLATES = ("alpaca", "chat", "hf_chat", "none")
 CHAT_ROLES = {"system": ROLE_TOKENS[0], "user": ROLE_TOKENS[1], "assistant": ROLE_TOKENS[2]}
 
 
@@ -82,7 +81,8 @@ def hf_chat_segments(record: dict, tok) -> list[tuple[str, bool]]:
     full = tok.render_chat(messages[:i + 1])
     if not (prompt.startswith(done) and full.startswith(prompt)):
       raise DataError(f"{record.get('where', 'record')}: the tokenizer's chat template does "
-                      "not render a conversation as a prefix of its continuation (it rewrites earlier turns), so the "
+                      "not render a conversation as a prefix of its continuation (it rewrites "
+                      "earlier turns), so the "
                       "assistant-only loss mask cannot be cut from it")
     reply = full[len(prompt):]
     kept = reply.rstrip()
@@ -99,8 +99,8 @@ def render_prompt(prompt, template: str, tok=None) -> str:
 
   'none' leaves a string raw: a text prefix to continue (the DPO paper's IMDb task).
   """
-  if template not in PROMPT_TEMPLATES:
-    raise ConfigError(f"config.data.template={template!r}; expected one of {PROMPT_TEMPLATES}")
+  if template not in TEMPLATES:
+    raise ConfigError(f"config.data.template={template!r}; expected one of {TEMPLATES}")
   if isinstance(prompt, list):
     if template == "hf_chat":
       return tok.render_chat(prompt, add_generation_prompt=True)
@@ -129,20 +129,19 @@ def as_template(record: dict, template: str) -> dict:
   if (layout == template or (template == "hf_chat" and layout == "chat")
       or (template == "none" and layout == "prompt_completion")):
     return record
+  rest = {k: v for k, v in record.items() if k not in SFT_FIELDS}
   if template in ("chat", "hf_chat") and layout != "chat":
     if layout == "alpaca":
       user = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
       reply = record["output"]
     else:
       user, reply = record["prompt"], record["completion"]
-    rest = {k: v for k, v in record.items() if k not in SFT_FIELDS}
     return {**rest, "messages": [{"role": "user", "content": user},
                                  {"role": "assistant", "content": reply}]}
   if template == "alpaca" and layout == "prompt_completion":
-    rest = {k: v for k, v in record.items() if k not in SFT_FIELDS}
     return {**rest, "instruction": record["prompt"], "input": "", "output": record["completion"]}
-  if template not in SFT_TEMPLATES:
-    raise ConfigError(f"config.data.template={template!r}; expected one of {SFT_TEMPLATES}")
+  if template not in TEMPLATES:
+    raise ConfigError(f"config.data.template={template!r}; expected one of {TEMPLATES}")
   raise DataError(f"{where}: a {layout} record cannot be rendered with "
                   f"config.data.template={template!r} ({_RENDERS[layout]})")
 

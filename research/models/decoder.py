@@ -447,7 +447,8 @@ def init_cache(cfg: DecoderConfig, batch: int, length: int):
   layer, each updated in place."""
   b, k, e, s, dt = batch, cfg.num_kv_heads, cfg.head_dim, length, cfg.compute_dtype
   layers = (cfg.num_layers,) if cfg.scan_layers else ()
-  one = lambda: {"k": jnp.zeros(layers + (b, k, e, s), dt), "v": jnp.zeros(layers + (b, k, s, e), dt)}
+  one = lambda: {"k": jnp.zeros(layers + (b, k, e, s), dt),
+                 "v": jnp.zeros(layers + (b, k, s, e), dt)}
   return one() if cfg.scan_layers else tuple(one() for _ in range(cfg.num_layers))
 
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from research.models.logprobs import token_logprobs  # re-exported: the CLM building block
 from research.errors import ConfigError
+from research.models.logprobs import token_logprobs  # re-exported: the CLM building block
 
 BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
 

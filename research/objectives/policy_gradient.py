@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from research.errors import ConfigError
 from research.objectives import clm
 from research.objectives.advantages import kl_per_token, masked_mean
-from research.errors import ConfigError
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum")
 

@@ -19,11 +19,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from research.errors import ConfigError
 from research.models.config import DecoderConfig
 from research.models.decoder import Decoder
 from research.models.heads import ScalarHead, ScalarModel
 from research.models.logprobs import positions_from_mask, token_logprobs
-from research.errors import ConfigError
 
 CRITICS = ("separate", "shared", "none")
 

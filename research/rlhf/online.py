@@ -32,6 +32,7 @@ import numpy as np
 
 from research import sampling
 from research.data import pipeline
+from research.errors import ConfigError
 from research.models import logprobs
 from research.objectives import advantages as adv_lib
 from research.rlhf import rollout as rollout_lib
@@ -39,7 +40,6 @@ from research.rlhf.actor_critic import ActorCritic
 from research.seeds import derived_seed
 from research.training import partitioning
 from research.training.loop import Work
-from research.errors import ConfigError
 
 KL_PLACEMENTS = ("reward", "loss")
 

@@ -18,8 +18,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from research.data import scorer
-from research.rlhf.rollout import Rollouts
 from research.errors import ConfigError
+from research.rlhf.rollout import Rollouts
 
 
 def ground_truth(prompt: str, response: str, prompt_format: str) -> float:

@@ -20,12 +20,12 @@ import numpy as np
 
 from research import evaluation, runs, sampling, seeds
 from research.data import comparisons, preferences, sft
+from research.errors import ConfigError
 from research.models import config as model_config
 from research.models.decoder import Decoder
 from research.rlhf import best_of_n, rewards
 from research.stages import common
 from research.training import partitioning
-from research.errors import ConfigError
 
 ROUND_SUMMARY = "round_summary.json"
 

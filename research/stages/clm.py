@@ -33,7 +33,9 @@ def run(config, workdir: str, hooks=()) -> dict:
   eval_src = sources.text_source(config.data, "validation")
   tok = runs.tokenizer_for(config, workdir,
                              lambda: _tokenizer_texts(train_src, config.data.tokenizer_train_docs))
-  data_summary = stats.text_summary(train_src, eval_src, tok)
+  # The first documents' tokens, once: the data summary now, the unigram entropy later.
+  sample = [tok.encode(t) for t in _first_texts(train_src, 2000)]
+  data_summary = stats.text_summary(train_src, eval_src, sample, getattr(tok, "unk_id", None))
   if jax.process_index() == 0:
     print(stats.describe(data_summary), file=sys.stderr, flush=True)
   model = Decoder(model_config.from_config(config.model))
@@ -45,8 +47,7 @@ def run(config, workdir: str, hooks=()) -> dict:
       eval_batches=lambda: iter(batches(eval_src, train=False)),
       tokens_per_batch=config.data.batch_size * config.data.seq_len, hooks=hooks)
 
-  entropy = stats.unigram_entropy(
-      (tok.encode(t) + [tok.eos_id] for t in _first_texts(train_src, 2000)), tok.vocab_size)
+  entropy = stats.unigram_entropy((list(t) + [tok.eos_id] for t in sample), tok.vocab_size)
   summary = {"step": result.step, "preempted": result.preempted, "data": data_summary,
              "unigram_entropy": entropy, "train": result.train_metrics,
              "eval": result.eval_metrics, "compilations": train_step.compilations()}

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from research import evaluation, objectives, runs, seeds
 from research.data import comparisons, preferences
+from research.errors import ConfigError
 from research.models import config as model_config
 from research.models.decoder import Decoder
 from research.reward_fn import RewardFunction
 from research.rlhf import reference
 from research.stages import common
 from research.training import partitioning
-from research.errors import ConfigError
 
 
 def pair_records(records) -> list[dict]:

@@ -18,11 +18,11 @@ import numpy as np
 
 from research import evaluation, runs, sampling, seeds
 from research.data import comparisons, preferences
+from research.errors import ConfigError
 from research.reward_fn import RewardFunction
 from research.rlhf import best_of_n, rewards
 from research.rlhf.rollout import rollout
 from research.training import partitioning
-from research.errors import ConfigError
 
 
 def run(config, workdir: str, hooks=(), reward=None) -> dict:
@@ -84,8 +84,8 @@ def _best_of_n(config, model, params, ref_params, tok, prompts, rm, mesh, rules)
     judged = (np.asarray(truth.fn(prompts, [texts[i][best[i]] for i in rows])),
               np.asarray(truth.fn(prompts, greedy_ref.texts)))
     report.update({"sampled/ground_truth": float(judged[0].mean()),
-                   "reference/ground_truth": float(judged[1].mean()), "win_rate_judge":
-                   "ground_truth"})
+                   "reference/ground_truth": float(judged[1].mean()),
+                   "win_rate_judge": "ground_truth"})
   elif e.select_by == "reward_model":  # a researcher's own data: judged by the reward model
     judged = (scores[rows, best], np.asarray(rm(greedy_ref.tokens, greedy_ref.mask)))
     report.update({"reference/reward_model": float(judged[1].mean()),

@@ -19,9 +19,9 @@ import jax
 
 from research import runs, sampling, seeds
 from research.data import comparisons, preferences
+from research.errors import ConfigError
 from research.rlhf import best_of_n, rewards
 from research.training import partitioning
-from research.errors import ConfigError
 
 
 def run(config, workdir: str, hooks=(), reward=None) -> dict:

@@ -25,6 +25,7 @@ import numpy as np
 
 from research import evaluation, objectives, runs, seeds
 from research.data import comparisons, pipeline, preferences, sources
+from research.errors import ConfigError
 from research.models import config as model_config
 from research.models.decoder import Decoder
 from research.objectives import clm
@@ -32,7 +33,6 @@ from research.reward_fn import RewardFunction
 from research.rlhf import online, rewards
 from research.rlhf.actor_critic import ActorCritic
 from research.training import loop, optimizer, partitioning, state as state_lib, step as step_lib
-from research.errors import ConfigError
 
 
 def _value_params(config, model: ActorCritic, sft_params, abstract_value, mesh, rules):

@@ -23,7 +23,7 @@ from research.stages import common
 
 def _record_texts(records, limit: int):
   """The text of the first `limit` records, for training a tokenizer."""
-  fields = {"chat": (), "alpaca": ("instruction", "input", "output"),
+  fields = {"alpaca": ("instruction", "input", "output"),
             "prompt_completion": ("prompt", "completion")}
   for record in records[:limit]:
     if "messages" in record:

@@ -27,10 +27,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from research.data import pipeline
+from research.errors import ConfigError
 from research.training import partitioning
 from research.training.checkpoint import Checkpointer
 from research.training.writers import MetricWriter
-from research.errors import ConfigError
 
 
 class NonFiniteLossError(RuntimeError):

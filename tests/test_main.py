@@ -9,12 +9,13 @@ import sys
 
 from tensorboardX.proto import event_pb2
 
+from tests.devices import xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_main(*args, devices=1, timeout=300):
-  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-         "PYTHONPATH": ROOT}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(devices), "PYTHONPATH": ROOT}
   return subprocess.run([sys.executable, "-m", "research.main", *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout)
 

@@ -86,9 +86,9 @@ def sampled_report(sampler, model, policy_params, ref_params, tok, prompts, ids,
   (k1, unbiased), and their mean ground-truth score (unless `prompt_format` is None);
   with `reward_fn` (tokens, mask) also the reward model's, with `reward` (an
   `rlhf.rewards` source) also its."""
-  many = [i for i in ids for _ in range(samples_per_prompt)]
-  sampled = rollout(sampler, policy_params, many, tok, jax.random.PRNGKey(seed),
-                    sampling.SamplingConfig(max_new_tokens, temperature=1.0))
+  sampled = rollout(sampler, policy_params, ids, tok, jax.random.PRNGKey(seed),
+                    sampling.SamplingConfig(max_new_tokens, temperature=1.0),
+                    samples_per_prompt=samples_per_prompt)
   policy_lp = np.asarray(sampled.sample.model_logprobs).sum(1)
   ref_lp = ReferenceScorer(model, ref_params, mesh, rules)(
       sampled.tokens, sampled.mask, sampled.response_mask)
@@ -102,5 +102,5 @@ def sampled_report(sampler, model, policy_params, ref_params, tok, prompts, ids,
     out["sampled/reward_model"] = float(np.mean(reward_fn(sampled.tokens, sampled.mask)))
   if reward is not None:
     out["sampled/reward"] = float(np.mean(reward(
-        sampled, [prompts[i // samples_per_prompt] for i in range(len(many))])))
+        sampled, [prompts[i // samples_per_prompt] for i in range(len(sampled.texts))])))
   return out

@@ -5,6 +5,7 @@ step against a KV cache inside `lax.while_loop` (which stops early once every
 row has emitted EOS). Prompts are left-aligned into a bucketed width, so every
 row's last prompt token sits in the same cache slot and one compilation serves
 every call with the same (batch, prompt bucket, max new tokens, settings).
+Many samples of one prompt (RL groups, best-of-n) share its prefill.
 
 It returns what the RL losses need: the sampled tokens, their mask and lengths,
 and each token's log-prob both under the sampling distribution (temperature,
@@ -105,12 +106,18 @@ def segment_ends(max_new_tokens: int, segment: int) -> list[int]:
 
 
 def generate(params, prompts_BxP, prompt_lengths_B, rng, *, model: Decoder,
-             cfg: SamplingConfig, eos_id, pad_id: int, segment: int = 0) -> SampleOutput:
+             cfg: SamplingConfig, eos_id, pad_id: int, segment: int = 0,
+             samples: int = 1) -> SampleOutput:
   """Pure generation from left-aligned prompts (jit it; see `Sampler`).
 
   With `segment` > 0 the decode loop runs in segments of that many tokens, the
   cache holding only the slots written so far (grown by one copy between
   segments), so attention reads the filled part of the cache instead of all of it.
+
+  With `samples` = G > 1 each prompt is prefilled once and its cache, last logits
+  and masks are repeated G times (rows i*G .. i*G+G-1 share prompt i, like
+  `np.repeat`): the same result as passing every prompt G times, for 1/G of the
+  prefill (RL groups: GRPO, RLOO, best-of-n).
   """
   b, p = prompts_BxP.shape
   n = cfg.max_new_tokens
@@ -131,6 +138,12 @@ def generate(params, prompts_BxP, prompt_lengths_B, rng, *, model: Decoder,
     return model.apply({"params": params}, tokens, positions, kv_valid, cache, index, method=fn)
 
   logits_BxV, cache = last_logits(prompts_BxP, positions_BxP, kv_valid_BxS, cache, 0)
+  if samples > 1:  # share the prefill across each prompt's G samples
+    rows = lambda x, axis=0: jnp.repeat(x, samples, axis=axis, total_repeat_length=b * samples)
+    cache = _each_layer(lambda c: constrain({k: rows(v, -4) for k, v in c.items()}), cache)
+    prompts_BxP, prompt_lengths_B, kv_valid_BxS, logits_BxV = map(
+        rows, (prompts_BxP, prompt_lengths_B, kv_valid_BxS, logits_BxV))
+    b *= samples
 
   def body(carry):
     i, cache, kv_valid, logits, next_pos_B, done_B, out = carry
@@ -213,27 +226,39 @@ class Sampler:
     if mesh is None:
       mesh = partitioning.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     self.mesh, self.rules = mesh, rules or partitioning.DEFAULT_RULES
-    self._fns: dict[SamplingConfig, Callable] = {}
+    self._fns: dict[tuple[SamplingConfig, int], Callable] = {}
 
-  def _fn(self, cfg: SamplingConfig):
-    if cfg not in self._fns:
-      self._fns[cfg] = jax.jit(functools.partial(
+  def _fn(self, cfg: SamplingConfig, samples: int):
+    if (cfg, samples) not in self._fns:
+      self._fns[cfg, samples] = jax.jit(functools.partial(
           generate, model=self.model, cfg=cfg, eos_id=self.eos_id, pad_id=self.pad_id,
-          segment=self.segment))
-    return self._fns[cfg]
+          segment=self.segment, samples=samples))
+    return self._fns[cfg, samples]
 
   def compilations(self) -> int:
     return sum(fn._cache_size() for fn in self._fns.values())
 
   def __call__(self, params, prompts, rng, cfg: SamplingConfig, *, lengths=None,
-               padding: str = "right", prompt_width: int = 0) -> SampleOutput:
-    """`prompt_width` > 0 fixes the prompt bucket (one compilation for a whole run)."""
+               padding: str = "right", prompt_width: int = 0,
+               samples_per_prompt: int = 1) -> SampleOutput:
+    """`prompt_width` > 0 fixes the prompt bucket (one compilation for a whole run).
+
+    `samples_per_prompt` = G returns G rows per prompt (prompt i in rows
+    i*G .. i*G+G-1), prefilling each prompt once.
+    """
+    if samples_per_prompt < 1:
+      raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
     if lengths is None:
       tokens_BxP, lengths = right_pad(prompts, self.pad_id)
       padding = "right"
     else:
       tokens_BxP = np.asarray(prompts, np.int32)
     lengths = np.asarray(lengths, np.int32)
+    g = samples_per_prompt
+    if g > 1 and len(lengths) % partitioning.batch_axis_size(self.mesh, self.rules):
+      # The prefill's rows must split evenly over the mesh; padding them would
+      # generate G copies of every filler row, so repeat the prompts instead.
+      tokens_BxP, lengths, g = np.repeat(tokens_BxP, g, 0), np.repeat(lengths, g), 1
     if (lengths < 1).any():
       raise ValueError("every prompt needs at least one token (e.g. BOS)")
     width = -(-int(lengths.max()) // self.bucket) * self.bucket
@@ -251,8 +276,8 @@ class Sampler:
         fill={"prompts": self.pad_id, "lengths": 1})  # filler rows: one pad token
     batch = partitioning.shard_batch(padded, self.mesh, self.rules)
     with partitioning.activate(self.mesh, self.rules):
-      out = self._fn(cfg)(params, batch["prompts"], batch["lengths"], rng)
-    return jax.tree.map(lambda x: x[:len(lengths)], out)
+      out = self._fn(cfg, g)(params, batch["prompts"], batch["lengths"], rng)
+    return jax.tree.map(lambda x: x[:len(lengths) * g], out)
 
 
 def right_pad(token_lists: Sequence[Sequence[int]], pad_id: int, length: int | None = None):

@@ -68,6 +68,32 @@ def test_segmented_decoding_samples_exactly_as_one_loop():
   assert sampling.segment_ends(23, 6) == [6, 12, 18, 23] and sampling.segment_ends(5, 6) == [5]
 
 
+@pytest.mark.parametrize("overrides,segment", [({}, 5), ({"scan_layers": True}, 0)],
+                         ids=["segmented", "scanned"])
+def test_shared_prefill_samples_as_repeated_prompts(overrides, segment):
+  """G samples per prompt from one prefill = the prompts repeated G times: the same
+  tokens and log-probs (rows i*G .. i*G+G-1 for prompt i), for less compute."""
+  model, params = make_model(4, **overrides)
+  prompts = random_prompts(np.random.default_rng(6), [3, 11, 1, 6])
+  cfg = sampling.SamplingConfig(max_new_tokens=9, temperature=1.0, top_k=40)
+  sampler = sampling.Sampler(model, eos_id=EOS, pad_id=PAD, segment=segment)
+  shared = sampler(params, prompts, jax.random.PRNGKey(4), cfg, samples_per_prompt=3)
+  repeated = sampler(params, [p for p in prompts for _ in range(3)], jax.random.PRNGKey(4), cfg)
+  assert shared.tokens.shape == (12, 9)
+  for name in ("prompts", "prompt_lengths", "tokens", "mask", "lengths", "ended"):
+    np.testing.assert_array_equal(np.asarray(getattr(shared, name)),
+                                  np.asarray(getattr(repeated, name)))
+  for name in ("logprobs", "model_logprobs"):
+    np.testing.assert_allclose(np.asarray(getattr(shared, name)),
+                               np.asarray(getattr(repeated, name)), atol=1e-5)
+  assert len(set(map(tuple, np.asarray(shared.tokens)[:3]))) > 1  # G different samples
+  # The prefill ran on the 4 prompts, not 12 rows: fewer FLOPs in one compiled call.
+  args = lambda b: (params, jnp.zeros((b, 16), jnp.int32), jnp.ones((b,), jnp.int32),
+                    jax.random.PRNGKey(0))
+  flops = lambda g, b: sampler._fn(cfg, g).lower(*args(b)).compile().cost_analysis()["flops"]
+  assert flops(3, 4) < 0.6 * flops(1, 12)
+
+
 def test_left_and_right_padded_inputs_give_the_same_samples():
   model, params = make_model(2)
   prompts = random_prompts(np.random.default_rng(1), [2, 5, 9])
@@ -225,10 +251,32 @@ def test_sharded_sampling_matches_single_device(devices):
   batch = partitioning.shard_batch({"p": np.zeros((8, 16), np.int32),
                                     "n": np.ones((8,), np.int32)}, mesh, rules)
   with partitioning.activate(mesh, rules):
-    text = sampler._fn(cfg).lower(sharded_params, batch["p"], batch["n"],
+    text = sampler._fn(cfg, 1).lower(sharded_params, batch["p"], batch["n"],
                                   jax.random.PRNGKey(0)).as_text()
   shapes = ("<8x2x16x26", "<8x2x26x16")
   constraints = [line for line in text.splitlines()
                  if "sharding_constraint" in line and any(s in line for s in shapes)]
   assert len(constraints) >= 4 and all('[{"data", "fsdp"}, {"tensor"}, {}, {}]' in line
                                        for line in constraints)
+
+
+def test_sharded_shared_prefill_matches_single_device(devices):
+  """Groups on the (2,2,2) mesh: 4 prompts x 2 samples share their prefill (the 4
+  rows split over data x fsdp); 3 prompts do not split, so they are repeated."""
+  model, params = make_model(9)
+  cfg = sampling.SamplingConfig(max_new_tokens=6, temperature=1.0)
+  rules = partitioning.DEFAULT_RULES
+  mesh = partitioning.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}, devices)
+  boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32))
+  sharded_params = jax.device_put(
+      params, partitioning.logical_shardings(boxed, mesh, rules)["params"])
+  sharded = sampling.Sampler(model, eos_id=EOS, pad_id=PAD, mesh=mesh, rules=rules)
+  single = sampling.Sampler(model, eos_id=EOS, pad_id=PAD)
+  for n in (4, 3):
+    prompts = random_prompts(np.random.default_rng(n), [5, 2, 8, 3][:n])
+    want = single(params, prompts, jax.random.PRNGKey(5), cfg, samples_per_prompt=2)
+    got = sharded(sharded_params, prompts, jax.random.PRNGKey(5), cfg, samples_per_prompt=2)
+    np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(want.tokens))
+    np.testing.assert_allclose(np.asarray(got.model_logprobs), np.asarray(want.model_logprobs),
+                               atol=1e-5, rtol=1e-5)
+  assert set(sharded._fns) == {(cfg, 2), (cfg, 1)}  # shared for 4 prompts, repeated for 3

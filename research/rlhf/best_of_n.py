@@ -23,13 +23,18 @@ def kl_bound(n: int) -> float:
 
 def sample_and_score(sampler, params, prompts, prompt_ids, tok, reward, *, n: int, cfg, rng,
                      chunk: int, prompt_width: int = 0):
-  """n temperature samples per prompt -> (texts [P][n], scores Pxn, ended Pxn, lengths Pxn)."""
+  """n temperature samples per prompt -> (texts [P][n], scores Pxn, ended Pxn, lengths Pxn).
+
+  Calls of `chunk` rows; when whole prompts fit in one (chunk a multiple of n),
+  each prompt is prefilled once for its n samples (the same rows either way)."""
   rows = [i for i in range(len(prompts)) for _ in range(n)]
+  share = n if chunk % n == 0 else 1
   texts, scores, ended, lengths = [], [], [], []
   for k, lo in enumerate(range(0, len(rows), chunk)):
     part = rows[lo:lo + chunk]
-    roll = rollout(sampler, params, [prompt_ids[i] for i in part], tok,
-                   jax.random.fold_in(rng, k), cfg, prompt_width=prompt_width)
+    roll = rollout(sampler, params, [prompt_ids[i] for i in part[::share]], tok,
+                   jax.random.fold_in(rng, k), cfg, prompt_width=prompt_width,
+                   samples_per_prompt=share)
     texts += roll.texts
     scores.append(reward(roll, [prompts[i] for i in part]))
     ended.append(roll.ended)

@@ -168,14 +168,14 @@ class RolloutSource:
 
   def next(self, state, step: int) -> Work:
     config, o = self.config, self.config.objective
-    idx = np.repeat(prompt_indices(step, config.data.batch_size, len(self.prompts),
-                                   self.seeds["prompts"]), self.group_size)
-    prompts = [self.prompts[i] for i in idx]
+    chosen = prompt_indices(step, config.data.batch_size, len(self.prompts),
+                            self.seeds["prompts"])
+    prompts = [self.prompts[i] for i in np.repeat(chosen, self.group_size)]
     with _Timer() as t_gen:
       roll = rollout_lib.rollout(
-          self.sampler, state.params["policy"], [self.prompt_ids[i] for i in idx], self.tok,
+          self.sampler, state.params["policy"], [self.prompt_ids[i] for i in chosen], self.tok,
           jax.random.fold_in(jax.random.PRNGKey(self.seeds["sampling"]), step), self.sample_cfg,
-          prompt_width=self.width)
+          prompt_width=self.width, samples_per_prompt=self.group_size)
       raw = self.reward(roll, prompts)
     if not np.all(np.isfinite(raw)):
       raise ValueError(f"the reward function returned non-finite scores at iteration "

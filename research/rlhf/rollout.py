@@ -28,8 +28,11 @@ class Rollouts:
 
 
 def rollout(sampler: sampling.Sampler, params, prompt_ids, tok, rng, cfg,
-            prompt_width: int = 0) -> Rollouts:
-  out = jax.device_get(sampler(params, prompt_ids, rng, cfg, prompt_width=prompt_width))
+            prompt_width: int = 0, samples_per_prompt: int = 1) -> Rollouts:
+  """`samples_per_prompt` = G: G rows per prompt (rows i*G .. i*G+G-1 answer prompt
+  i), the prompt prefilled once for all G."""
+  out = jax.device_get(sampler(params, prompt_ids, rng, cfg, prompt_width=prompt_width,
+                               samples_per_prompt=samples_per_prompt))
   prompts, plens = np.asarray(out.prompts), np.asarray(out.prompt_lengths)
   p = prompts.shape[1]
   prompt_mask = np.arange(p)[None] >= (p - plens)[:, None]

@@ -125,3 +125,23 @@ def test_bad_config_names_the_key():
     tiny(num_heads=4, num_kv_heads=3)
   with pytest.raises(ValueError, match="model.dtype"):
     tiny(dtype="float8")
+
+
+@pytest.mark.parametrize("num_in_dims", [1, 2])
+def test_dense_gradients_are_the_matrix_products(num_in_dims):
+  """`dense`'s written-out backward (dx = g W^T, dW = x^T g) against numpy, on
+  (batch, length, in...) inputs; and equal to autodiff of the plain contraction."""
+  rng = np.random.default_rng(num_in_dims)
+  in_shape = {1: (10,), 2: (6, 4)}[num_in_dims]
+  x = rng.normal(size=(3, 5, *in_shape)).astype(np.float32)
+  w = rng.normal(size=(*in_shape, 7)).astype(np.float32)
+  g = rng.normal(size=(3, 5, 7)).astype(np.float32)
+  loss = lambda f: lambda x, w: jnp.sum(f(x, w) * g)
+  dx, dw = jax.grad(loss(lambda x, w: dec.dense(x, w, num_in_dims)), (0, 1))(x, w)
+  x2, w2 = x.reshape(15, -1).astype(np.float64), w.reshape(-1, 7).astype(np.float64)
+  g2 = g.reshape(15, 7).astype(np.float64)
+  np.testing.assert_allclose(np.asarray(dx), (g2 @ w2.T).reshape(x.shape), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(dw), (x2.T @ g2).reshape(w.shape), rtol=1e-5, atol=1e-5)
+  auto = jax.grad(loss(lambda x, w: jnp.tensordot(x, w, num_in_dims)), (0, 1))(x, w)
+  for ours, theirs in zip((dx, dw), auto):
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-5, atol=1e-5)

@@ -16,6 +16,7 @@ heads, K kv heads, G = H // K, E head dim, F mlp dim, V vocab.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -50,12 +51,37 @@ def dense(x, kernel, num_in_dims: int):
 
   Leading dims are flattened into rows first: on XLA:CPU a dot that contracts
   over (batch, length) in the backward pass is markedly slower than the same
-  FLOPs as a plain matrix product (see bench/README.md).
+  FLOPs as a plain matrix product, and the backward is written out (`_gemm`)
+  for the same reason (see bench/README.md).
   """
   lead = x.shape[:x.ndim - num_in_dims]
-  rows = x.reshape(-1, *x.shape[x.ndim - num_in_dims:])
-  out = jnp.tensordot(rows, kernel, axes=num_in_dims)
-  return out.reshape(*lead, *kernel.shape[num_in_dims:])
+  in_shape, out_shape = kernel.shape[:num_in_dims], kernel.shape[num_in_dims:]
+  rows_NxI = x.reshape(-1, math.prod(in_shape))
+  out_NxO = _gemm(rows_NxI, kernel.reshape(math.prod(in_shape), -1))
+  return out_NxO.reshape(*lead, *out_shape)
+
+
+@jax.custom_vjp
+def _gemm(x_NxI, w_IxO):
+  return jnp.dot(x_NxI, w_IxO)
+
+
+def _gemm_fwd(x_NxI, w_IxO):
+  return jnp.dot(x_NxI, w_IxO), (x_NxI, w_IxO)
+
+
+def _gemm_bwd(res, g_NxO):
+  """The two products autodiff derives, written out so that XLA:CPU sees the
+  kernel gradient as one dot contracting the rows, which it runs without a copy.
+  From autodiff's form it chose to materialise the larger operand transposed,
+  fused with the gate/up gradient's pads (~10 ms per layer; bench/README.md)."""
+  x_NxI, w_IxO = res
+  dx_NxI = jnp.dot(g_NxO, w_IxO.T)
+  dw_IxO = jax.lax.dot_general(x_NxI, g_NxO, (((0,), (0,)), ((), ())))
+  return dx_NxI.astype(x_NxI.dtype), dw_IxO.astype(w_IxO.dtype)
+
+
+_gemm.defvjp(_gemm_fwd, _gemm_bwd)
 
 
 class Projection(nn.Module):

@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from peak import measure_matmul_peak  # bench/ is on sys.path when run as a script
+import batches  # bench/ is on sys.path when run as a script
+from peak import measure_matmul_peak
 
 PROMPT_TOKENS = 32
 
@@ -46,7 +47,10 @@ def _median_time(fn, steps: int) -> float:
   return float(np.median(times))
 
 
-def bench_preset(preset: str, steps: int) -> dict:
+def make_dpo_step(preset: str, steps: int = 100):
+  """(compiled-once DPO step, state, sharded batch with the reference log-probs,
+  host batch, reference scorer, model config, config) at `preset`, one device,
+  on bench/batches.py's pairs."""
   from configs import dpo as dpo_config
   from research import objectives
   from research.models import config as model_config
@@ -66,10 +70,9 @@ def bench_preset(preset: str, steps: int) -> dict:
   train_step = step_lib.make_train_step(loss, tx=s.tx, state_shardings=s.shardings, mesh=s.mesh,
                                         rules=s.rules, schedule=s.schedule)
   b, length = config.data.batch_size, config.data.seq_len
-  rng = np.random.default_rng(0)
   response_mask = np.zeros((b, 2, length), bool)
   response_mask[..., PROMPT_TOKENS:] = True
-  host_batch = {"tokens": rng.integers(4, model_cfg.vocab_size, (b, 2, length)).astype(np.int32),
+  host_batch = {"tokens": batches.dpo_pairs(b, length, model_cfg.vocab_size, PROMPT_TOKENS),
                 "mask": np.ones((b, 2, length), bool), "response_mask": response_mask,
                 "ranks": np.tile(np.array([0, 1], np.int32), (b, 1))}
   # A copy: the train step donates the state's buffers.
@@ -77,8 +80,12 @@ def bench_preset(preset: str, steps: int) -> dict:
                                      s.rules)
   host_batch["ref_logps"] = scorer.pairs(host_batch)  # compiles the scorer
   batch = partitioning.shard_batch(host_batch, s.mesh, s.rules)
+  return train_step, s.state, batch, host_batch, scorer, model_cfg, config
 
-  state = s.state
+
+def bench_preset(preset: str, steps: int) -> dict:
+  train_step, state, batch, host_batch, scorer, model_cfg, config = make_dpo_step(preset, steps)
+  b, length = config.data.batch_size, config.data.seq_len
   for _ in range(2):  # compile + warm up
     state, metrics = train_step(state, batch)
   jax.block_until_ready(metrics)

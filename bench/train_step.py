@@ -19,7 +19,8 @@ import subprocess
 import sys
 import time
 
-from peak import measure_matmul_peak  # bench/ is on sys.path when run as a script
+import batches  # bench/ is on sys.path when run as a script
+from peak import measure_matmul_peak
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,19 +48,13 @@ def make_step(preset: str, mesh_shape: dict, steps: int = 100):
   train_step = step_lib.make_train_step(loss, tx=s.tx, state_shardings=s.shardings, mesh=s.mesh,
                                         rules=s.rules, schedule=s.schedule)
   b, length = config.data.batch_size, config.data.seq_len
-  tokens = batch_tokens(b, length, model_cfg.vocab_size)
+  tokens = batches.lm_tokens(b, length, model_cfg.vocab_size)
   batch = partitioning.shard_batch({
       "inputs": tokens[:, :-1], "targets": tokens[:, 1:],
       "segment_ids": np.ones((b, length), np.int32),
       "positions": np.tile(np.arange(length, dtype=np.int32), (b, 1)),
       "loss_mask": np.ones((b, length), np.int32)}, s.mesh, s.rules)
   return train_step, s, batch, model_cfg, config
-
-
-def batch_tokens(batch: int, length: int, vocab_size: int, seed: int = 0):
-  """The benchmark's tokens (bench/peers draw the same): batch x (length + 1)."""
-  import numpy as np
-  return np.random.default_rng(seed).integers(4, vocab_size, (batch, length + 1)).astype(np.int32)
 
 
 def bench_preset(preset: str, steps: int, mesh_shape: dict) -> dict:

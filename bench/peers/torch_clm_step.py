@@ -5,8 +5,8 @@ Runs in its own environment (see bench/peers/hf_generate.py):
 
   python bench/peers/torch_clm_step.py --model_dir=DIR --batch=8 --seq_len=256 [--serve]
 
-The batch is bench/train_step.py's: numpy default_rng(seed) tokens, batch x
-(seq_len + 1), inputs and next-token targets, every position in the loss. The
+The batch is bench/train_step.py's (bench/batches.py): batch x (seq_len + 1)
+tokens, inputs and next-token targets, every position in the loss. The
 first step's loss is reported, so a caller with the same weights can check it
 computes the same loss. `--serve` times one step per stdin line (JSON answers).
 """
@@ -16,10 +16,15 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
+import os
+import sys
+
 import torch
 
 import serve  # bench/peers/serve.py, beside this script
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import batches  # pylint: disable=wrong-import-position  # bench/batches.py: numpy only
 
 
 def main() -> None:
@@ -36,8 +41,8 @@ def main() -> None:
   model.train()
   opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), eps=1e-8,
                           weight_decay=0.1)
-  tokens = np.random.default_rng(args.seed).integers(
-      4, model.config.vocab_size, (args.batch, args.seq_len + 1)).astype(np.int64)
+  tokens = batches.lm_tokens(args.batch, args.seq_len, model.config.vocab_size,
+                             args.seed).astype("int64")
   inputs = torch.from_numpy(tokens[:, :-1]).to(device)
   targets = torch.from_numpy(tokens[:, 1:]).to(device)
 

@@ -127,6 +127,18 @@ def compare_generation(args, cfg, model, params, model_dir: str, batch: int,
           "peer": peer_versions(info)}
 
 
+def timed_step(train_step, state, batch):
+  """A function that runs one step on the current state and returns its seconds."""
+  holder = {"state": state}
+
+  def run() -> float:
+    start = time.perf_counter()
+    holder["state"], metrics = train_step(holder["state"], batch)
+    jax.block_until_ready(metrics)
+    return time.perf_counter() - start
+  return run
+
+
 def alone_stats(seconds: list[float], tokens: int) -> dict:
   """Our step timed before the peer starts. With the peer's process merely alive
   (idle, even stopped) our CPU step measured 10-30% slower on the 2-core VM, so
@@ -147,14 +159,7 @@ def compare_clm_step(args, peak: float) -> dict:
     convert.write_hf_model(model_cfg, jax.device_get(s.state.params), model_dir)
     state, metrics = train_step(s.state, batch)  # compile; the loss of the initial weights
     first_loss = float(metrics["nll"])  # the cross-entropy (loss adds z_loss)
-    state = {"state": state}
-
-    def ours() -> float:
-      start = time.perf_counter()
-      state["state"], m = train_step(state["state"], batch)
-      jax.block_until_ready(m)
-      return time.perf_counter() - start
-
+    ours = timed_step(train_step, state, batch)
     ours()
     alone = [ours() for _ in range(args.rounds)]  # before the peer's process exists
     peer = PeerServer(args.peer_python, "torch_clm_step.py", args.threads, model_dir=model_dir,
@@ -184,14 +189,7 @@ def compare_dpo_step(args, peak: float) -> dict:
   chosen_logps = np.asarray(host_batch["ref_logps"])[:, 0]  # the initial weights' scores
   with tempfile.TemporaryDirectory() as model_dir:
     convert.write_hf_model(model_cfg, jax.device_get(state.params), model_dir)
-    holder = {"state": state}
-
-    def ours() -> float:
-      start = time.perf_counter()
-      holder["state"], m = train_step(holder["state"], batch)
-      jax.block_until_ready(m)
-      return time.perf_counter() - start
-
+    ours = timed_step(train_step, state, batch)
     ours()  # compile
     ours()
     alone = [ours() for _ in range(args.rounds)]  # before the peer's process exists

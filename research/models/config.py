@@ -66,11 +66,16 @@ class DecoderConfig:
   param_dtype: str = "float32"
   scan_layers: bool = False    # nn.scan over layers: one compiled block, fast compiles
   remat: str = "none"          # none | full | dots | dots_no_batch
+  # Causal self-attention in query blocks of this many tokens, each against the
+  # keys up to its end (the masked upper triangle's blocks are skipped); 0 = one block.
+  attention_block: int = 128
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
       raise ConfigError(f"model.num_heads={self.num_heads} must be a multiple of "
                         f"model.num_kv_heads={self.num_kv_heads}")
+    if self.attention_block < 0:
+      raise ConfigError(f"model.attention_block={self.attention_block} must be >= 0 (0: off)")
     if self.head_dim % 2 and self.positions == "rope":
       raise ConfigError(f"model.head_dim={self.head_dim} must be even for RoPE")
     for key, allowed in _CHOICES.items():

@@ -228,13 +228,24 @@ def _attention_probs(logits_BxKxGxLxS, mask_BxLxS, head_dim: int, dtype):
   return jax.nn.softmax(logits, axis=-1).astype(dtype)
 
 
-def grouped_query_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, mask_BxLxS):
+def grouped_query_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, mask_BxLxS, block: int = 0):
   """Softmax attention with K kv heads shared by groups of H // K query heads.
 
   Logits and softmax run in float32. A query row with no visible key (a padding
   position) gets a finite large negative everywhere, so its output is a finite
   average instead of NaN; such rows are masked out of every loss.
+
+  With `block` > 0 dividing L (causal self-attention, S = L: a key after its
+  query is always masked) the queries run in blocks of `block`, block i against
+  keys [0, (i + 1) * block): the masked blocks above the diagonal are skipped,
+  (C + 1) / 2C of the work for C blocks, and every real row's output is the same.
   """
+  l, s = q_BxLxHxE.shape[1], k_BxSxKxE.shape[1]
+  if 0 < block < l and l % block == 0 and s == l:
+    return jnp.concatenate([
+        grouped_query_attention(q_BxLxHxE[:, i:i + block], k_BxSxKxE[:, :i + block],
+                                v_BxSxKxE[:, :i + block], mask_BxLxS[:, i:i + block, :i + block])
+        for i in range(0, l, block)], axis=1)
   b, l, h, e = q_BxLxHxE.shape
   k = k_BxSxKxE.shape[2]
   q_BxLxKxGxE = q_BxLxHxE.reshape(b, l, k, h // k, e)
@@ -293,7 +304,7 @@ class Attention(nn.Module):
                    cache["v"], v_BxKxLxE, cache_index, axis=2), CACHE_V_BxKxSxE)}
       out_BxLxHxE = cached_attention(q, cache["k"], cache["v"], mask_BxLxS)
     else:
-      out_BxLxHxE = grouped_query_attention(q, kk, v, mask_BxLxS)
+      out_BxLxHxE = grouped_query_attention(q, kk, v, mask_BxLxS, c.attention_block)
     out_BxLxHxE = _constrain(out_BxLxHxE, ACT_BxLxHxE)
     out = Projection((h, e), (d,), ("heads", "kv", "embed"), dt, pdt,
                      init_scale=c.out_init_scale, use_bias=c.out_bias, name="out")(out_BxLxHxE)

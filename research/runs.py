@@ -89,12 +89,12 @@ def inherit_model(config) -> None:
 
 # What a rerun may change and still continue the same run: how long it trains,
 # how often it logs, evaluates and saves, the device layout (checkpoints reshard
-# on restore), the evaluation after training, and how the model computes (dtype,
-# remat, attention blocks; runs saved before `attention_block` existed lack it).
+# on restore), the evaluation after training, and how the model computes (the
+# runtime fields: dtype, remat, attention blocks).
 RESUMABLE = ("train.steps", "train.log_every", "train.eval_every", "train.eval_batches",
              "train.checkpoint_every", "train.max_to_keep", "train.allow_config_change",
-             "mesh.", "sharding.", "evaluate.", "imports", "model.dtype", "model.remat",
-             "model.attention_block")
+             "mesh.", "sharding.", "evaluate.", "imports",
+             *(f"model.{name}" for name in model_config.RUNTIME_FIELDS))
 HISTORY_FILE = "config_history.jsonl"
 
 

@@ -23,9 +23,9 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 _CHOICES = {"family": ("native", "llama", "mistral", "qwen2", "gemma", "gpt2"), "norm": ("rms", "layer"),
             "mlp": ("gated", "plain"), "activation": ("silu", "gelu_tanh", "gelu"),
             "positions": ("rope", "learned"), "rope_scaling": ("none", "llama3", "linear")}
-# Fields that decide the parameters' shapes and the function they compute; a
-# stage started from another run takes these from it (see `architecture`).
-RUNTIME_FIELDS = ("dtype", "remat")
+# How the model computes, not what: a stage started from another run keeps its
+# own; every other field comes from that run (see `architecture`).
+RUNTIME_FIELDS = ("dtype", "remat", "attention_block")
 
 
 @dataclasses.dataclass(frozen=True)

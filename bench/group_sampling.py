@@ -32,13 +32,10 @@ from research.models import config as model_config
 from research.models.decoder import Decoder
 
 
-def _median_time(fn, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+def _seconds(fn) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - start
 
 
 def main() -> None:
@@ -70,7 +67,7 @@ def main() -> None:
       times = {}
       for _ in range(args.repeats):  # alternate, so drift hits both alike
         for name, fn in (("repeated", repeated), ("shared", shared)):
-          times.setdefault(name, []).append(_median_time(fn, 1))
+          times.setdefault(name, []).append(_seconds(fn))
       new = args.prompts * g * args.new_tokens
       row = {"prompt_tokens": p, "prompts": args.prompts, "samples_per_prompt": g,
              "new_tokens": args.new_tokens, "same_tokens": bool(same)}

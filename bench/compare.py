@@ -2,10 +2,13 @@
 
   python bench/compare.py --peer_python=/tmp/peers/bin/python --markdown   # small
   python bench/compare.py --peer_python=... --tasks=generate --shapes=64x256 --rounds=5
+  python bench/compare.py --tunix_python=/tmp/tunix/bin/python --tasks=tunix_generate,ppo_iteration
 
-Tasks: `generate`, `clm_step` (a torch step), `dpo_step` (TRL's DPOTrainer).
-Generation: this project's KV-cache sampler against Hugging Face `generate`
-(bench/peers/hf_generate.py, run in the peer's own environment) on the same
+Tasks: `generate` (Hugging Face `generate`), `clm_step` (a torch step),
+`dpo_step` (TRL's DPOTrainer), `tunix_generate` (tunix's sampler) and
+`ppo_iteration` (tunix's PPOLearner). The HF/torch/TRL peers run with
+--peer_python, the tunix ones with --tunix_python (each its own environment).
+Generation: this project's KV-cache sampler against the peer's on the same
 weights (a randomly initialised preset exported with `research.convert`), the
 same prompts (16 tokens), greedy, EOS off. Each round times the project once,
 then the peer once (A B A B ...), both compiled / warmed beforehand; the
@@ -42,6 +45,11 @@ from research.models import config as model_config  # pylint: disable=wrong-impo
 from research.models.decoder import Decoder  # pylint: disable=wrong-import-position
 
 PEERS = os.path.join(ROOT, "bench", "peers")
+TUNIX_TASKS = ("tunix_generate", "ppo_iteration")  # run with --tunix_python
+# tunix 0.1.7's Llama3 applies RoPE with theta 1e6 whatever its config says
+# (models/llama3/model.py: apply_rope's default, never passed), so the tunix
+# tasks run the preset with that theta: the same function on both sides.
+TUNIX_MODEL = {"rope_theta": 1_000_000.0}
 
 
 class PeerServer:
@@ -79,12 +87,15 @@ def alternate(ours, peer: PeerServer, rounds: int) -> tuple[list[float], list[fl
 
 
 def peer_versions(info: dict) -> dict:
-  return {k: info[k] for k in ("peer", "torch", "transformers", "threads", "device")}
+  """The peer's name, versions, threads and device from its answer."""
+  return {k: v for k, v in info.items()
+          if k not in ("seconds", "tokens_per_sec", "tokens_sha1")}
 
 
-def export(preset: str, directory: str):
-  """A randomly initialised preset, and the same weights as a Hugging Face model."""
-  cfg = model_config.DecoderConfig(**model_config.preset(preset))
+def export(preset: str, directory: str, **overrides):
+  """A randomly initialised preset (with config `overrides`), and the same weights
+  as a Hugging Face model."""
+  cfg = model_config.DecoderConfig(**{**model_config.preset(preset), **overrides})
   model = Decoder(cfg)
   params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32))["params"])
   convert.write_hf_model(cfg, jax.device_get(params), directory)
@@ -92,7 +103,7 @@ def export(preset: str, directory: str):
 
 
 def compare_generation(args, cfg, model, params, model_dir: str, batch: int,
-                       new_tokens: int) -> dict:
+                       new_tokens: int, peer_script: str = "hf_generate.py") -> dict:
   prompts = np.random.default_rng(args.seed).integers(
       4, cfg.vocab_size, (batch, args.prompt_tokens)).astype(np.int32)
   lengths = np.full((batch,), args.prompt_tokens, np.int32)
@@ -109,14 +120,16 @@ def compare_generation(args, cfg, model, params, model_dir: str, batch: int,
   start = time.perf_counter()
   _, tokens = ours()  # compile
   compile_s = time.perf_counter() - start
-  peer = PeerServer(args.peer_python, "hf_generate.py", args.threads, model_dir=model_dir,
+  python = args.tunix_python if peer_script.startswith("tunix") else args.peer_python
+  peer = PeerServer(python, peer_script, args.threads, model_dir=model_dir,
                     batch=batch, prompt_tokens=args.prompt_tokens, new_tokens=new_tokens)
   try:
     mine, theirs, info = alternate(lambda: ours()[0], peer, args.rounds)
   finally:
     peer.close()
   ours_s, peer_s = statistics.median(mine), statistics.median(theirs)
-  return {"task": "generate", "batch": batch, "prompt_tokens": args.prompt_tokens,
+  task = "tunix_generate" if peer_script.startswith("tunix") else "generate"
+  return {"task": task, "batch": batch, "prompt_tokens": args.prompt_tokens,
           "new_tokens": new_tokens, "ours_s": ours_s, "peer_s": peer_s,
           "ours_tokens_per_sec": batch * new_tokens / ours_s,
           "peer_tokens_per_sec": batch * new_tokens / peer_s,
@@ -216,33 +229,94 @@ def compare_dpo_step(args, peak: float) -> dict:
                                                               "trl": info["trl"]}}
 
 
+def compare_ppo_iteration(args, peak: float) -> dict:
+  """One PPO iteration (bench/ppo_iteration.py: rollout, scoring pass, one update of
+  the policy and the separate critic) against tunix's PPOLearner
+  (bench/peers/tunix_ppo.py) from the same weights and prompts."""
+  del peak
+  from ppo_iteration import make_ppo_iteration  # pylint: disable=g-import-not-at-top  # bench/
+  shape = dict(prompts=args.ppo_prompts, samples=args.ppo_samples,
+               new_tokens=args.ppo_new_tokens, prompt_tokens=args.prompt_tokens)
+  iteration, _ = make_ppo_iteration(args.preset, seed=args.seed, model_overrides=TUNIX_MODEL,
+                                    **shape)
+  iteration()  # compile
+  iteration()
+  alone = [iteration()["total_s"] for _ in range(args.rounds)]
+  phases = []
+
+  def ours() -> float:
+    phases.append(iteration())
+    return phases[-1]["total_s"]
+
+  rows = args.ppo_prompts * args.ppo_samples
+  with tempfile.TemporaryDirectory() as model_dir:
+    export(args.preset, model_dir, **TUNIX_MODEL)
+    peer = PeerServer(args.tunix_python, "tunix_ppo.py", args.threads, model_dir=model_dir,
+                      seed=args.seed, **shape)
+    try:
+      mine, theirs, info = alternate(ours, peer, args.rounds)
+    finally:
+      peer.close()
+  ours_s, peer_s = statistics.median(mine), statistics.median(theirs)
+  tokens = rows * args.ppo_new_tokens
+  return {"task": "ppo_iteration", **shape, "rows": rows, "ours_s": ours_s, "peer_s": peer_s,
+          "ours_tokens_per_sec": tokens / ours_s, "peer_tokens_per_sec": tokens / peer_s,
+          "speedup_vs_peer": peer_s / ours_s, "rounds": args.rounds, "ours_all_s": mine,
+          "peer_all_s": theirs, **alone_stats(alone, tokens),
+          "ours_phases_median_s": {k: statistics.median(p[k] for p in phases)
+                                   for k in ("generate_s", "score_s", "update_s")},
+          "response_lengths": [p["response_length"] for p in phases],
+          "compilations": iteration.compilations(), "peer": peer_versions(info)}
+
+
+def _shape(r: dict) -> str:
+  if r["task"] in ("generate", "tunix_generate"):
+    return f"{r['batch']} x {r['new_tokens']} new tokens"
+  if r["task"] == "ppo_iteration":
+    return f"{r['prompts']} prompts x {r['samples']} samples x {r['new_tokens']} tokens"
+  pairs = "2 x " if r["task"] == "dpo_step" else ""
+  return f"{r['batch']} x {pairs}{r['seq_len']} (MFU {r['ours_mfu']:.2f} vs {r['peer_mfu']:.2f})"
+
+
+PEER_NAMES = {"generate": "HF generate", "tunix_generate": "tunix sampler",
+              "clm_step": "torch step", "dpo_step": "TRL DPOTrainer",
+              "ppo_iteration": "tunix PPOLearner"}
+
+
+def _same(r: dict) -> str:
+  if "same_tokens" in r:
+    return "yes" if r["same_tokens"] else "no"
+  if "same_loss" in r:
+    return "yes" if r["same_loss"] else "no"
+  return "n/a (sampled)"
+
+
 def markdown(rows: list[dict], device: str) -> str:
   lines = [f"Device: {device}", "",
            "| task | shape | ours | peer | ratio | same result |", "|---|---|---|---|---|---|"]
   for r in rows:
-    if r["task"] == "generate":
-      shape, same = f"{r['batch']} x {r['new_tokens']} new tokens", r["same_tokens"]
-      peer = "HF generate"
-    else:
-      pairs = "2 x " if r["task"] == "dpo_step" else ""
-      shape, same = f"{r['batch']} x {pairs}{r['seq_len']} (MFU {r['ours_mfu']:.2f} vs " \
-                    f"{r['peer_mfu']:.2f})", r["same_loss"]
-      peer = "TRL DPOTrainer" if r["task"] == "dpo_step" else "torch step"
-    lines.append(f"| {r['task']} | {shape} | {r['ours_tokens_per_sec']:,.0f} tok/s | "
-                 f"{peer} {r['peer_tokens_per_sec']:,.0f} tok/s | {r['speedup_vs_peer']:.2f}x | "
-                 f"{'yes' if same else 'no'} |")
+    unit = "tok/s" if r["task"] != "ppo_iteration" else "sampled tok/s"
+    lines.append(f"| {r['task']} | {_shape(r)} | {r['ours_tokens_per_sec']:,.0f} {unit} | "
+                 f"{PEER_NAMES[r['task']]} {r['peer_tokens_per_sec']:,.0f} | "
+                 f"{r['speedup_vs_peer']:.2f}x | {_same(r)} |")
   return "\n".join(lines)
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--peer_python", required=True,
-                      help="python of an environment with torch + transformers")
+  parser.add_argument("--peer_python", default="",
+                      help="python of an environment with torch + transformers (+ trl)")
+  parser.add_argument("--tunix_python", default="",
+                      help="python of an environment with google-tunix")
   parser.add_argument("--preset", default="small")
-  parser.add_argument("--tasks", default="generate,clm_step,dpo_step")
+  parser.add_argument("--tasks", default="generate,clm_step,dpo_step",
+                      help=f"comma-separated, of {sorted(PEER_NAMES)}")
   parser.add_argument("--shapes", default="64x256,1x256",
                       help="generate: batch x new tokens, comma-separated")
   parser.add_argument("--prompt_tokens", type=int, default=16)
+  parser.add_argument("--ppo_prompts", type=int, default=2)
+  parser.add_argument("--ppo_samples", type=int, default=4, help="responses per prompt")
+  parser.add_argument("--ppo_new_tokens", type=int, default=64)
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--threads", type=int, default=0, help="the peer's torch threads")
@@ -255,14 +329,22 @@ def main() -> None:
   peak = measure_matmul_peak(jax, jnp, jnp.float32 if dev.platform == "cpu" else jnp.bfloat16)
   rows = []
   tasks = args.tasks.split(",")
-  if "generate" in tasks:
+  for task in tasks:
+    python = args.tunix_python if task in TUNIX_TASKS else args.peer_python
+    if task not in PEER_NAMES or not python:
+      parser.error(f"task {task!r}: expected one of {sorted(PEER_NAMES)}, with "
+                   f"{'--tunix_python' if task in TUNIX_TASKS else '--peer_python'}")
+  for task in [t for t in ("generate", "tunix_generate") if t in tasks]:
     with tempfile.TemporaryDirectory() as model_dir:
-      cfg, model, params = export(args.preset, model_dir)
+      tunix = task == "tunix_generate"
+      cfg, model, params = export(args.preset, model_dir, **(TUNIX_MODEL if tunix else {}))
       for shape in args.shapes.split(","):
         batch, new_tokens = map(int, shape.split("x"))
-        rows.append(compare_generation(args, cfg, model, params, model_dir, batch, new_tokens))
+        rows.append(compare_generation(args, cfg, model, params, model_dir, batch, new_tokens,
+                                       "tunix_generate.py" if tunix else "hf_generate.py"))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-  for task, compare in (("clm_step", compare_clm_step), ("dpo_step", compare_dpo_step)):
+  for task, compare in (("clm_step", compare_clm_step), ("dpo_step", compare_dpo_step),
+                        ("ppo_iteration", compare_ppo_iteration)):
     if task in tasks:
       rows.append(compare(args, peak["flops_per_sec"]))
       print(json.dumps(rows[-1]), file=sys.stderr, flush=True)

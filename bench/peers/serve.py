@@ -1,5 +1,6 @@
 """What every peer script shares: torch threads and device, the HF model, and the
---serve loop (one timed run per stdin line, one JSON answer each)."""
+--serve loop (one timed run per stdin line, one JSON answer each). torch and
+transformers are imported where used, so the tunix peers (no torch) share the loop."""
 
 from __future__ import annotations
 
@@ -7,12 +8,10 @@ import json
 import sys
 from typing import Callable
 
-import torch
-import transformers
-
 
 def load_model(model_dir: str, threads: int):
   """(model in float32 on the GPU if there is one, device name)."""
+  import torch, transformers  # pylint: disable=g-import-not-at-top,multiple-imports
   if threads:
     torch.set_num_threads(threads)
   device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -32,5 +31,6 @@ def timed_answers(run: Callable[[], dict], serve: bool, ready: dict) -> None:
 
 
 def versions(device: str) -> dict:
+  import torch, transformers  # pylint: disable=g-import-not-at-top,multiple-imports
   return {"device": device, "torch": torch.__version__, "transformers": transformers.__version__,
           "threads": torch.get_num_threads()}

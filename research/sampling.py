@@ -77,17 +77,69 @@ def filter_logits(logits_BxV, temperature: float = 1.0, top_k: int = 0, top_p: f
   return logits
 
 
+def argmax_first(x_BxV):
+  """`jnp.argmax(x, -1)` (the first maximum) as two plain reductions: XLA:CPU's
+  variadic argmax reduce took 0.51 ms at 64 x 4096 against 0.27 ms for this."""
+  v = x_BxV.shape[-1]
+  is_max = x_BxV == jnp.max(x_BxV, axis=-1, keepdims=True)
+  index = jnp.min(jnp.where(is_max, jnp.arange(v, dtype=jnp.int32), v), axis=-1)
+  return jnp.minimum(index, v - 1)  # a row of NaNs has no maximum
+
+
+def _last_positive(p_BxK):
+  """The index of each row's last positive entry (0 if none)."""
+  k = p_BxK.shape[-1]
+  return jnp.max(jnp.where(p_BxK > 0, jnp.arange(k, dtype=jnp.int32), 0), axis=-1)
+
+
+def _first_above(cdf_BxK, r_B, p_BxK):
+  """The first index whose cumulative mass exceeds r: a positive entry, also
+  when rounding puts r at or past the total (then the last positive one)."""
+  first = jnp.sum(cdf_BxK <= r_B[:, None], axis=-1).astype(jnp.int32)
+  last = _last_positive(p_BxK)
+  first = jnp.minimum(first, last)
+  chosen = jnp.take_along_axis(p_BxK, first[:, None], axis=-1)[:, 0]
+  return jnp.where(chosen > 0, first, last)
+
+
+def sample_from_probs(key, probs_BxV, block: int = 64):
+  """One draw per row from (unnormalised, non-negative) `probs`, by inverting the
+  CDF at one uniform per row: the block of `block` ids whose cumulative mass first
+  exceeds u * total, then the id within it. Never returns an id of probability 0.
+
+  The same distribution as `jax.random.categorical` on the log-probs, which
+  draws B x V Gumbel variables (B x V uniforms and two logs of each): at batch
+  64 x 4096 ids that was 3.9 ms of a ~18 ms decode step on a 2-core CPU.
+  """
+  b, v = probs_BxV.shape
+  nb = -(-v // block)
+  p_BxNxK = jnp.pad(probs_BxV.astype(jnp.float32), ((0, 0), (0, nb * block - v))).reshape(
+      b, nb, block)
+  mass_BxN = p_BxNxK.sum(-1)
+  cdf_BxN = jnp.cumsum(mass_BxN, axis=-1)
+  r_B = jax.random.uniform(key, (b,), jnp.float32) * cdf_BxN[:, -1]
+  j_B = _first_above(cdf_BxN, r_B, mass_BxN)
+  before_B = jnp.where(j_B > 0, jnp.take_along_axis(cdf_BxN, jnp.maximum(j_B - 1, 0)[:, None],
+                                                    axis=-1)[:, 0], 0.0)
+  p_BxK = jnp.take_along_axis(p_BxNxK, j_B[:, None, None], axis=1)[:, 0]
+  k_B = _first_above(jnp.cumsum(p_BxK, axis=-1), r_B - before_B, p_BxK)
+  return j_B * block + k_B
+
+
 def _choose(logits_BxV, key, cfg: SamplingConfig):
   """(token, log-prob under the sampling distribution, log-prob under the model)."""
   model_lp_BxV = jax.nn.log_softmax(logits_BxV.astype(jnp.float32), axis=-1)
   if cfg.greedy:
-    token_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    token_B = argmax_first(logits_BxV)
     sample_lp_B = jnp.zeros(token_B.shape, jnp.float32)
   else:
-    filtered = filter_logits(logits_BxV, cfg.temperature, cfg.top_k, cfg.top_p)
-    token_B = jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
-    sample_lp_B = jnp.take_along_axis(jax.nn.log_softmax(filtered, axis=-1),
-                                      token_B[:, None], axis=-1)[:, 0]
+    if cfg.temperature == 1.0 and not cfg.top_k and cfg.top_p == 1.0:
+      sample_lp_BxV = model_lp_BxV  # the model's own distribution
+    else:
+      sample_lp_BxV = jax.nn.log_softmax(
+          filter_logits(logits_BxV, cfg.temperature, cfg.top_k, cfg.top_p), axis=-1)
+    token_B = sample_from_probs(key, jnp.exp(sample_lp_BxV))
+    sample_lp_B = jnp.take_along_axis(sample_lp_BxV, token_B[:, None], axis=-1)[:, 0]
   model_lp_B = jnp.take_along_axis(model_lp_BxV, token_B[:, None], axis=-1)[:, 0]
   return token_B, sample_lp_B, model_lp_B
 

@@ -145,6 +145,38 @@ def test_filters_match_numpy(temperature, top_k, top_p):
     np.testing.assert_allclose(got[row][finite], want[finite], rtol=1e-6)
 
 
+def test_draws_follow_the_distribution_and_never_a_removed_token():
+  """`sample_from_probs` (inverse CDF, one uniform per row) against the
+  probabilities: a chi-square test over 400k draws, a vocabulary that is not a
+  multiple of the search block, removed (-inf) tokens, and one-token rows."""
+  v = 300
+  logits = np.random.default_rng(0).normal(0, 2, (v,)).astype(np.float32)
+  logits[::7] = -np.inf
+  probs = np.exp(logits - logits[np.isfinite(logits)].max())
+  probs /= probs.sum()
+  rows = np.stack([np.exp(np.asarray(jax.nn.log_softmax(jnp.asarray(logits))))] * 4000)
+  draw = jax.jit(lambda key: sampling.sample_from_probs(key, jnp.asarray(rows), block=64))
+  tokens = np.concatenate([np.asarray(draw(k)) for k in jax.random.split(jax.random.PRNGKey(3),
+                                                                         100)])
+  counts = np.bincount(tokens, minlength=v)
+  assert counts[probs == 0].sum() == 0
+  expected = probs * len(tokens)
+  live = probs > 0
+  chi2 = (((counts - expected)[live]) ** 2 / expected[live]).sum()
+  dof = live.sum() - 1
+  assert chi2 < dof + 5 * np.sqrt(2 * dof), (chi2, dof)  # ~1e-6 false-alarm rate
+  one_hot = np.zeros((3, v), np.float32)
+  one_hot[0, 0] = one_hot[1, v - 1] = one_hot[2, 130] = 1.0  # first, last (padded block), middle
+  for key in jax.random.split(jax.random.PRNGKey(4), 20):
+    np.testing.assert_array_equal(sampling.sample_from_probs(key, jnp.asarray(one_hot)),
+                                  [0, v - 1, 130])
+
+
+def test_argmax_first_is_argmax_with_ties():
+  x = np.random.default_rng(1).integers(0, 4, (50, 37)).astype(np.float32)  # many ties
+  np.testing.assert_array_equal(sampling.argmax_first(jnp.asarray(x)), np.argmax(x, -1))
+
+
 def test_logprobs_match_a_full_forward_pass():
   model, params = make_model(3)
   prompts = random_prompts(np.random.default_rng(5), [4, 1, 9])

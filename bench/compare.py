@@ -229,16 +229,15 @@ def compare_dpo_step(args, peak: float) -> dict:
                                                               "trl": info["trl"]}}
 
 
-def compare_ppo_iteration(args, peak: float) -> dict:
+def compare_ppo_iteration(args, critic: str) -> dict:
   """One PPO iteration (bench/ppo_iteration.py: rollout, scoring pass, one update of
-  the policy and the separate critic) against tunix's PPOLearner
-  (bench/peers/tunix_ppo.py) from the same weights and prompts."""
-  del peak
+  the policy and the critic) against tunix's PPOLearner (bench/peers/tunix_ppo.py,
+  whose critic is separate) from the same weights and prompts."""
   from ppo_iteration import make_ppo_iteration  # pylint: disable=g-import-not-at-top  # bench/
   shape = dict(prompts=args.ppo_prompts, samples=args.ppo_samples,
                new_tokens=args.ppo_new_tokens, prompt_tokens=args.prompt_tokens)
   iteration, _ = make_ppo_iteration(args.preset, seed=args.seed, model_overrides=TUNIX_MODEL,
-                                    **shape)
+                                    critic=critic, **shape)
   iteration()  # compile
   iteration()
   alone = [iteration()["total_s"] for _ in range(args.rounds)]
@@ -259,7 +258,7 @@ def compare_ppo_iteration(args, peak: float) -> dict:
       peer.close()
   ours_s, peer_s = statistics.median(mine), statistics.median(theirs)
   tokens = rows * args.ppo_new_tokens
-  return {"task": "ppo_iteration", **shape, "rows": rows, "ours_s": ours_s, "peer_s": peer_s,
+  return {"task": "ppo_iteration", **shape, "critic": critic, "rows": rows, "ours_s": ours_s, "peer_s": peer_s,
           "ours_tokens_per_sec": tokens / ours_s, "peer_tokens_per_sec": tokens / peer_s,
           "speedup_vs_peer": peer_s / ours_s, "rounds": args.rounds, "ours_all_s": mine,
           "peer_all_s": theirs, **alone_stats(alone, tokens),
@@ -273,7 +272,8 @@ def _shape(r: dict) -> str:
   if r["task"] in ("generate", "tunix_generate"):
     return f"{r['batch']} x {r['new_tokens']} new tokens"
   if r["task"] == "ppo_iteration":
-    return f"{r['prompts']} prompts x {r['samples']} samples x {r['new_tokens']} tokens"
+    return (f"{r['prompts']} prompts x {r['samples']} samples x {r['new_tokens']} tokens, "
+            f"our critic {r['critic']}")
   pairs = "2 x " if r["task"] == "dpo_step" else ""
   return f"{r['batch']} x {pairs}{r['seq_len']} (MFU {r['ours_mfu']:.2f} vs {r['peer_mfu']:.2f})"
 
@@ -317,6 +317,8 @@ def main() -> None:
   parser.add_argument("--ppo_prompts", type=int, default=2)
   parser.add_argument("--ppo_samples", type=int, default=4, help="responses per prompt")
   parser.add_argument("--ppo_new_tokens", type=int, default=64)
+  parser.add_argument("--ppo_critics", default="separate,shared",
+                      help="our critic in the PPO rows: separate (like tunix's) and/or shared")
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--threads", type=int, default=0, help="the peer's torch threads")
@@ -343,10 +345,13 @@ def main() -> None:
         rows.append(compare_generation(args, cfg, model, params, model_dir, batch, new_tokens,
                                        "tunix_generate.py" if tunix else "hf_generate.py"))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-  for task, compare in (("clm_step", compare_clm_step), ("dpo_step", compare_dpo_step),
-                        ("ppo_iteration", compare_ppo_iteration)):
+  for task, compare in (("clm_step", compare_clm_step), ("dpo_step", compare_dpo_step)):
     if task in tasks:
       rows.append(compare(args, peak["flops_per_sec"]))
+      print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+  if "ppo_iteration" in tasks:
+    for critic in args.ppo_critics.split(","):
+      rows.append(compare_ppo_iteration(args, critic))
       print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
   print(json.dumps({"benchmark": "compare", "preset": args.preset, "device": device,
                     "matmul_peak": peak, "results": rows}, indent=2))

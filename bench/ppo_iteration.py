@@ -10,7 +10,9 @@ prompt (temperature 1, EOS off, the prompt prefilled once for its G rows),
 score them (below), one jitted pass for the policy's, reference's and
 critic's outputs and the advantages, then `epochs` passes of minibatches of
 the rows (default one update over the whole batch). The critic is separate,
-its trunk initialised from the policy (`critic_init=policy`); weights are
+its trunk initialised from the policy (`critic_init=policy`), or with
+--critic=shared a value head on the policy's trunk (one trunk less in the
+scoring pass and the update); weights are
 random (the `small` preset initialised with PRNGKey(0), as bench/compare.py
 exports it); prompts are `prompt_tokens` ids per prompt from numpy's
 default_rng(seed).
@@ -56,10 +58,11 @@ def even_share(prompts, responses):
 
 def make_ppo_iteration(preset: str, prompts: int = 2, samples: int = 4, new_tokens: int = 64,
                        prompt_tokens: int = 16, epochs: int = 1, seed: int = 0,
-                       model_overrides: dict | None = None):
+                       model_overrides: dict | None = None, critic: str = "separate"):
   """A function running one iteration on its own state and returning the seconds
   of its phases: {'generate_s', 'score_s', 'update_s', 'total_s'}; and the config.
-  `model_overrides`: config.model fields to change (bench/compare.py's tunix theta)."""
+  `model_overrides`: config.model fields to change (bench/compare.py's tunix theta);
+  `critic`: 'separate' (its own trunk) or 'shared' (a value head on the policy's)."""
   from configs import rlhf as rlhf_config  # pylint: disable=g-import-not-at-top
   from research import objectives  # pylint: disable=g-import-not-at-top
   from research.models import config as model_config  # pylint: disable=g-import-not-at-top
@@ -76,7 +79,7 @@ def make_ppo_iteration(preset: str, prompts: int = 2, samples: int = 4, new_toke
   config.data.batch_size = prompts
   config.rollout.update(max_new_tokens=new_tokens, samples_per_prompt=samples)
   config.ppo.update(epochs=epochs, minibatch_size=prompts * samples)
-  config.objective.update(critic="separate", critic_init="policy")
+  config.objective.update(critic=critic, critic_init="policy")
   config.train.steps = 1000
   config.optimizer.warmup_steps = 1
   o = config.objective
@@ -128,10 +131,11 @@ def main() -> None:
   parser.add_argument("--new_tokens", type=int, default=64)
   parser.add_argument("--prompt_tokens", type=int, default=16)
   parser.add_argument("--epochs", type=int, default=1)
+  parser.add_argument("--critic", default="separate", choices=("separate", "shared"))
   parser.add_argument("--iterations", type=int, default=5)
   args = parser.parse_args()
   iteration, _ = make_ppo_iteration(args.preset, args.prompts, args.samples, args.new_tokens,
-                                    args.prompt_tokens, args.epochs)
+                                    args.prompt_tokens, args.epochs, critic=args.critic)
   start = time.perf_counter()
   iteration()
   first_s = time.perf_counter() - start
@@ -143,6 +147,7 @@ def main() -> None:
   print(json.dumps({"benchmark": "ppo_iteration", "preset": args.preset, "prompts": args.prompts,
                     "samples_per_prompt": args.samples, "new_tokens": args.new_tokens,
                     "prompt_tokens": args.prompt_tokens, "epochs": args.epochs,
+                    "critic": args.critic,
                     "first_iteration_s": first_s, "median": median,
                     "sampled_tokens_per_sec": rows * args.new_tokens / median["total_s"],
                     "compilations": iteration.compilations(), "platform": dev.platform,

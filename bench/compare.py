@@ -89,7 +89,7 @@ def alternate(ours, peer: PeerServer, rounds: int) -> tuple[list[float], list[fl
 def peer_versions(info: dict) -> dict:
   """The peer's name, versions, threads and device from its answer."""
   return {k: v for k, v in info.items()
-          if k not in ("seconds", "tokens_per_sec", "tokens_sha1")}
+          if k not in ("seconds", "tokens_per_sec", "tokens_sha1", "response_length")}
 
 
 def export(preset: str, directory: str, **overrides):
@@ -258,13 +258,16 @@ def compare_ppo_iteration(args, critic: str) -> dict:
       peer.close()
   ours_s, peer_s = statistics.median(mine), statistics.median(theirs)
   tokens = rows * args.ppo_new_tokens
-  return {"task": "ppo_iteration", **shape, "critic": critic, "rows": rows, "ours_s": ours_s, "peer_s": peer_s,
+  lengths = [p["response_length"] for p in phases]
+  return {"task": "ppo_iteration", **shape, "critic": critic, "rows": rows, "ours_s": ours_s,
+          "peer_s": peer_s,
           "ours_tokens_per_sec": tokens / ours_s, "peer_tokens_per_sec": tokens / peer_s,
           "speedup_vs_peer": peer_s / ours_s, "rounds": args.rounds, "ours_all_s": mine,
           "peer_all_s": theirs, **alone_stats(alone, tokens),
           "ours_phases_median_s": {k: statistics.median(p[k] for p in phases)
                                    for k in ("generate_s", "score_s", "update_s")},
-          "response_lengths": [p["response_length"] for p in phases],
+          "response_lengths": lengths, "peer_response_length": info["response_length"],
+          "same_lengths": set(lengths) == {info["response_length"]} == {args.ppo_new_tokens},
           "compilations": iteration.compilations(), "peer": peer_versions(info)}
 
 
@@ -288,7 +291,7 @@ def _same(r: dict) -> str:
     return "yes" if r["same_tokens"] else "no"
   if "same_loss" in r:
     return "yes" if r["same_loss"] else "no"
-  return "n/a (sampled)"
+  return "lengths " + ("yes" if r["same_lengths"] else "no")  # sampled: nothing else compares
 
 
 def markdown(rows: list[dict], device: str) -> str:

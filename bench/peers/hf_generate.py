@@ -17,7 +17,6 @@ draws them, so both sides decode the same prompts with the same weights.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import time
 
@@ -33,14 +32,10 @@ def prompts(batch: int, prompt_tokens: int, vocab_size: int, seed: int) -> np.nd
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--model_dir", required=True)
+  parser = serve.parser(__doc__)
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--prompt_tokens", type=int, default=16)
   parser.add_argument("--new_tokens", type=int, default=256)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-  parser.add_argument("--serve", action="store_true")
   args = parser.parse_args()
   model, device = serve.load_model(args.model_dir, args.threads)
   model.eval()

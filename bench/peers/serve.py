@@ -4,9 +4,21 @@ transformers are imported where used, so the tunix peers (no torch) share the lo
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from typing import Callable
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+  """The flags every peer takes: --model_dir (the HF export), --seed, --threads
+  (torch's; the JAX peers leave XLA its threads), --serve."""
+  p = argparse.ArgumentParser(description=doc.split("\n")[0])
+  p.add_argument("--model_dir", required=True)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+  p.add_argument("--serve", action="store_true")
+  return p
 
 
 def load_model(model_dir: str, threads: int):

@@ -13,7 +13,6 @@ computes the same loss. `--serve` times one step per stdin line (JSON answers).
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import os
@@ -28,14 +27,10 @@ import batches  # pylint: disable=wrong-import-position  # bench/batches.py: num
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--model_dir", required=True)
+  parser = serve.parser(__doc__)
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--seq_len", type=int, default=256)
-  parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--lr", type=float, default=1e-3)
-  parser.add_argument("--threads", type=int, default=0)
-  parser.add_argument("--serve", action="store_true")
   args = parser.parse_args()
   model, device = serve.load_model(args.model_dir, args.threads)
   model.train()

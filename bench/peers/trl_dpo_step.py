@@ -18,7 +18,6 @@ its own loop; a callback blocks at each step's start until a request arrives
 
 from __future__ import annotations
 
-import argparse
 import os
 import queue
 import sys
@@ -61,18 +60,14 @@ def chosen_logps(model, pairs, prompt_tokens: int, device: str) -> list[float]:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--model_dir", required=True)
+  parser = serve.parser(__doc__)
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--seq_len", type=int, default=256)
   parser.add_argument("--prompt_tokens", type=int, default=32)
-  parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--lr", type=float, default=1e-5)
   parser.add_argument("--beta", type=float, default=0.1)
   parser.add_argument("--steps", type=int, default=12,
                       help="batches in the dataset: more than the steps a caller asks for")
-  parser.add_argument("--threads", type=int, default=0)
-  parser.add_argument("--serve", action="store_true")
   args = parser.parse_args()
   model, device = serve.load_model(args.model_dir, args.threads)
   vocab = model.config.vocab_size

@@ -18,7 +18,6 @@ model sees exactly those ids. `--serve` answers one timed call per stdin line
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -75,14 +74,10 @@ def versions() -> dict:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--model_dir", required=True)
+  parser = serve.parser(__doc__)
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--prompt_tokens", type=int, default=16)
   parser.add_argument("--new_tokens", type=int, default=256)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--threads", type=int, default=0, help="unused (XLA takes every core)")
-  parser.add_argument("--serve", action="store_true")
   args = parser.parse_args()
   from tunix.generate import sampler as sampler_lib  # pylint: disable=g-import-not-at-top
   model, config = load_llama(args.model_dir)

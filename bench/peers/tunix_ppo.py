@@ -26,7 +26,6 @@ that iteration's seconds (bench/peers/serve.py's protocol).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -34,12 +33,17 @@ import time
 import jax
 import numpy as np
 
+import serve  # bench/peers/serve.py, beside this script
 from tunix_generate import WordTokenizer, load_llama, versions  # beside this script
+
+
+LENGTHS = []  # the response lengths (in ids) of the latest rollout, seen by reward_fn
 
 
 def reward_fn(prompts, completions, **_):
   """The share of even ids in the response (ours: bench/ppo_iteration.py, the same)."""
   del prompts
+  LENGTHS[:] = [len(c.split()) for c in completions]
   return [float(np.mean([int(w[1:]) % 2 == 0 for w in c.split()])) if c else 0.0
           for c in completions]
 
@@ -100,18 +104,14 @@ def build_learner(args):
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--model_dir", required=True)
+  parser = serve.parser(__doc__)
   parser.add_argument("--prompts", type=int, default=2)
   parser.add_argument("--samples", type=int, default=4)
   parser.add_argument("--prompt_tokens", type=int, default=16)
   parser.add_argument("--new_tokens", type=int, default=64)
   parser.add_argument("--lr", type=float, default=1e-5)
   parser.add_argument("--beta", type=float, default=0.05)
-  parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--iterations", type=int, default=3, help="without --serve")
-  parser.add_argument("--threads", type=int, default=0, help="unused (XLA takes every core)")
-  parser.add_argument("--serve", action="store_true")
   args = parser.parse_args()
   learner, config = build_learner(args)
   tokenizer = WordTokenizer()
@@ -133,7 +133,8 @@ def main() -> None:
       start = time.perf_counter()
       yield {"prompts": prompts}
       seconds = time.perf_counter() - start
-      print(json.dumps({"peer": "tunix_ppo", "seconds": seconds, **info}), flush=True)
+      print(json.dumps({"peer": "tunix_ppo", "seconds": seconds,
+                        "response_length": float(np.mean(LENGTHS)), **info}), flush=True)
       done += 1
 
   learner.train(batches())

@@ -40,7 +40,7 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from peak import measure_matmul_peak  # pylint: disable=wrong-import-position  # bench/
-from research import convert, sampling  # pylint: disable=wrong-import-position
+from research import convert, host_memory, sampling  # pylint: disable=wrong-import-position
 from research.models import config as model_config  # pylint: disable=wrong-import-position
 from research.models.decoder import Decoder  # pylint: disable=wrong-import-position
 
@@ -50,17 +50,21 @@ TUNIX_TASKS = ("tunix_generate", "ppo_iteration")  # run with --tunix_python
 # (models/llama3/model.py: apply_rope's default, never passed), so the tunix
 # tasks run the preset with that theta: the same function on both sides.
 TUNIX_MODEL = {"rope_theta": 1_000_000.0}
+KEPT_FREED_MEMORY = False  # set by main(): the peers then get the same allocator settings
 
 
 class PeerServer:
-  """A bench/peers script in --serve mode: one timed run per request."""
+  """A bench/peers script in --serve mode: one timed run per request. It runs with
+  this process's allocator settings (research/host_memory.py) when they apply."""
 
   def __init__(self, python: str, script: str, threads: int = 0, **flags):
     cmd = [python, os.path.join(PEERS, script), "--serve",
            *(f"--{k}={v}" for k, v in flags.items())]
     if threads:
       cmd.append(f"--threads={threads}")
-    self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    env = {**os.environ, **(host_memory.ENV if KEPT_FREED_MEMORY else {})}
+    self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                 env=env)
     ready = self.proc.stdout.readline()
     if not ready:
       raise RuntimeError(f"the peer did not start: {' '.join(cmd)}")
@@ -329,6 +333,8 @@ def main() -> None:
                       help="the sampler's decode segment (0: attend over the whole cache)")
   parser.add_argument("--markdown", action="store_true")
   args = parser.parse_args()
+  global KEPT_FREED_MEMORY
+  KEPT_FREED_MEMORY = host_memory.keep_freed_memory()  # as research.main does, before JAX starts
   dev = jax.devices()[0]
   device = f"{dev.platform} {dev.device_kind}, {os.cpu_count()} cores ({platform.node()})"
   peak = measure_matmul_peak(jax, jnp, jnp.float32 if dev.platform == "cpu" else jnp.bfloat16)
@@ -357,6 +363,7 @@ def main() -> None:
       rows.append(compare_ppo_iteration(args, critic))
       print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
   print(json.dumps({"benchmark": "compare", "preset": args.preset, "device": device,
+                    "kept_freed_memory": KEPT_FREED_MEMORY,  # both sides (research/host_memory.py)
                     "matmul_peak": peak, "results": rows}, indent=2))
   if args.markdown:
     print(markdown(rows, device))

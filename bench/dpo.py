@@ -29,6 +29,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
+
+from research import host_memory
 import jax.numpy as jnp
 import numpy as np
 
@@ -114,6 +116,7 @@ def main() -> None:
   parser.add_argument("--presets", default="tiny,small")
   parser.add_argument("--steps", type=int, default=6)
   args = parser.parse_args()
+  host_memory.keep_freed_memory()  # as research.main does, before JAX starts
   dev = jax.devices()
   peak = measure_matmul_peak(jax, jnp, jnp.float32 if dev[0].platform == "cpu" else jnp.bfloat16)
   rows = [bench_preset(p, args.steps) for p in args.presets.split(",")]

@@ -36,6 +36,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
+
+from research import host_memory
 import jax.numpy as jnp
 import numpy as np
 
@@ -134,6 +136,7 @@ def main() -> None:
   parser.add_argument("--critic", default="separate", choices=("separate", "shared"))
   parser.add_argument("--iterations", type=int, default=5)
   args = parser.parse_args()
+  host_memory.keep_freed_memory()  # as research.main does, before JAX starts
   iteration, _ = make_ppo_iteration(args.preset, args.prompts, args.samples, args.new_tokens,
                                     args.prompt_tokens, args.epochs, critic=args.critic)
   start = time.perf_counter()

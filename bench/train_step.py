@@ -114,6 +114,8 @@ def main() -> None:
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
+    from research import host_memory  # pylint: disable=g-import-not-at-top  # PYTHONPATH=ROOT
+    host_memory.keep_freed_memory()  # as research.main does, before JAX starts
     child(args)
     return
   runs = []

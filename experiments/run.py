@@ -16,6 +16,7 @@ import shlex
 import sys
 
 from experiments import runner
+from research import host_memory
 
 
 def load(path: str):
@@ -32,6 +33,7 @@ def load(path: str):
 
 
 def main(argv=None) -> None:
+  host_memory.keep_freed_memory()  # CPU runs: before JAX starts its threads
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("experiment", help="experiments/NAME.py")
   parser.add_argument("--size", default="tiny", help="smoke | tiny | small (configs/presets.py)")

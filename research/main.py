@@ -20,7 +20,7 @@ from absl import app, flags
 import jax
 from ml_collections import config_flags
 
-from research import cli
+from research import cli, host_memory
 from research.errors import ConfigError, UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/STAGE.py[:arg]",
@@ -62,6 +62,7 @@ def _run(config, workdir: str) -> dict | None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  host_memory.keep_freed_memory()  # CPU runs: before JAX starts its threads
   # Library chatter (orbax, tfds) stays out of the way; absl resets this level
   # while parsing flags, so it is set here rather than before app.run.
   logging.getLogger("absl").setLevel(logging.WARNING)

@@ -1,4 +1,5 @@
-"""Test session: 8 simulated CPU devices (set before jax initialises) and strict numpy."""
+"""Test session: 8 simulated CPU devices (set before jax initialises), strict numpy,
+and freed host memory kept for reuse (research/host_memory.py)."""
 
 import os
 
@@ -8,6 +9,10 @@ os.environ["XLA_FLAGS"] = xla_flags(8, os.environ.get("XLA_FLAGS", ""))
 
 import jax  # noqa: E402  (must follow XLA_FLAGS)
 import pytest  # noqa: E402
+
+from research import host_memory  # noqa: E402
+
+host_memory.keep_freed_memory()  # as research.main does: before JAX starts its threads
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_threefry_partitionable", True)

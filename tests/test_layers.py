@@ -13,7 +13,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 # Bottom to top. Each entry is a top-level module or package of `research`.
 LAYERS = (
-    ("data", "errors", "models", "seeds", "validate"),  # text, tokenizers, modules, checks
+    ("data", "errors", "host_memory", "models", "seeds", "validate"),  # text, modules, checks
     ("training", "objectives", "sampling"),        # steps, losses, the sampler
     ("runs",),                                     # a workdir: config, tokenizer, parameters
     ("reward_fn", "rlhf", "evaluation"),           # RL machinery over trained runs

@@ -51,6 +51,7 @@ TUNIX_TASKS = ("tunix_generate", "ppo_iteration")  # run with --tunix_python
 # tasks run the preset with that theta: the same function on both sides.
 TUNIX_MODEL = {"rope_theta": 1_000_000.0}
 KEPT_FREED_MEMORY = False  # set by main(): the peers then get the same allocator settings
+GENERATION_TASKS = ("generate", "tunix_generate")
 
 
 class PeerServer:
@@ -309,6 +310,16 @@ def markdown(rows: list[dict], device: str) -> str:
   return "\n".join(lines)
 
 
+def generation_rows(tasks: list[str]) -> list[dict]:
+  """The rows of `tasks` from this script run as a child without the allocator
+  setting (the same flags otherwise)."""
+  argv = [a for a in sys.argv[1:] if not a.startswith(("--tasks", "--markdown"))]
+  out = subprocess.run([sys.executable, os.path.abspath(__file__), *argv,
+                        f"--tasks={','.join(tasks)}"], check=True, stdout=subprocess.PIPE,
+                       text=True, env={**os.environ, "RESEARCH_KEEP_FREED_MEMORY": "0"})
+  return json.loads(out.stdout)["results"]
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--peer_python", default="",
@@ -333,19 +344,27 @@ def main() -> None:
                       help="the sampler's decode segment (0: attend over the whole cache)")
   parser.add_argument("--markdown", action="store_true")
   args = parser.parse_args()
-  global KEPT_FREED_MEMORY
-  KEPT_FREED_MEMORY = host_memory.keep_freed_memory()  # as research.main does, before JAX starts
-  dev = jax.devices()[0]
-  device = f"{dev.platform} {dev.device_kind}, {os.cpu_count()} cores ({platform.node()})"
-  peak = measure_matmul_peak(jax, jnp, jnp.float32 if dev.platform == "cpu" else jnp.bfloat16)
-  rows = []
   tasks = args.tasks.split(",")
   for task in tasks:
     python = args.tunix_python if task in TUNIX_TASKS else args.peer_python
     if task not in PEER_NAMES or not python:
       parser.error(f"task {task!r}: expected one of {sorted(PEER_NAMES)}, with "
                    f"{'--tunix_python' if task in TUNIX_TASKS else '--peer_python'}")
-  for task in [t for t in ("generate", "tunix_generate") if t in tasks]:
+  rows = []
+  generation = [t for t in tasks if t in GENERATION_TASKS]
+  if generation and len(generation) < len(tasks):
+    # Each kind as the project runs it: training keeps freed memory, generation
+    # (research.generate, evaluation) does not; the generation rows come from a
+    # child process of this script.
+    rows = generation_rows(generation)
+    tasks = [t for t in tasks if t not in GENERATION_TASKS]
+  global KEPT_FREED_MEMORY
+  if not generation or rows:  # training here: before JAX starts, as research.main does
+    KEPT_FREED_MEMORY = host_memory.keep_freed_memory()
+  dev = jax.devices()[0]
+  device = f"{dev.platform} {dev.device_kind}, {os.cpu_count()} cores ({platform.node()})"
+  peak = measure_matmul_peak(jax, jnp, jnp.float32 if dev.platform == "cpu" else jnp.bfloat16)
+  for task in [t for t in GENERATION_TASKS if t in tasks]:
     with tempfile.TemporaryDirectory() as model_dir:
       tunix = task == "tunix_generate"
       cfg, model, params = export(args.preset, model_dir, **(TUNIX_MODEL if tunix else {}))
@@ -353,17 +372,18 @@ def main() -> None:
         batch, new_tokens = map(int, shape.split("x"))
         rows.append(compare_generation(args, cfg, model, params, model_dir, batch, new_tokens,
                                        "tunix_generate.py" if tunix else "hf_generate.py"))
+        rows[-1]["kept_freed_memory"] = KEPT_FREED_MEMORY
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
   for task, compare in (("clm_step", compare_clm_step), ("dpo_step", compare_dpo_step)):
     if task in tasks:
-      rows.append(compare(args, peak["flops_per_sec"]))
+      rows.append({**compare(args, peak["flops_per_sec"]), "kept_freed_memory": KEPT_FREED_MEMORY})
       print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
   if "ppo_iteration" in tasks:
     for critic in args.ppo_critics.split(","):
-      rows.append(compare_ppo_iteration(args, critic))
+      rows.append({**compare_ppo_iteration(args, critic), "kept_freed_memory": KEPT_FREED_MEMORY})
       print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+  # kept_freed_memory per row: research/host_memory.py's setting, on both sides.
   print(json.dumps({"benchmark": "compare", "preset": args.preset, "device": device,
-                    "kept_freed_memory": KEPT_FREED_MEMORY,  # both sides (research/host_memory.py)
                     "matmul_peak": peak, "results": rows}, indent=2))
   if args.markdown:
     print(markdown(rows, device))

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research import host_memory, sampling
+from research import sampling
 from research.models import config as model_config
 from research.models.decoder import Decoder
 
@@ -47,7 +47,6 @@ def main() -> None:
   parser.add_argument("--new_tokens", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args()
-  host_memory.keep_freed_memory()  # as research.main does, before JAX starts
 
   cfg = model_config.DecoderConfig(**model_config.preset(args.preset))
   model = Decoder(cfg)

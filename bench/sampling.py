@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research import host_memory, sampling
+from research import sampling
 from research.models import config as model_config
 from research.models.decoder import Decoder
 
@@ -50,7 +50,6 @@ def main() -> None:
   parser.add_argument("--uncached_max_batch", type=int, default=8)
   parser.add_argument("--repeats", type=int, default=2)
   args = parser.parse_args()
-  host_memory.keep_freed_memory()  # as research.main does, before JAX starts
 
   cfg = model_config.DecoderConfig(**model_config.preset(args.preset))
   model = Decoder(cfg)

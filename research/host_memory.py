@@ -6,8 +6,10 @@ block that large from mmap in that thread's arena and unmaps it when the step
 frees it, so every step faults 170k fresh pages in (zeroed by the kernel):
 ~15% of the step's CPU time, 0.86 -> 0.76 s per `small` step on 2 cores once
 the block is reused (bench/README.md). One arena, no mmap and no trimming make
-glibc keep the block for the next step. The cost: the process keeps its peak
-heap instead of returning it to the system.
+glibc keep the block for the next step. The costs: the process keeps its peak
+heap instead of returning it to the system, and all threads share one malloc
+arena, which slows the many small allocations of a decode loop (~10% fewer
+tokens/s at 64 x 256), so sampling-only processes leave it off.
 
 Only for CPU runs on glibc, and only before JAX starts its CPU client (a thread
 already attached to its own arena keeps it): the entry points call

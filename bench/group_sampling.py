@@ -6,7 +6,7 @@
 GRPO/RLOO/best-of-n draw G responses per prompt. `Sampler(...,
 samples_per_prompt=G)` prefills each prompt once and repeats its KV cache G
 times; the baseline passes every prompt G times. Both draw the same tokens
-(checked per row). Temperature 1, EOS off (every row makes `new_tokens`). Prints
+(checked per row) up to float rounding. Temperature 1, EOS off (every row makes `new_tokens`). Prints
 one JSON document; rollout tokens/s counts the new tokens.
 """
 
@@ -63,14 +63,17 @@ def main() -> None:
                                lengths=lengths, samples_per_prompt=g)
       repeated = lambda: sampler(params, np.repeat(prompts, g, 0), jax.random.PRNGKey(0),
                                  sample_cfg, lengths=np.repeat(lengths, g))
-      same = np.array_equal(np.asarray(shared().tokens), np.asarray(repeated().tokens))
+      # Float rounding differs between prefills of 8 and 64 rows (~1e-6 in the
+      # log-probs), so a draw near a CDF boundary can go either way: count rows.
+      differ = (np.asarray(shared().tokens) != np.asarray(repeated().tokens)).any(1)
       times = {}
       for _ in range(args.repeats):  # alternate, so drift hits both alike
         for name, fn in (("repeated", repeated), ("shared", shared)):
           times.setdefault(name, []).append(_seconds(fn))
       new = args.prompts * g * args.new_tokens
       row = {"prompt_tokens": p, "prompts": args.prompts, "samples_per_prompt": g,
-             "new_tokens": args.new_tokens, "same_tokens": bool(same)}
+             "new_tokens": args.new_tokens, "same_tokens": not differ.any(),
+             "rows_differing": int(differ.sum())}
       for name, ts in times.items():
         row[f"{name}_s"] = float(np.median(ts))
         row[f"{name}_tokens_per_sec"] = new / row[f"{name}_s"]

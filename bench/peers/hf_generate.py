@@ -32,11 +32,7 @@ def prompts(batch: int, prompt_tokens: int, vocab_size: int, seed: int) -> np.nd
 
 
 def main() -> None:
-  parser = serve.parser(__doc__)
-  parser.add_argument("--batch", type=int, default=64)
-  parser.add_argument("--prompt_tokens", type=int, default=16)
-  parser.add_argument("--new_tokens", type=int, default=256)
-  args = parser.parse_args()
+  args = serve.parser(__doc__, generation=True).parse_args()
   model, device = serve.load_model(args.model_dir, args.threads)
   model.eval()
   ids = torch.from_numpy(prompts(args.batch, args.prompt_tokens, model.config.vocab_size,

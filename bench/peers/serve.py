@@ -10,14 +10,19 @@ import sys
 from typing import Callable
 
 
-def parser(doc: str) -> argparse.ArgumentParser:
+def parser(doc: str, generation: bool = False) -> argparse.ArgumentParser:
   """The flags every peer takes: --model_dir (the HF export), --seed, --threads
-  (torch's; the JAX peers leave XLA its threads), --serve."""
+  (torch's; the JAX peers leave XLA its threads), --serve; with `generation`
+  the decoding shape (--batch, --prompt_tokens, --new_tokens) too."""
   p = argparse.ArgumentParser(description=doc.split("\n")[0])
   p.add_argument("--model_dir", required=True)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
   p.add_argument("--serve", action="store_true")
+  if generation:
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--prompt_tokens", type=int, default=16)
+    p.add_argument("--new_tokens", type=int, default=256)
   return p
 
 

@@ -74,11 +74,7 @@ def versions() -> dict:
 
 
 def main() -> None:
-  parser = serve.parser(__doc__)
-  parser.add_argument("--batch", type=int, default=64)
-  parser.add_argument("--prompt_tokens", type=int, default=16)
-  parser.add_argument("--new_tokens", type=int, default=256)
-  args = parser.parse_args()
+  args = serve.parser(__doc__, generation=True).parse_args()
   from tunix.generate import sampler as sampler_lib  # pylint: disable=g-import-not-at-top
   model, config = load_llama(args.model_dir)
   tokenizer = WordTokenizer()

@@ -39,6 +39,7 @@ import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
+import batches  # pylint: disable=wrong-import-position  # bench/batches.py, as the peers draw
 from peak import measure_matmul_peak  # pylint: disable=wrong-import-position  # bench/
 from research import convert, host_memory, sampling  # pylint: disable=wrong-import-position
 from research.models import config as model_config  # pylint: disable=wrong-import-position
@@ -109,8 +110,7 @@ def export(preset: str, directory: str, **overrides):
 
 def compare_generation(args, cfg, model, params, model_dir: str, batch: int,
                        new_tokens: int, peer_script: str = "hf_generate.py") -> dict:
-  prompts = np.random.default_rng(args.seed).integers(
-      4, cfg.vocab_size, (batch, args.prompt_tokens)).astype(np.int32)
+  prompts = batches.prompts(batch, args.prompt_tokens, cfg.vocab_size, args.seed)
   lengths = np.full((batch,), args.prompt_tokens, np.int32)
   sampler = sampling.Sampler(model, eos_id=-1, pad_id=0, bucket=args.prompt_tokens,
                              segment=args.segment)

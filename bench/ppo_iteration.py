@@ -36,26 +36,17 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
-
-from research import host_memory
 import jax.numpy as jnp
-import numpy as np
+
+import batches  # bench/ is on sys.path when run as a script
+from research import host_memory
 
 
 class WordTokenizer:
   """Id i <-> the word "ti" (the peers' tokenizer); EOS off: no id stops a row."""
   pad_id = 0
   stop_ids = (-1,)
-
-  def decode(self, ids) -> str:
-    return " ".join(f"t{int(i)}" for i in ids)
-
-
-def even_share(prompts, responses):
-  """The reward: the share of even ids among a response's words."""
-  del prompts
-  return [float(np.mean([int(w[1:]) % 2 == 0 for w in r.split()])) if r else 0.0
-          for r in responses]
+  decode = staticmethod(batches.words)
 
 
 def make_ppo_iteration(preset: str, prompts: int = 2, samples: int = 4, new_tokens: int = 64,
@@ -97,12 +88,12 @@ def make_ppo_iteration(preset: str, prompts: int = 2, samples: int = 4, new_toke
       functools.partial(loss_obj, model=model, config=config), tx=tx, state_shardings=shardings,
       mesh=mesh, rules=rules, schedule=schedule)
   tok = WordTokenizer()
-  ids = np.random.default_rng(seed).integers(
-      4, policy.cfg.vocab_size, (prompts, prompt_tokens)).astype(np.int32)
+  ids = batches.prompts(prompts, prompt_tokens, policy.cfg.vocab_size, seed)
   source = online.RolloutSource(
       config, model=model, ref_params=ref_params, loss=loss_obj, estimator=estimator,
       prompts=[tok.decode(p) for p in ids], prompt_ids=[list(p) for p in ids],
-      reward=rewards.as_source(even_share), tok=tok, mesh=mesh, rules=rules)
+      reward=rewards.as_source(lambda _, responses: batches.even_share(responses)), tok=tok,
+      mesh=mesh, rules=rules)
   holder = {"state": state, "step": 0}
 
   def iteration() -> dict:

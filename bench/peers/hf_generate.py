@@ -18,6 +18,8 @@ draws them, so both sides decode the same prompts with the same weights.
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
 import time
 
 import numpy as np
@@ -25,18 +27,16 @@ import torch
 
 import serve  # bench/peers/serve.py, beside this script
 
-
-def prompts(batch: int, prompt_tokens: int, vocab_size: int, seed: int) -> np.ndarray:
-  return np.random.default_rng(seed).integers(4, vocab_size, (batch, prompt_tokens)).astype(
-      np.int32)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import batches  # pylint: disable=wrong-import-position  # bench/batches.py: numpy only
 
 
 def main() -> None:
   args = serve.parser(__doc__, generation=True).parse_args()
   model, device = serve.load_model(args.model_dir, args.threads)
   model.eval()
-  ids = torch.from_numpy(prompts(args.batch, args.prompt_tokens, model.config.vocab_size,
-                                 args.seed).astype(np.int64)).to(device)
+  ids = torch.from_numpy(batches.prompts(args.batch, args.prompt_tokens, model.config.vocab_size,
+                                         args.seed).astype(np.int64)).to(device)
   kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
                 use_cache=True, eos_token_id=None, pad_token_id=0,
                 attention_mask=torch.ones_like(ids))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 
 import jax
@@ -28,6 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import serve  # bench/peers/serve.py, beside this script
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import batches  # pylint: disable=wrong-import-position  # bench/batches.py: numpy only
 
 
 class WordTokenizer:
@@ -39,7 +43,7 @@ class WordTokenizer:
     return [int(w[1:]) for w in text.split()]
 
   def decode(self, ids, **_) -> str:
-    return " ".join(f"t{int(i)}" for i in ids)
+    return batches.words(ids)
 
   def bos_id(self) -> int:
     return 0  # falsy: tunix's sampler then prepends no BOS
@@ -81,9 +85,8 @@ def main() -> None:
   sampler = sampler_lib.Sampler(model, tokenizer, sampler_lib.CacheConfig(
       cache_size=args.prompt_tokens + args.new_tokens, num_layers=config.num_layers,
       num_kv_heads=config.num_kv_heads, head_dim=config.head_dim))
-  ids = np.random.default_rng(args.seed).integers(
-      4, config.vocab_size, (args.batch, args.prompt_tokens)).astype(np.int32)
-  texts = [tokenizer.decode(row) for row in ids]
+  ids = batches.prompts(args.batch, args.prompt_tokens, config.vocab_size, args.seed)
+  texts = [batches.words(row) for row in ids]
 
   def once() -> dict:
     start = time.perf_counter()

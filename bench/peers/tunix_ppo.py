@@ -35,17 +35,17 @@ import numpy as np
 
 import serve  # bench/peers/serve.py, beside this script
 from tunix_generate import WordTokenizer, load_llama, versions  # beside this script
+import batches  # bench/batches.py (importing tunix_generate put bench/ on sys.path)
 
 
 LENGTHS = []  # the response lengths (in ids) of the latest rollout, seen by reward_fn
 
 
 def reward_fn(prompts, completions, **_):
-  """The share of even ids in the response (ours: bench/ppo_iteration.py, the same)."""
+  """bench/batches.py's reward (the project's side scores its rollouts the same way)."""
   del prompts
   LENGTHS[:] = [len(c.split()) for c in completions]
-  return [float(np.mean([int(w[1:]) % 2 == 0 for w in c.split()])) if c else 0.0
-          for c in completions]
+  return batches.even_share(completions)
 
 
 def _critic_class():
@@ -114,13 +114,11 @@ def main() -> None:
   parser.add_argument("--iterations", type=int, default=3, help="without --serve")
   args = parser.parse_args()
   learner, config = build_learner(args)
-  tokenizer = WordTokenizer()
-  ids = np.random.default_rng(args.seed).integers(
-      4, config.vocab_size, (args.prompts, args.prompt_tokens)).astype(np.int32)
-  prompts = [tokenizer.decode(row) for row in np.repeat(ids, args.samples, axis=0)]
+  ids = batches.prompts(args.prompts, args.prompt_tokens, config.vocab_size, args.seed)
+  prompts = [batches.words(row) for row in np.repeat(ids, args.samples, axis=0)]
   info = versions()
 
-  def batches():
+  def prompt_batches():
     """One batch per iteration; the gap between two pulls is one iteration."""
     for _ in range(2):  # compile
       yield {"prompts": prompts}
@@ -137,7 +135,7 @@ def main() -> None:
                         "response_length": float(np.mean(LENGTHS)), **info}), flush=True)
       done += 1
 
-  learner.train(batches())
+  learner.train(prompt_batches())
 
 
 if __name__ == "__main__":

@@ -62,6 +62,11 @@ def data(**overrides) -> ml_collections.ConfigDict:
       "tfds_data_dir": "",
       "holdout_every": 20,           # local files: every 20th record is held out
       "seq_len": 256,
+      # A prompt longer than this (0: than a training row or the generation room
+      # allows) is cut from the left, keeping BOS (truncate_left), or dropped (drop);
+      # every stage counts and reports both (research/data/prompt_fit.py).
+      "max_prompt_len": 0,
+      "prompt_overflow": "truncate_left",
       "batch_size": 16,              # global, over all hosts and devices
       "tokenizer_path": "",          # empty: upstream stage's, else trained here
       "tokenizer_train_docs": 20_000,

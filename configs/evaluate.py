@@ -1,9 +1,14 @@
-"""Evaluate a policy (any stage's run) against the SFT reference on held-out prompts.
+"""Evaluate a policy (any stage's run) against its reference on held-out prompts.
 
   python -m research.main --config=configs/evaluate.py --config.policy=runs/dpo \
-      --config.init_from=runs/sft --config.evaluate.reward_model=runs/reward
+      --config.evaluate.reward_model=runs/reward
   python -m research.main --config=configs/evaluate.py --config.policy=runs/sft \
       --config.evaluate.best_of_n=16          # best-of-16 sampling from the SFT model
+
+By default the policy run says what to evaluate on: its reference (the run a DPO,
+RL or best-of-n run is regularised to; an SFT or CLM run is its own), its data
+(source, fields, splits, prompt limits) and its template. Set config.init_from,
+config.data.source or config.data.template to evaluate against something else.
 """
 
 import ml_collections
@@ -17,8 +22,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   preset = run["model"]
   c = common.base("evaluate", run)
   c.policy = ""                   # the run to evaluate
-  c.init_from = "runs/sft"        # the reference (and its tokenizer)
+  c.init_from = ""                # the reference (and its tokenizer); "": the policy run's
   c.model = common.model(preset)
   c.evaluate = common.evaluate(run)
-  c.data = common.preference_data()  # held-out prompts
+  # Held-out prompts; source "" / template "": the policy run's data and template.
+  c.data = common.preference_data(source="", template="")
   return c

@@ -25,14 +25,13 @@ import json
 import logging
 import os
 import shutil
-import sys
 
 from absl import app, flags
 import jax
 import ml_collections
 import numpy as np
 
-from research import runs
+from research import cli, runs
 from research.data import hf_tokenizer
 from research.models import config as model_config
 from research.models.decoder import Decoder, unstack_layer_params
@@ -223,26 +222,24 @@ def _define_flags() -> None:
 
 def main(argv) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.fail(f"unexpected arguments: {argv[1:]}")
   logging.getLogger("absl").setLevel(logging.WARNING)
   f = flags.FLAGS
   if bool(f.from_hf) == bool(f.to_hf):
-    raise app.UsageError("give exactly one of --from_hf=DIR (import) or --to_hf=DIR (export)")
+    cli.fail("give exactly one of --from_hf=DIR (import) or --to_hf=DIR (export)")
   if not f.workdir and not f.dry_run:
-    raise app.UsageError("--workdir is required")
-  try:
+    cli.fail("--workdir is required")
+  with cli.user_errors():  # CheckpointError, TokenizerError, a missing path: exit 2
     if f.from_hf:
       out = import_hf(f.from_hf, f.workdir, dtype=f.dtype, param_dtype=f.param_dtype,
                       scan_layers=f.scan_layers, fsdp=f.fsdp, tensor=f.tensor,
                       dry_run=f.dry_run)
     else:
       out = export_hf(f.workdir, f.to_hf, dtype=f.dtype)
-  except (CheckpointError, hf_tokenizer.TokenizerError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
   print(json.dumps(out, indent=2, default=str))
 
 
 if __name__ == "__main__":
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found"
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_any_flags)

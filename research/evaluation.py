@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from research import sampling
-from research.data import comparisons
+from research.data import prompt_fit
 from research.errors import ConfigError
 from research.rlhf.reference import ReferenceScorer
 from research.rlhf.rewards import ground_truth
@@ -39,16 +39,22 @@ def ground_truth_format(config) -> str | None:
   return config.data.prompt_format
 
 
-def policy_report(model, policy_params, ref_params, tok, prompts: list, *, template: str,
+def policy_report(model, policy_params, ref_params, tok, prompts: list, *, data_cfg,
                   prompt_format: str | None, mesh, rules, max_new_tokens: int, seed: int = 0,
                   reward_fn=None, samples_per_prompt: int = 1) -> dict:
   """Greedy responses of policy and reference: length, EOS rate, ground-truth score
   (`prompt_format` None: none), reward-model score; the win rate per prompt by the
-  ground truth, else by the reward model; and the sampled KL (`sampled_report`)."""
+  ground truth, else by the reward model; and the sampled KL (`sampled_report`).
+
+  The prompts are rendered with `data_cfg.template`, and long ones cut or dropped
+  as in training (`prompt_fit`); `prompts` reports how many."""
   sampler = sampling.Sampler(model, eos_id=tok.stop_ids, pad_id=tok.pad_id, mesh=mesh, rules=rules)
-  ids = [comparisons.prompt_ids(p, template, tok) for p in prompts]
+  fitted = prompt_fit.for_generation(prompts, data_cfg, tok, max_len=model.cfg.max_len,
+                                     max_new_tokens=max_new_tokens, bucket=sampler.bucket,
+                                     what="held-out prompts")
+  prompts, ids = fitted.texts, fitted.ids
   greedy = sampling.SamplingConfig(max_new_tokens, greedy=True)
-  report = {"num_prompts": len(prompts)}
+  report = {"num_prompts": len(prompts), "prompts": fitted.counts.as_dict()}
   judged = {}
   for name, params in (("policy", policy_params), ("reference", ref_params)):
     roll = rollout(sampler, params, ids, tok, jax.random.PRNGKey(seed), greedy)

@@ -3,9 +3,10 @@
   python -m research.main --config=configs/clm.py[:preset] [--workdir=DIR] \
       [--config.a.b=value ...] [--dry_run]
 
-Exit codes: 0 finished, 1 a non-finite loss (the last good checkpoint is kept),
-2 a bad config, data file or workdir (one line, no traceback), 143 pre-empted by SIGTERM
-after saving (rerun the same command to continue).
+Exit codes (`research/cli.py`): 0 finished, 1 a non-finite loss (the last good
+checkpoint is kept), 2 a user error: a bad flag, config file, config value, data
+file or workdir (one line on stderr, no traceback), 143 pre-empted by SIGTERM after
+saving (rerun the same command to continue).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import jax
 from ml_collections import config_flags
 
 from research import cli, host_memory
-from research.errors import ConfigError, UserError
+from research.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/STAGE.py[:arg]",
                                           lock_config=True)
@@ -34,8 +35,7 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.ini
 # Stages that only sample: on a CPU, keeping freed memory (research/host_memory.py)
 # speeds train steps ~12% but slows decoding ~10% (one malloc arena for all threads).
 SAMPLING_STAGES = ("evaluate", "preferences")
-EXIT_USAGE = 2        # a bad config, data file or workdir, reported in one line
-EXIT_PREEMPTED = 143  # SIGTERM: the state is saved; rerun the same command to continue
+EXIT_USAGE, EXIT_PREEMPTED = cli.EXIT_USAGE, cli.EXIT_PREEMPTED
 
 STAGES = {"clm": "research.stages.clm", "sft": "research.stages.sft",
           "reward": "research.stages.reward", "dpo": "research.stages.dpo",
@@ -50,8 +50,9 @@ def stage_module(name: str):
 
 
 def _run(config, workdir: str) -> dict | None:
-  from research import objectives
+  from research import objectives, runs
   objectives.import_modules(config)  # config.imports: modules that register objectives
+  runs.check_model_overrides(config, cli.explicit_overrides(sys.argv[1:], "model."))
   if _DRY_RUN.value:
     from research.models import config as model_config
     from research.models.decoder import Decoder
@@ -71,6 +72,8 @@ def main(argv) -> None:
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config=configs/STAGE.py[:arg] is required")
+  if _WORKDIR.value is not None and not _WORKDIR.value.strip():
+    cli.fail("--workdir is empty; give a directory, or leave the flag out for runs/<stage>")
   if config.stage not in SAMPLING_STAGES:  # before JAX starts its threads
     host_memory.keep_freed_memory()
   if _DISTRIBUTED.value:
@@ -78,19 +81,34 @@ def main(argv) -> None:
   workdir = _WORKDIR.value or os.path.join("runs", config.stage)
   from research.training.loop import NonFiniteLossError
   try:
-    summary = _run(config, workdir)
-  except (UserError, FileNotFoundError) as e:  # the user's config, data or workdir
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(EXIT_USAGE)
+    with cli.user_errors():  # the user's config, data or workdir: one line, exit 2
+      summary = _run(config, workdir)
   except NonFiniteLossError as e:
     sys.exit(f"error: {e}")
   if summary is None:  # --dry_run
     return
   print(json.dumps({k: v for k, v in summary.items() if k != "samples"}, indent=2, default=float))
   for sample in summary.get("samples", []):
-    print("---\n" + sample)
+    print("---\n" + format_sample(sample))
   if summary.get("preempted"):
     sys.exit(EXIT_PREEMPTED)  # saved, not finished: schedulers should requeue
+
+
+def format_sample(sample) -> str:
+  """A CLM sample is its text; an evaluation sample {prompt, response, ...} is shown
+  as the prompt, '>>>', the response, and any scores."""
+  if isinstance(sample, str):
+    return sample
+  prompt = sample.get("prompt", "")
+  if isinstance(prompt, dict):  # an Alpaca instruction and input
+    prompt = "\n".join(v for v in (prompt.get("instruction"), prompt.get("input")) if v)
+  elif not isinstance(prompt, str):  # messages
+    prompt = "\n".join(f"[{m['role']}] {m['content']}" for m in prompt)
+  if len(prompt) > 300:  # a long conversation: its end, where the question is
+    prompt = "..." + prompt[-300:]
+  scores = ", ".join(f"{k}={v:.3g}" for k, v in sample.items()
+                     if k not in ("prompt", "response") and isinstance(v, (int, float)))
+  return f"{prompt} >>> {sample.get('response', '')}" + (f"  ({scores})" if scores else "")
 
 
 def run() -> None:

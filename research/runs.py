@@ -87,6 +87,42 @@ def inherit_model(config) -> None:
         config.model[key] = value
 
 
+def check_model_overrides(config, keys) -> None:
+  """Explicit `--config.model.KEY=...` flags (`keys`, without the 'model.' prefix
+  or with it) that `inherit_model` would replace: a stage started from a run builds
+  that run's architecture, so asking for another one is refused, not ignored."""
+  source = config.get("init_from")
+  if not source or not os.path.exists(os.path.join(source, CONFIG_FILE)):
+    return
+  upstream = model_config.architecture(load_config(source).model)
+  conflicts = []
+  for key in keys:
+    name = key[len("model."):] if key.startswith("model.") else key
+    if name in upstream and config.model.get(name) != upstream[name]:
+      conflicts.append(f"--config.model.{name}={config.model.get(name)!r} (the run has "
+                       f"{upstream[name]!r})")
+  if conflicts:
+    raise validate.ConfigError(
+        f"{', '.join(conflicts)}: config.init_from={source!r} fixes the architecture, so the "
+        f"stage builds that run's model; drop the override, or train without init_from "
+        f"(only {', '.join(model_config.RUNTIME_FIELDS)} may differ)")
+
+
+def check_reward_run(path: str, key: str) -> None:
+  """`path` (named by the config key `key`) must be a finished reward-model run."""
+  if not path:
+    return
+  if not os.path.exists(os.path.join(path, CONFIG_FILE)):
+    raise validate.ConfigError(f"{key}={path!r} is not the workdir of a run (no {CONFIG_FILE}); "
+                               f"it should name a reward-model run (configs/reward.py)")
+  stage = load_config(path).get("stage", "")
+  if stage != "reward":
+    raise validate.ConfigError(f"{key}={path!r} is a {stage or 'unknown'} run, not a "
+                               f"reward-model run (configs/reward.py)")
+  if checkpoint.latest_step(os.path.join(path, "checkpoints")) is None:
+    raise validate.ConfigError(f"{key}={path!r} has no checkpoint: has the reward stage run?")
+
+
 # What a rerun may change and still continue the same run: how long it trains,
 # how often it logs, evaluates and saves, the device layout (checkpoints reshard
 # on restore), the evaluation after training, and how the model computes (the
@@ -95,7 +131,17 @@ RESUMABLE = ("train.steps", "train.log_every", "train.eval_every", "train.eval_b
              "train.checkpoint_every", "train.max_to_keep", "train.allow_config_change",
              "mesh.", "sharding.", "evaluate.", "imports",
              *(f"model.{name}" for name in model_config.RUNTIME_FIELDS))
+# What `train.allow_config_change` may change as well: how the run learns (optimizer,
+# objective, rollouts), what it reads (data), its seed. Any other key (the stage, the
+# architecture, the tokenizer, the runs it starts from) would leave checkpoints that
+# config.json no longer describes, so it stays refused; so do the keys below.
+CHANGEABLE = ("seed", "optimizer.", "data.", "objective.", "rollout.", "ppo.", "reward.",
+              "ptx.", "sample.", "generate.", "best_of_n.", "preferences.", "policy")
 HISTORY_FILE = "config_history.jsonl"
+
+
+def _matches(key: str, prefixes) -> bool:
+  return any(key == p or (p.endswith(".") and key.startswith(p)) for p in prefixes)
 
 
 def _flat(tree, prefix: str = "") -> dict:
@@ -113,9 +159,68 @@ def config_changes(config, workdir: str) -> dict[str, tuple]:
   workdir's config.json and is not RESUMABLE."""
   old = _flat(json.loads(load_config(workdir).to_json_best_effort()))
   new = _flat(json.loads(config.to_json_best_effort()))
-  resumable = lambda k: any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE)
   return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-          if old.get(k) != new.get(k) and not resumable(k)}
+          if old.get(k) != new.get(k) and not _matches(k, RESUMABLE)}
+
+
+def _why_fixed(key: str, old, new, config) -> str | None:
+  """Why a run cannot continue with `key` changed from `old` to `new`, even with
+  allow_config_change (None: it can)."""
+  if key.startswith("model."):
+    return "the architecture: the checkpoints hold parameters of the old shapes"
+  if key.startswith("data.tokenizer_"):
+    return "the tokenizer: the weights learned its token ids"
+  if key == "init_from":
+    return "the run this one started from (its tokenizer and, for DPO and RL, its reference)"
+  if key in ("objective.critic", "objective.critic_init"):
+    return "the critic: the checkpoints hold its parameters (or none)"
+  o = config.get("objective") or {}
+  if key == "reward.model" and o.get("critic") == "separate" and \
+      o.get("critic_init") == "reward_model":
+    return "the reward model the separate critic was built from"
+  if key == "optimizer.grad_clip_norm" and isinstance(old, (int, float)) and \
+      isinstance(new, (int, float)) and (old > 0) != (new > 0):
+    return "whether gradients are clipped: the optimizer state has another structure"
+  if not _matches(key, CHANGEABLE):
+    return "not a setting a run can change while it continues"
+  return None
+
+
+def _check_rerun(config, workdir: str) -> None:
+  """Refuses, before anything is written, a rerun into `workdir` that would leave a
+  run its checkpoints and config.json no longer describe (see `save_config`)."""
+  old = load_config(workdir)
+  old_stage, stage = old.get("stage", ""), config.get("stage", "")
+  if old_stage != stage:
+    start = f" --config.init_from={workdir}" if old_stage in ("clm", "sft", "dpo") else ""
+    raise validate.ConfigError(
+        f"stage: {workdir} holds a {old_stage or 'unknown'} run and config.stage={stage!r}; "
+        f"each stage writes its own workdir: --workdir=runs/{stage}{start}")
+  trained = checkpoint.latest_step(os.path.join(workdir, "checkpoints"))
+  if trained is None:
+    return
+  changes = config_changes(config, workdir)
+  if not changes:
+    return
+  diff = lambda keys: ", ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in keys)
+  fixed = {k: _why_fixed(k, *changes[k], config) for k in changes}
+  fixed = {k: why for k, why in fixed.items() if why}
+  if fixed:
+    reasons = "; ".join(f"{k} is {why}" for k, why in fixed.items())
+    raise validate.ConfigError(
+        f"{workdir} holds a run trained with another config ({diff(fixed)}), which it cannot "
+        f"continue under ({reasons}); use a new --workdir (with --config.init_from={workdir} "
+        f"to start from this run's weights)")
+  if not config.train.get("allow_config_change", False):
+    raise validate.ConfigError(
+        f"{workdir} holds a run trained with another config ({diff(changes)}); use a new "
+        f"--workdir, or --config.train.allow_config_change=True to continue this run under "
+        f"the new values (recorded in {HISTORY_FILE})")
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, HISTORY_FILE), "a", encoding="utf-8") as f:
+      f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "step": trained,
+                          "changes": {k: list(v) for k, v in changes.items()}}) + "\n")
+  logging.warning("%s: continuing under a changed config: %s", workdir, sorted(changes))
 
 
 def save_config(config, workdir: str) -> None:
@@ -123,29 +228,23 @@ def save_config(config, workdir: str) -> None:
   (see `inherit_model`), refuses to continue a trained run under another config,
   then writes config.json so tools and later stages can rebuild the model.
 
-  A workdir that holds checkpoints is one run: a rerun resumes it, and may change
-  only RESUMABLE keys (train for longer, another mesh, ...). Any other difference
-  raises `validate.ConfigError` before anything is written, unless
-  `config.train.allow_config_change`; then the change is appended to
-  config_history.jsonl."""
+  A workdir holds one stage's run. When it holds checkpoints, a rerun resumes it
+  and may change only RESUMABLE keys (train for longer, another mesh, ...); with
+  `config.train.allow_config_change`, also CHANGEABLE ones (learning rate,
+  schedule, data, objective), each recorded in config_history.jsonl. Anything
+  else (the stage, the architecture, the tokenizer, `init_from`) raises
+  `validate.ConfigError` before anything is written: the run stays loadable."""
   check_init_from(config)
   inherit_model(config)
   validate.check(config)  # after inheriting: the architecture against this mesh
-  trained = checkpoint.latest_step(os.path.join(workdir, "checkpoints"))
-  if os.path.exists(os.path.join(workdir, CONFIG_FILE)) and trained is not None:
-    changes = config_changes(config, workdir)
-    if changes and not config.train.get("allow_config_change", False):
-      diff = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
-      raise validate.ConfigError(
-          f"{workdir} holds a run trained with another config ({diff}); use a new --workdir, "
-          f"or --config.train.allow_config_change=True to continue this run under the new "
-          f"values (recorded in {HISTORY_FILE})")
-    if changes and jax.process_index() == 0:
-      with open(os.path.join(workdir, HISTORY_FILE), "a", encoding="utf-8") as f:
-        f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                            "step": trained,
-                            "changes": {k: list(v) for k, v in changes.items()}}) + "\n")
-      logging.warning("%s: continuing under a changed config: %s", workdir, sorted(changes))
+  if config.get("reward") and config.reward.get("source", "model") == "model":
+    check_reward_run(config.reward.get("model", ""), "config.reward.model")
+  if config.get("evaluate"):
+    check_reward_run(config.evaluate.get("reward_model", ""), "config.evaluate.reward_model")
+  if os.path.isfile(workdir):
+    raise validate.ConfigError(f"--workdir={workdir!r} is a file, not a directory")
+  if os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    _check_rerun(config, workdir)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     tmp = os.path.join(workdir, f".{CONFIG_FILE}.tmp")
@@ -178,6 +277,15 @@ def load_tokenizer(path: str):
   if os.path.isdir(path):
     return hf_tokenizer.HFTokenizer.load(path)
   return tokenizer_lib.Tokenizer.load(path)
+
+
+def tokenizer_origin(config) -> str:
+  """Where `tokenizer_for` takes this config's tokenizer from, in words."""
+  if config.data.get("tokenizer_path"):
+    return f"config.data.tokenizer_path={config.data.tokenizer_path!r}"
+  if config.get("init_from"):
+    return f"the one of config.init_from={config.init_from!r}"
+  return "trained by this run on its data"
 
 
 def tokenizer_for(config, workdir: str, texts_fn: Callable):

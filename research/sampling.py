@@ -260,6 +260,8 @@ def left_align(prompts_BxP: np.ndarray, lengths_B: np.ndarray, padding: str,
 # Decode-loop segment (new tokens): attention reads the cache filled so far,
 # rounded up to this, at the price of one more compiled loop per segment.
 SEGMENT = 64
+# Prompt widths are rounded up to a multiple of this (fewer compilations).
+BUCKET = 16
 
 
 class Sampler:
@@ -272,7 +274,7 @@ class Sampler:
   """
 
   def __init__(self, model: Decoder, *, eos_id: int, pad_id: int = 0, mesh=None, rules=None,
-               bucket: int = 16, segment: int = SEGMENT):
+               bucket: int = BUCKET, segment: int = SEGMENT):
     self.model, self.eos_id, self.pad_id, self.bucket = model, eos_id, pad_id, bucket
     self.segment = segment
     if mesh is None:

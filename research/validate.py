@@ -44,6 +44,9 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optimizer.grad_clip_norm": (_number_in(0, INF), "a number >= 0 (0: no clipping)"),
     "optimizer.grad_accum_steps": (_int_at_least(1), "an integer >= 1"),
     "data.seq_len": (_int_at_least(2), "an integer >= 2"),
+    "data.max_prompt_len": (_int_at_least(0), "an integer >= 0 (0: no cap of its own)"),
+    "data.prompt_overflow": (lambda v: v in ("truncate_left", "drop"), "'truncate_left' or 'drop'"),
+    "model.vocab_size": (_int_at_least(8), "an integer >= 8"),
     "data.batch_size": (_int_at_least(1), "an integer >= 1"),
     "data.holdout_every": (_int_at_least(2), "an integer >= 2 (every n-th record is held out)"),
     "data.corpus_size": (_int_at_least(1), "an integer >= 1"),
@@ -74,6 +77,12 @@ def problems(config) -> list[str]:
     value, found = _lookup(config, key)
     if found and not ok(value):
       out.append(f"config.{key}={value!r} must be {allowed}")
+  seq_len, found = _lookup(config, "data.seq_len")
+  max_len, has_model = _lookup(config, "model.max_len")
+  if found and has_model and isinstance(seq_len, int) and isinstance(max_len, int) \
+      and seq_len > max_len:
+    out.append(f"config.data.seq_len={seq_len} must be at most config.model.max_len={max_len} "
+               f"(the longest sequence the model is built for)")
   tensor, found = _lookup(config, "mesh.tensor")
   if found and isinstance(tensor, int) and tensor > 1 and "model" in config:
     for key in ("num_heads", "num_kv_heads"):

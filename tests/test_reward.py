@@ -167,7 +167,7 @@ def test_encoding_masks_and_truncation(tok):
   records = [{"prompt": "Write a review of X.", "responses": ["Good.", "Bad film."],
               "ranks": [0, 1], "margin": 0.5}]
   (ex,), stats = comparisons.encode(records, tok, "alpaca", seq_len=128, k=3)
-  assert stats == {"examples": 1, "truncated": 0, "dropped": 0}
+  assert (stats["records"], stats["examples"], stats["truncated"], stats["dropped"]) == (1, 1, 0, 0)
   np.testing.assert_array_equal(ex["ranks"], [0, 1, -1])
   for i, response in enumerate(["Good.", "Bad film."]):
     row = ex["tokens"][i][ex["mask"][i]]
@@ -179,8 +179,21 @@ def test_encoding_masks_and_truncation(tok):
                  "ranks": [0, 1]}
   too_long = {"prompt": "p", "responses": [" ".join(["word"] * 300), "x"], "ranks": [0, 1]}
   examples, stats = comparisons.encode([long_prompt, too_long], tok, "alpaca", 64, 2)
-  assert stats == {"examples": 1, "truncated": 1, "dropped": 1}
-  assert examples[0]["mask"][0].sum() == 64 and examples[0]["tokens"][0][0] == tok.bos_id
+  assert (stats["examples"], stats["truncated"], stats["dropped"]) == (1, 1, 1)
+  assert stats["dropped_why"] == {"response_too_long": 1}
+  assert examples[0]["mask"].sum(1).max() == 64 and examples[0]["tokens"][0][0] == tok.bos_id
+  # One cut for all of a record's rows: chosen and rejected see the same prompt.
+  prompt_rows = [ex_row[~resp & mask] for ex_row, resp, mask in zip(
+      examples[0]["tokens"], examples[0]["response_mask"], examples[0]["mask"])]
+  np.testing.assert_array_equal(prompt_rows[0], prompt_rows[1])
+  # The policy: a prompt cap (TRL's max_prompt_length) cuts from the left, or drops.
+  (capped,), stats = comparisons.encode([long_prompt], tok, "alpaca", 128, 2, max_prompt_len=20)
+  assert (~capped["response_mask"][0] & capped["mask"][0]).sum() == 20 and stats["truncated"] == 1
+  assert list(capped["tokens"][0][1:20]) == comparisons.prompt_ids(
+      long_prompt["prompt"], "alpaca", tok)[-19:]  # BOS, then the prompt's last 19 tokens
+  with pytest.raises(DataError, match=r"none of the 2 preference records fits .*"
+                                      r"'prompt_too_long': 1.*'response_too_long': 1"):
+    comparisons.encode([long_prompt, too_long], tok, "alpaca", 64, 2, overflow="drop")
 
 
 def reward_run(tiny_base, workdir, label_noise):

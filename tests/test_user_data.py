@@ -246,10 +246,10 @@ def test_bad_data_is_named_by_file_line_and_field(tmp_path, name, content, reade
 
 
 def test_unknown_file_types_and_missing_files_name_the_key(tmp_path):
-  path = tmp_path / "prefs.csv"
-  path.write_text("prompt,chosen,rejected\n")
-  with pytest.raises(ConfigError, match=r"config.data.source=.*prefs\.csv.*unknown file type "
-                                        r"'\.csv'"):
+  path = tmp_path / "prefs.xml"
+  path.write_text("<prompt/>\n")
+  with pytest.raises(ConfigError, match=r"config.data.source=.*prefs\.xml.*unknown file type "
+                                        r"'\.xml'"):
     preferences.preference_records(data(str(path)), "train")
   with pytest.raises(FileNotFoundError, match=r"config.data.source=.*missing\.jsonl"):
     preferences.preference_records(data(str(tmp_path / "missing.jsonl")), "train")

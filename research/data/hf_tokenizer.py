@@ -24,12 +24,14 @@ import os
 import re
 from typing import Iterable, Sequence
 
+from research.errors import UserError
+
 FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
          "chat_template.jinja", "generation_config.json")
 DIRNAME = "tokenizer"  # where a workdir keeps an HF tokenizer
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError):
   pass
 
 

@@ -94,9 +94,11 @@ def task_of(index: int) -> str:
   return TASKS[(index + index // corpus.VALIDATION_EVERY) % len(TASKS)]
 
 
-def instruction_records(data_cfg, split: str) -> list[dict]:
-  """Records of `split` for SFT, normalised by `layouts.sft` (any layout, any source)."""
+def instruction_records(data_cfg, split: str) -> readers.Rows:
+  """Records of `split` for SFT, normalised by `layouts.sft` (any layout, any source);
+  `.holdout` says how validation was cut from a source without that split."""
   spec = data_cfg.source
   if spec in ("embedded", "embedded_chat"):
-    return embedded(data_cfg, split, chat=spec == "embedded_chat")
-  return [record for _, record in readers.rows(data_cfg, split, layouts.sft)]
+    return readers.Rows(embedded(data_cfg, split, chat=spec == "embedded_chat"))
+  rows = readers.rows(data_cfg, split, layouts.sft, layout_of=layouts.sft_layout)
+  return readers.Rows([record for _, record in rows], rows.holdout)

@@ -201,6 +201,66 @@ def sft(record: dict, where: str) -> dict:
   return {**rest, **out}
 
 
+def _style(value) -> str:
+  return "conversational" if isinstance(value, list) else "standard"
+
+
+def preference_layout(record: dict) -> str | None:
+  """The layout of a raw preference record, for `readers.check_one_layout` (None:
+  none of them; `preference` names the problem). Pairs and rankings with an explicit
+  prompt are one layout (a pair is a ranking of two)."""
+  if all(f in record for f in PAIR_FIELDS) and "prompt" not in record:
+    return f"{{chosen, rejected}} with an implicit prompt ({_style(record['chosen'])})"
+  if "prompt" in record and (all(f in record for f in PAIR_FIELDS) or "responses" in record):
+    return f"an explicit prompt with ranked responses ({_style(record['prompt'])})"
+  return None
+
+
+def sft_layout(record: dict) -> str | None:
+  """The layout of a raw SFT record (as `preference_layout`)."""
+  if "messages" in record:
+    return "{messages}"
+  if "instruction" in record and "output" in record:
+    return "{instruction, input, output}"
+  if "prompt" in record and "completion" in record:
+    return f"{{prompt, completion}} ({_style(record['prompt'])})"
+  return None
+
+
+def prompt_record(record: dict, where: str) -> dict:
+  """The prompt of any preference or SFT record -> {prompt, where}: what RL,
+  best-of-n and evaluation sample from. An SFT record's prompt is the conversation
+  before its last reply (messages), its instruction (with the input: a dict
+  {instruction, input}, which the Alpaca template renders as in SFT), or its prompt."""
+  if preference_layout(record) is not None:
+    return {"prompt": preference(record, where)["prompt"], "where": where}
+  if sft_layout(record) is None:
+    raise DataError(f"{where}: unknown layout with fields {sorted(record)}; prompts come from "
+                    f"preference records {{prompt, chosen, rejected}}, {{chosen, rejected}}, "
+                    f"{{prompt, responses, ranking}} or SFT records {{instruction, input, "
+                    f"output}}, {{prompt, completion}}, {{messages}} (config.data.field_map "
+                    f"renames fields)")
+  r = sft(record, where)
+  kind = sft_kind(r)
+  if kind == "chat":
+    last = max(i for i, m in enumerate(r["messages"]) if m["role"] == "assistant")
+    if not last:
+      raise DataError(f"{where}: the conversation starts with the assistant's reply, so it has "
+                      f"no prompt")
+    prompt = r["messages"][:last]
+  elif kind == "alpaca":
+    prompt = ({"instruction": r["instruction"], "input": r["input"]} if r.get("input")
+              else r["instruction"])
+  else:
+    prompt = r["prompt"]
+  return {"prompt": prompt, "where": where}
+
+
+def prompt_layout(record: dict) -> str | None:
+  """`preference_layout`, else `sft_layout`."""
+  return preference_layout(record) or sft_layout(record)
+
+
 def sft_kind(record: dict) -> str:
   """The layout of a normalised SFT record: 'chat', 'alpaca' or 'prompt_completion'."""
   if "messages" in record:

@@ -84,22 +84,30 @@ def add_label_noise(records: list[dict], rate: float, seed: int) -> list[dict]:
   return out
 
 
-def preference_records(data_cfg, split: str, seed: int = 0) -> list[dict]:
-  """Records of `split`, each {prompt, responses, ranks} (`layouts.preference`)."""
+def preference_records(data_cfg, split: str, seed: int = 0) -> readers.Rows:
+  """Records of `split`, each {prompt, responses, ranks} (`layouts.preference`);
+  `.holdout` says how validation was cut from a source without that split."""
   spec = data_cfg.source
+  holdout = None
   if spec == "embedded":
     records = embedded(data_cfg, split)
   else:
-    records = [r for _, r in readers.rows(data_cfg, split, layouts.preference)]
+    rows = readers.rows(data_cfg, split, layouts.preference,
+                        layout_of=layouts.preference_layout)
+    records, holdout = [r for _, r in rows], rows.holdout
   if split == "train":
     records = add_label_noise(records, data_cfg.label_noise, seed)
-  return records
+  return readers.Rows(records, holdout)
 
 
 def prompts(data_cfg, split: str) -> list:
-  """The distinct prompts of the preference data, in a fixed order: what RL,
-  best-of-n and evaluation sample from (strings, or message lists)."""
-  return distinct_prompts(preference_records(data_cfg, split))
+  """The distinct prompts of the data, in a fixed order: what RL, best-of-n and
+  evaluation sample from (strings, message lists, or {instruction, input}). Any
+  preference or SFT layout gives them (`layouts.prompt_record`)."""
+  if data_cfg.source == "embedded":
+    return distinct_prompts(embedded(data_cfg, split))
+  rows = readers.rows(data_cfg, split, layouts.prompt_record, layout_of=layouts.prompt_layout)
+  return distinct_prompts([r for _, r in rows])
 
 
 def distinct_prompts(records: list[dict]) -> list:
@@ -117,7 +125,7 @@ def pairs(records: list[dict]) -> list[dict]:
       for j in range(len(ranks)):
         if ranks[i] < ranks[j]:
           out.append({"prompt": r["prompt"], "chosen": r["responses"][i],
-                      "rejected": r["responses"][j]})
+                      "rejected": r["responses"][j], "where": r.get("where", "")})
   return out
 
 

@@ -6,16 +6,22 @@ read offline into records that remember where they came from.
   path.jsonl     one JSON object per line
   path.json      a JSON list of objects (or an object of split name -> list)
   path.parquet   a table, one record per row
+  path.csv       a table with a header row (every value a string)
+                 (.jsonl, .json and .csv may be gzipped: path.jsonl.gz)
   DIR            a Hugging Face `datasets` folder: `Dataset.save_to_disk` or
                  `DatasetDict.save_to_disk` output, or a folder of data files such as
-                 a hub snapshot (train-*.parquet, test-*.jsonl, ...)
+                 a hub snapshot (train-*.parquet, data/test-*.jsonl, ...), every file
+                 of every type above read, each file's split told by its name
   hf:ORG/NAME    a dataset in the local Hugging Face hub cache ($HF_HUB_CACHE, else
-                 ~/.cache/huggingface/hub), read with `datasets` offline
+                 ~/.cache/huggingface/hub), read offline
   tfds:NAME      a prepared TFDS dataset (never downloaded here)
 
 Sources that have their own splits (TFDS, a DatasetDict, files named by split)
-are read through `config.data.tfds_splits` (train/validation -> split name); a
-single file holds out every `config.data.holdout_every`-th record.
+are read through `config.data.tfds_splits` (train/validation -> split name). A
+source without a validation split (one file, a folder of unsplit files, a
+DatasetDict or folder with only a train split) holds out every
+`config.data.holdout_every`-th record for validation and trains on the others:
+the two never share a record, and `Rows.holdout` says how they were cut.
 `config.data.field_map` (record field <- source field, or '=literal'; "" for
 none) renames fields the same way for every source; integer labels become
 `config.data.label_names[label]`.
@@ -26,72 +32,128 @@ record i', so every later error can name it.
 
 from __future__ import annotations
 
-import glob
-import json
 import os
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
+from research.data.files import FILE_TYPES, Row, file_rows  # pylint: disable=unused-import
+from research.data.folders import folder_splits, hub_snapshot
 from research.errors import ConfigError, DataError
 
-Row = tuple[str, dict]
-FILE_TYPES = (".jsonl", ".json", ".parquet")
-_SPLIT_FILES = ("train", "validation", "valid", "dev", "test")
+VALIDATION_SPLITS = ("validation", "valid", "dev", "test")
+
+
+class Rows(list):
+  """The (where, record) rows of one split. `holdout` says how validation was cut
+  from a source that has no validation split (None: the source's own splits)."""
+
+  def __init__(self, rows=(), holdout: str | None = None):
+    super().__init__(rows)
+    self.holdout = holdout
 
 
 def rows(data_cfg, split: str, normalize: Callable[[dict, str], Any] | None = None, *,
-         text_ok: bool = False) -> list[tuple[str, Any]]:
+         text_ok: bool = False, layout_of: Callable[[dict], str | None] | None = None) -> Rows:
   """(where, record) of `split` ('train' | 'validation'), field_map applied, then
-  `normalize(record, where)`: over the whole file before a split is held out, so a
-  bad record fails whichever split it falls in."""
+  `normalize(record, where)`: over the whole set before a split is held out, so a
+  bad record fails whichever split it falls in. With `layout_of(record) -> name`, a
+  set whose records come in more than one layout is refused (a field missing from
+  some records would otherwise change what they mean)."""
   spec = data_cfg.source
-  single = False  # one file without splits: hold out every n-th record
+  holdout = None
   if spec.startswith("tfds:"):
     out = tfds_rows(spec[len("tfds:"):], _split_name(data_cfg, split),
                     data_cfg.get("tfds_data_dir") or None)
-  elif spec.startswith("hf:"):
-    out, single = _dataset_rows(hub_snapshot(spec[len("hf:"):]), data_cfg, split, spec)
-  elif os.path.isdir(spec):
-    out, single = _dataset_rows(spec, data_cfg, split, spec)
-  elif not os.path.exists(spec):
-    raise FileNotFoundError(f"config.data.source={spec!r}: no such file or directory "
-                            f"(expected 'embedded', 'tfds:NAME', 'hf:ORG/NAME', a dataset "
-                            f"folder or a {'/'.join(FILE_TYPES)} file)")
   else:
-    out = file_rows(spec, text_ok=text_ok)
-    single = not isinstance(out, dict)
-    if not single:  # a .json object of splits
-      name = _split_name(data_cfg, split)
-      if name not in out:
-        raise DataError(f"{spec}: no split {name!r} (config.data.tfds_splits.{split}); "
-                        f"splits: {sorted(out)}")
-      out = out[name]
+    out, holdout = _pick(_splits(spec, text_ok), data_cfg, split, spec)
   field_map = {k: v for k, v in dict(data_cfg.get("field_map") or {}).items() if v}
   labels = list(data_cfg.get("label_names") or ())
   if field_map:
     out = [(where, map_fields(record, field_map, labels, where)) for where, record in out]
-  if normalize is not None:
+  kinds = [(where, layout_of(record)) for where, record in out] if layout_of else []
+  if normalize is not None:  # a bad record is named before a mix of layouts
     out = [(where, normalize(record, where)) for where, record in out]
-  if single:
-    total, out = len(out), holdout(out, split, data_cfg.holdout_every)
+  check_one_layout(kinds, spec)
+  if holdout is not None:
+    every = data_cfg.holdout_every
+    total, out = len(out), holdout_split(out, split, every)
     if not out:
       raise DataError(f"{spec}: {total} record(s) leave no {split} records "
-                      f"(config.data.holdout_every={data_cfg.holdout_every} holds out every "
-                      f"n-th, starting with the first); give more records")
+                      f"(config.data.holdout_every={every} holds out every n-th, starting "
+                      f"with the first); give more records")
+    holdout = (f"validation is every {every}th record of {holdout} (records 0, {every}, "
+               f"{2 * every}, ...: {len(holdout_split(range(total), 'validation', every))} of "
+               f"{total}; config.data.holdout_every), train the other "
+               f"{len(holdout_split(range(total), 'train', every))}")
   elif not out:
     raise DataError(f"{spec}: the {split} split has no records")
-  return out
+  return Rows(out, holdout)
 
 
-def holdout(records: list, split: str, every: int) -> list:
-  """Every `every`-th record is validation, the rest train (single-file sources)."""
+def holdout_split(records, split: str, every: int) -> list:
+  """Every `every`-th record is validation, the rest train: disjoint."""
+  records = list(records)
   if split == "validation":
-    return list(records[::every])
+    return records[::every]
   return [r for i, r in enumerate(records) if i % every]
+
+
+def check_one_layout(kinds: list[tuple[str, str | None]], spec: str) -> None:
+  """Refuses records of more than one layout, given (where, layout name) per record,
+  naming each layout's first record."""
+  seen: dict[str, list] = {}
+  for where, name in kinds:
+    if name is not None:
+      seen.setdefault(name, [0, where])[0] += 1
+  if len(seen) > 1:
+    parts = "; ".join(f"{name}: {n} record(s), first {where}"
+                      for name, (n, where) in sorted(seen.items(), key=lambda x: -x[1][0]))
+    raise DataError(f"{spec}: records in {len(seen)} layouts ({parts}); one dataset holds one "
+                    f"layout: fix the odd records (a missing field changes the layout), or "
+                    f"split the file")
 
 
 def _split_name(data_cfg, split: str) -> str:
   splits = data_cfg.get("tfds_splits") or {}
   return splits.get(split, split)
+
+
+def _pick(splits: dict, data_cfg, split: str, spec: str) -> tuple[list[Row], str | None]:
+  """The rows of `split` from a source's {split name: loader} (the key None: a source
+  without splits), and what to hold out from (None: the source has the split)."""
+  names = [n for n in splits if n is not None]
+  if not names:
+    return splits[None](), spec
+  train = _split_name(data_cfg, "train")
+  validation = _split_name(data_cfg, "validation")
+  if validation not in splits:
+    validation = next((s for s in VALIDATION_SPLITS if s in splits), None)
+  if validation is None:  # only training data: hold out from it, disjointly
+    base = train if train in splits else (names[0] if len(names) == 1 else None)
+    if base is None:
+      raise DataError(f"{spec}: no split {train!r} (config.data.tfds_splits.train) and no "
+                      f"validation split; splits: {sorted(names)}")
+    return splits[base](), f"{spec} split {base!r} (it has no validation split)"
+  name = train if split == "train" else validation
+  if name not in splits:
+    raise DataError(f"{spec}: no split {name!r} (config.data.tfds_splits.{split}); splits: "
+                    f"{sorted(names)}")
+  return splits[name](), None
+
+
+def _splits(spec: str, text_ok: bool) -> dict:
+  """{split name or None: () -> rows} of a file, dataset folder or hub dataset."""
+  if spec.startswith("hf:"):
+    return folder_splits(hub_snapshot(spec[len("hf:"):]), spec, text_ok)
+  if os.path.isdir(spec):
+    return folder_splits(spec, spec, text_ok)
+  if not os.path.exists(spec):
+    raise FileNotFoundError(f"config.data.source={spec!r}: no such file or directory "
+                            f"(expected 'embedded', 'tfds:NAME', 'hf:ORG/NAME', a dataset "
+                            f"folder or a {'/'.join(FILE_TYPES)} file)")
+  out = file_rows(spec, text_ok=text_ok)
+  if isinstance(out, dict):  # a .json object of splits
+    return {name: (lambda rows=rows: rows) for name, rows in out.items()}
+  return {None: lambda: out}
 
 
 def map_fields(record: dict, field_map: dict, labels: list, where: str) -> dict:
@@ -115,134 +177,6 @@ def map_fields(record: dict, field_map: dict, labels: list, where: str) -> dict:
       value = labels[value]
     out[field] = value
   return out
-
-
-# Files.
-
-def file_rows(path: str, *, text_ok: bool = False) -> list[Row] | dict[str, list[Row]]:
-  """A whole file's records; an empty file or one without records is an error."""
-  ext = os.path.splitext(path)[1].lower()
-  if ext == ".jsonl":
-    out = list(_jsonl(path))
-  elif ext == ".json":
-    out = _json(path)
-  elif ext == ".parquet":
-    out = _parquet(path)
-  elif ext == ".txt" and text_ok:
-    out = [(f"{path}:{n}", {"text": line}) for n, line in _lines(path) if line.strip()]
-  else:
-    kinds = ("txt",) * text_ok + tuple(t[1:] for t in FILE_TYPES)
-    raise ConfigError(f"config.data.source={path!r}: unknown file type {ext or '(none)'!r}; "
-                      f"expected .{', .'.join(kinds)}, or a dataset folder")
-  if not out:
-    raise DataError(f"{path}: no records (the file is empty)")
-  return out
-
-
-def _lines(path: str) -> Iterator[tuple[int, str]]:
-  """(line number, text) with non-UTF-8 bytes named by line and byte offset."""
-  with open(path, "rb") as f:
-    for n, raw in enumerate(f, start=1):
-      try:
-        yield n, raw.decode("utf-8").rstrip("\r\n")
-      except UnicodeDecodeError as e:
-        raise DataError(f"{path}:{n}: not UTF-8 (byte {raw[e.start]:#04x} at byte offset "
-                        f"{e.start} of the line); re-encode the file as UTF-8") from None
-
-
-def _jsonl(path: str) -> Iterator[Row]:
-  for n, line in _lines(path):
-    if not line.strip():
-      continue
-    where = f"{path}:{n}"
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-    yield where, _object(record, where)
-
-
-def _object(record: Any, where: str) -> dict:
-  if not isinstance(record, dict):
-    raise DataError(f"{where}: expected a JSON object of fields, got "
-                    f"{type(record).__name__} {json.dumps(record)[:80]}")
-  return record
-
-
-def _json(path: str) -> list[Row] | dict[str, list[Row]]:
-  text = "\n".join(line for _, line in _lines(path))
-  try:
-    data = json.loads(text)
-  except json.JSONDecodeError as e:
-    raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-  if isinstance(data, list):
-    return [(f"{path} record {i}", _object(r, f"{path} record {i}")) for i, r in enumerate(data)]
-  if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
-    return {split: [(f"{path} {split} record {i}", _object(r, f"{path} {split} record {i}"))
-                    for i, r in enumerate(records)] for split, records in data.items()}
-  raise DataError(f"{path}: expected a JSON list of records (or an object of split name -> "
-                  f"list of records); for one record per line use .jsonl")
-
-
-def _parquet(path: str) -> list[Row]:
-  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
-  try:
-    table = pq.read_table(path)
-  except Exception as e:  # pylint: disable=broad-except  # arrow's errors name no file
-    raise DataError(f"{path}: not a readable parquet file ({e})") from None
-  return [(f"{path} row {i}", r) for i, r in enumerate(table.to_pylist())]
-
-
-# Hugging Face datasets, offline.
-
-def hub_snapshot(name: str) -> str:
-  """The folder of `name`'s cached snapshot (refs/main, else the newest)."""
-  cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
-      os.environ.get("HF_HOME") or os.path.expanduser("~/.cache/huggingface"), "hub")
-  repo = os.path.join(cache, "datasets--" + name.replace("/", "--"))
-  ref = os.path.join(repo, "refs", "main")
-  if os.path.exists(ref):
-    with open(ref, encoding="utf-8") as f:
-      snapshot = os.path.join(repo, "snapshots", f.read().strip())
-    if os.path.isdir(snapshot):
-      return snapshot
-  snapshots = sorted(glob.glob(os.path.join(repo, "snapshots", "*")), key=os.path.getmtime)
-  if not snapshots:
-    raise DataError(f"hf:{name} is not in the Hugging Face hub cache ({repo} has no "
-                    f"snapshot); nothing is downloaded here: fetch it where there is internet "
-                    f"(huggingface-cli download --repo-type dataset {name}) and copy the cache, "
-                    f"or set HF_HUB_CACHE")
-  return snapshots[-1]
-
-
-def _dataset_rows(folder: str, data_cfg, split: str, spec: str) -> tuple[list[Row], bool]:
-  """A `save_to_disk` folder, or a folder of data files, through `datasets` offline;
-  -> (rows, whether they are one unsplit set to hold out from)."""
-  os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-  os.environ.setdefault("HF_HUB_OFFLINE", "1")
-  import datasets  # pylint: disable=g-import-not-at-top  # slow import; only when used
-  datasets.disable_progress_bars()
-  saved = any(os.path.exists(os.path.join(folder, f))
-              for f in ("dataset_dict.json", "state.json", "dataset_info.json"))
-  try:
-    if saved:
-      ds = datasets.load_from_disk(folder)
-    else:
-      ds = datasets.load_dataset(folder)
-  except Exception as e:  # pylint: disable=broad-except  # many kinds, none names the source
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise DataError(f"{spec}: not a readable Hugging Face dataset folder ({first[:300]})") from None
-  if isinstance(ds, datasets.DatasetDict):
-    name = _split_name(data_cfg, split)
-    if name not in ds and split == "validation":
-      name = next((s for s in ("validation", "valid", "dev", "test") if s in ds), name)
-    if name in ds:
-      return [(f"{spec} {name} record {i}", r) for i, r in enumerate(ds[name])], False
-    if len(ds) != 1:
-      raise DataError(f"{spec}: no split {name!r} (config.data.tfds_splits.{split}); splits: "
-                      f"{sorted(ds)}")
-    ds = next(iter(ds.values()))  # one split only: hold out from it
-  return [(f"{spec} record {i}", r) for i, r in enumerate(ds)], True
 
 
 # TFDS, offline.

@@ -12,6 +12,7 @@ import numpy as np
 
 from research.data import pipeline, templates
 from research.data.sources import ListSource
+from research.data.summary import Counts
 from research.data.tokenizer import Tokenizer
 from research.errors import DataError
 
@@ -23,34 +24,37 @@ class SFTExamples:
   stats: dict[str, float]
 
 
-def build(records, tok: Tokenizer, template: str, seq_len: int) -> SFTExamples:
-  """Each record -> one example of at most seq_len (+1 for the shift) tokens."""
+def build(records, tok: Tokenizer, template: str, seq_len: int, *, max_prompt_len: int = 0,
+          overflow: str = "truncate_left") -> SFTExamples:
+  """Each record -> one example of at most seq_len (+1 for the shift) tokens; a long
+  prompt is cut from the left or dropped (`prompt_fit`), a record whose responses
+  alone do not fit is dropped. `stats` counts each (`summary.Counts`)."""
   examples, kept = [], []
-  counts = {"truncated": 0, "dropped": 0}
-  response_tokens = total_tokens = 0
+  counts = Counts(limit=max_prompt_len, overflow=overflow)
+  response_tokens = 0
   longest = (0, "")
-  for record in records:
+  for i, record in enumerate(records):
+    where = record.get("where") or f"record {i}"
     record = templates.as_template(record, template)
     ids, mask = templates.tokenize(record, template, tok)
-    longest = max(longest, (len(ids), record.get("where", "")))
-    ids, mask, status = templates.fit(ids, mask, seq_len + 1)
-    if status != "ok":
-      counts[status] += 1
+    longest = max(longest, (len(ids), where))
+    ids, mask, status, reason = templates.fit(ids, mask, seq_len + 1, max_prompt_len, overflow)
+    counts.add(status, where, reason)
     if status == "dropped":
       continue
     examples.append({"inputs": ids[:-1], "targets": ids[1:],
                      "loss_mask": mask[1:].astype(np.int32)})
     kept.append(record)
     response_tokens += int(mask.sum())
-    total_tokens += len(ids) - 1
+    counts.count_tokens(ids[:-1], getattr(tok, "unk_id", None))
   if not examples:
     raise DataError(f"every one of {len(records)} examples is longer than "
-                    f"config.data.seq_len={seq_len} even without its prompt (the longest, "
+                    f"config.data.seq_len={seq_len} even without its prompt, or has a prompt "
+                    f"over the limit with config.data.prompt_overflow='drop' (the longest, "
                     f"{longest[1] or 'a record'}, has {longest[0]} tokens); raise "
                     f"config.data.seq_len or shorten the responses")
-  stats = {"examples": len(examples), "truncated": counts["truncated"],
-           "dropped": counts["dropped"], "mean_tokens": total_tokens / len(examples),
-           "response_fraction": response_tokens / total_tokens}
+  stats = {**counts.as_dict(), "mean_tokens": counts.tokens / len(examples),
+           "response_fraction": response_tokens / counts.tokens}
   return SFTExamples(examples, kept, stats)
 
 

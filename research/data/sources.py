@@ -23,10 +23,11 @@ from research.errors import DataError
 
 
 class ListSource:
-  """Records held in memory (embedded corpus, local files)."""
+  """Records held in memory (embedded corpus, local files); `holdout` as `readers.Rows`."""
 
-  def __init__(self, records: Sequence[dict]):
+  def __init__(self, records: Sequence[dict], holdout: str | None = None):
     self._records = list(records)
+    self.holdout = holdout
 
   def __len__(self) -> int:
     return len(self._records)
@@ -47,8 +48,9 @@ def text_source(data_cfg, split: str):
     source = readers.TFDSSource(name, tfds_split, data_cfg.get("tfds_data_dir") or None)
     return _Renamed(source, data_cfg.text_field, f"tfds:{name} {tfds_split}")
   field = data_cfg.text_field
-  return ListSource([record for _, record in readers.rows(
-      data_cfg, split, lambda r, where: {"text": text_of(r, field, where)}, text_ok=True)])
+  rows = readers.rows(data_cfg, split, lambda r, where: {"text": text_of(r, field, where)},
+                      text_ok=True)
+  return ListSource([record for _, record in rows], rows.holdout)
 
 
 def text_of(record: dict, field: str, where: str) -> str:

@@ -94,13 +94,17 @@ def hf_chat_segments(record: dict, tok) -> list[tuple[str, bool]]:
 
 
 def render_prompt(prompt, template: str, tok=None) -> str:
-  """A bare prompt (preference / RL data: a string, or the messages before the reply)
-  rendered as the policy saw prompts in SFT.
+  """A bare prompt (preference / RL data: a string, the messages before the reply,
+  or an SFT record's {instruction, input}) rendered as the policy saw prompts in SFT.
 
   'none' leaves a string raw: a text prefix to continue (the DPO paper's IMDb task).
   """
   if template not in TEMPLATES:
     raise ConfigError(f"config.data.template={template!r}; expected one of {TEMPLATES}")
+  if isinstance(prompt, dict):  # an Alpaca record's instruction and input
+    if template == "alpaca":
+      return alpaca_prompt(prompt)
+    prompt = prompt["instruction"] + (f"\n\n{prompt['input']}" if prompt.get("input") else "")
   if isinstance(prompt, list):
     if template == "hf_chat":
       return tok.render_chat(prompt, add_generation_prompt=True)
@@ -211,17 +215,22 @@ def tokenize(record: dict, template: str, tok: Tokenizer):
   return np.asarray(ids, np.int32), np.asarray(mask, bool)
 
 
-def fit(ids, mask, max_tokens: int):
-  """Truncation policy: cut the prompt from the left (keeping BOS), keep every response.
+def fit(ids, mask, max_tokens: int, max_prompt: int = 0, overflow: str = "truncate_left"):
+  """Truncation policy (`prompt_fit`): the prompt (the tokens before the first
+  response) is cut from the left, keeping BOS, to fit `max_tokens` in all and
+  `max_prompt` (> 0) itself; every response is kept.
 
-  Returns (ids, mask, status) with status 'ok', 'truncated' or 'dropped' (the
-  responses alone do not fit).
+  Returns (ids, mask, status, reason): status 'ok', 'truncated' or 'dropped',
+  reason 'response_too_long' (the responses alone do not fit) or 'prompt_too_long'
+  (the prompt needs cutting and `overflow` is 'drop').
   """
-  if len(ids) <= max_tokens:
-    return ids, mask, "ok"
-  excess = len(ids) - max_tokens
   first_response = int(np.argmax(mask))
-  if first_response - 1 < excess:  # not enough prompt (after BOS) to cut
-    return ids, mask, "dropped"
+  excess = max(len(ids) - max_tokens, first_response - max_prompt if max_prompt else 0, 0)
+  if not excess:
+    return ids, mask, "ok", ""
+  if first_response - 1 < excess:  # less prompt (after BOS) than must go
+    return ids, mask, "dropped", "response_too_long"
+  if overflow == "drop":
+    return ids, mask, "dropped", "prompt_too_long"
   keep = np.r_[0, np.arange(1 + excess, len(ids))]
-  return ids[keep], mask[keep], "truncated"
+  return ids[keep], mask[keep], "truncated", ""

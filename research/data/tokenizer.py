@@ -23,9 +23,14 @@ ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
 class Tokenizer:
   """A thin, picklable wrapper over a serialized SentencePiece model."""
 
-  def __init__(self, model_proto: bytes):
+  def __init__(self, model_proto: bytes, path: str = ""):
     self.model_proto = model_proto
-    self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    try:
+      self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    except RuntimeError:  # ParseFromArray: truncated, or not a sentencepiece model at all
+      raise DataError(f"{path or 'a tokenizer'}: not a readable SentencePiece model (truncated, "
+                      f"or another kind of file); give a tokenizer.model or a Hugging Face "
+                      f"tokenizer folder, or delete it to train one anew") from None
     if (self._sp.pad_id(), self._sp.eos_id(), self._sp.bos_id()) != (PAD_ID, EOS_ID, BOS_ID):
       raise ValueError("tokenizer must have pad=0, eos=1, bos=2 (train it with "
                        "research.data.tokenizer.train)")
@@ -74,7 +79,7 @@ class Tokenizer:
   @classmethod
   def load(cls, path: str) -> "Tokenizer":
     with open(path, "rb") as f:
-      return cls(f.read())
+      return cls(f.read(), path)
 
 
 def train(texts: Iterable[str], vocab_size: int, model_type: str = "bpe",
@@ -88,6 +93,11 @@ def train(texts: Iterable[str], vocab_size: int, model_type: str = "bpe",
   try:
     _train(texts, buffer, vocab_size, model_type, byte_fallback)
   except RuntimeError as e:
+    least = re.search(r"Vocabulary size is smaller than required_chars\. \d+ vs (\d+)", str(e))
+    if least:
+      raise DataError(f"config.model.vocab_size={vocab_size} is too small for this text: its "
+                      f"characters and the special tokens need at least {least.group(1)} "
+                      f"pieces; raise config.model.vocab_size") from None
     most = re.search(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)",
                      str(e))
     if not most:

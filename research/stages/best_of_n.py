@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from research import evaluation, runs, sampling, seeds
-from research.data import comparisons, preferences, sft
+from research.data import preferences, prompt_fit, sft
 from research.errors import ConfigError
 from research.models import config as model_config
 from research.models.decoder import Decoder
@@ -53,11 +53,18 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
   ref_params = runs.load_params(config.init_from, model, mesh, rules)
   source = rewards.as_source(reward) if reward is not None else \
       rewards.from_config(config, mesh, rules)
-  prompts = preferences.prompts(config.data, "train")
-  ids = [comparisons.prompt_ids(p, config.data.template, tok) for p in prompts]
-  eval_prompts = preferences.prompts(config.data, "validation")[:config.evaluate.num_prompts]
-  eval_ids = [comparisons.prompt_ids(p, config.data.template, tok) for p in eval_prompts]
   sampler = sampling.Sampler(model, eos_id=tok.stop_ids, pad_id=tok.pad_id, mesh=mesh, rules=rules)
+  fit = lambda prompts, new_tokens, what: prompt_fit.for_generation(
+      prompts, config.data, tok, max_len=model.cfg.max_len, max_new_tokens=new_tokens,
+      bucket=sampler.bucket, what=what)
+  fitted = fit(preferences.prompts(config.data, "train"), b.max_new_tokens, "training prompts")
+  prompt_stats = prompt_fit.announce(fitted, "training prompts")
+  prompts, ids = fitted.texts, fitted.ids
+  eval_prompts, eval_ids = [], []
+  if config.evaluate.num_prompts:
+    held_out = fit(preferences.prompts(config.data, "validation")[:config.evaluate.num_prompts],
+                   config.evaluate.max_new_tokens, "held-out prompts")
+    eval_prompts, eval_ids = held_out.texts, held_out.ids
   sample_cfg = sampling.SamplingConfig(b.max_new_tokens, temperature=b.temperature)
 
   def evaluate(params, r: int) -> dict:
@@ -100,7 +107,9 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
       round_config.init_from = current
       round_config.stage = "sft"
     runs.save_config(round_config, round_dir)
-    data = sft.build(records, tok, config.data.template, config.data.seq_len)
+    cap, overflow = prompt_fit.settings(config.data)
+    data = sft.build(records, tok, config.data.template, config.data.seq_len,
+                     max_prompt_len=cap, overflow=overflow)
     batches = lambda train, data=data: sft.batches(  # pylint: disable=cell-var-from-loop
         data, seq_len=config.data.seq_len, global_batch_size=config.data.batch_size,
         seed=seeds.derived_seed(config.seed, f"bon_data_{r}"), train=train)
@@ -116,7 +125,7 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
     current = round_dir
 
   key = "sampled/reward"
-  summary = {"rounds": history, "n": b.n, "final": current,
+  summary = {"rounds": history, "n": b.n, "final": current, "prompts": prompt_stats,
              "curves": {k: curve_ends_of_rounds(history, k) for k in (key, "kl")
                         if k in history[0]}}
   runs.record_policy(workdir, run=current)  # the policy is the last round's run

@@ -5,12 +5,11 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import sys
 
 import jax
 
 from research import runs, sampling, seeds
-from research.data import instructions, pipeline, sources, stats
+from research.data import instructions, pipeline, sources, stats, summary as summary_lib
 from research.models import config as model_config
 from research.models.decoder import Decoder
 from research.stages import common
@@ -21,23 +20,29 @@ def _first_texts(source, n: int):
   return (source[i]["text"] for i in range(min(n, len(source))))
 
 
-def _tokenizer_texts(source, n: int):
-  """Corpus text plus the later stages' fixed prompt text (one tokenizer serves all)."""
+def _tokenizer_texts(source, n: int, embedded: bool):
+  """Corpus text; on the embedded corpus also the later stages' fixed prompt text (one
+  tokenizer serves the whole embedded pipeline). A researcher's tokenizer comes from
+  their data alone."""
   yield from _first_texts(source, n)
-  yield from instructions.boilerplate()
+  if embedded:
+    yield from instructions.boilerplate()
 
 
 def run(config, workdir: str, hooks=()) -> dict:
   runs.save_config(config, workdir)
   train_src = sources.text_source(config.data, "train")
   eval_src = sources.text_source(config.data, "validation")
-  tok = runs.tokenizer_for(config, workdir,
-                             lambda: _tokenizer_texts(train_src, config.data.tokenizer_train_docs))
+  tok = runs.tokenizer_for(config, workdir, lambda: _tokenizer_texts(
+      train_src, config.data.tokenizer_train_docs, config.data.source == "embedded"))
   # The first documents' tokens, once: the data summary now, the unigram entropy later.
   sample = [tok.encode(t) for t in _first_texts(train_src, 2000)]
   data_summary = stats.text_summary(train_src, eval_src, sample, getattr(tok, "unk_id", None))
-  if jax.process_index() == 0:
-    print(stats.describe(data_summary), file=sys.stderr, flush=True)
+  summary_lib.announce([stats.describe(data_summary),
+                        getattr(train_src, "holdout", None) and f"data: {train_src.holdout}",
+                        summary_lib.unk_warning(data_summary["unk_rate"],
+                                                runs.tokenizer_origin(config))])
+  data_summary["holdout"] = getattr(train_src, "holdout", None)
   model = Decoder(model_config.from_config(config.model))
   batches = functools.partial(pipeline.clm_batches, tokenizer=tok, seq_len=config.data.seq_len,
                               global_batch_size=config.data.batch_size,

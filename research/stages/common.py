@@ -15,7 +15,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from research.training import checkpoint, optimizer, partitioning, state as state_lib
+from research.models.decoder import Decoder
+from research.training import checkpoint, memory, optimizer, partitioning, state as state_lib
 
 
 @dataclasses.dataclass
@@ -30,17 +31,27 @@ class Setup:
 
 
 def setup(config, module: nn.Module, total_steps: int,
-          init_params: Callable | None = None, init_subtree: str | None = None) -> Setup:
+          init_params: Callable | None = None, init_subtree: str | None = None,
+          rows: int = 0) -> Setup:
   """Mesh, optimizer and the sharded TrainState.
 
   With `config.init_from`, the parameters come from that run's checkpoint: all
   of them, or, with `init_subtree`, only `params[init_subtree]` (a reward
-  model's trunk from an SFT run, with a fresh head).
+  model's trunk from an SFT run, with a fresh head). With `rows` (sequences of
+  `config.data.seq_len` per step), a config whose step cannot fit the memory is
+  refused before anything is allocated (`training/memory.py`).
   """
   mesh, rules = partitioning.mesh_and_rules(config)
   tx, schedule = optimizer.make_optimizer(config.optimizer, total_steps)
   init_params = init_params or state_lib.init_fn(module)
   abstract, shardings = state_lib.abstract_state(init_params, tx, mesh, rules, config.seed)
+  if rows:
+    memory.check_step_fits(
+        config, module.cfg, rows=rows, seq_len=config.data.seq_len,
+        batch_ways=partitioning.batch_axis_size(mesh, rules),
+        tensor_ways=dict(mesh.shape).get("tensor", 1), logits=isinstance(module, Decoder),
+        state_bytes=partitioning.per_device_bytes(abstract.params, shardings.params)
+        + partitioning.per_device_bytes(abstract.opt_state, shardings.opt_state))
   params = None
   if config.get("init_from"):
     target = abstract.params[init_subtree] if init_subtree else abstract.params
@@ -59,15 +70,17 @@ def setup(config, module: nn.Module, total_steps: int,
 
 def train(config, workdir: str, module: nn.Module, *, train_iter, eval_batches,
           hooks=(), tokens_per_batch: int = 0, init_params: Callable | None = None,
-          init_subtree: str | None = None):
+          init_subtree: str | None = None, rows_per_example: int = 1):
   """Sharded state -> the registered objective through the one step factory -> the loop.
 
-  `eval_batches=None` trains without held-out evaluation.
+  `eval_batches=None` trains without held-out evaluation. `rows_per_example`: the
+  sequences of one example (K responses of a comparison).
 
   Returns (LoopResult, Setup, train_step)."""
   from research import objectives  # pylint: disable=g-import-not-at-top
   from research.training import loop, step as step_lib  # pylint: disable=g-import-not-at-top
-  s = setup(config, module, config.train.steps, init_params, init_subtree)
+  s = setup(config, module, config.train.steps, init_params, init_subtree,
+            rows=config.data.batch_size * rows_per_example)
   loss = functools.partial(objectives.get(config.objective.name), model=module, config=config)
   train_step = step_lib.make_train_step(
       loss, tx=s.tx, state_shardings=s.shardings, mesh=s.mesh, rules=s.rules,

@@ -9,7 +9,7 @@ of greedy samples against the reference's, sequence-level KL to the reference).
 from __future__ import annotations
 
 from research import evaluation, objectives, runs, seeds
-from research.data import comparisons, preferences
+from research.data import comparisons, preferences, prompt_fit, summary as data_summary
 from research.errors import ConfigError
 from research.models import config as model_config
 from research.models.decoder import Decoder
@@ -20,8 +20,8 @@ from research.training import partitioning
 
 
 def pair_records(records) -> list[dict]:
-  return [{"prompt": p["prompt"], "responses": [p["chosen"], p["rejected"]], "ranks": [0, 1]}
-          for p in preferences.pairs(records)]
+  return [{"prompt": p["prompt"], "responses": [p["chosen"], p["rejected"]], "ranks": [0, 1],
+           "where": p["where"]} for p in preferences.pairs(records)]
 
 
 def run(config, workdir: str, hooks=()) -> dict:
@@ -34,9 +34,14 @@ def run(config, workdir: str, hooks=()) -> dict:
       d, "train", seed=seeds.derived_seed(config.seed, "label_noise"))
   eval_records = preferences.preference_records(d, "validation")
   tok = runs.tokenizer_for(config, workdir, lambda: ())
+  cap, overflow = prompt_fit.settings(d)
   encode = lambda records: comparisons.encode(pair_records(records), tok, d.template,
-                                              d.seq_len, 2)
+                                              d.seq_len, 2, max_prompt_len=cap, overflow=overflow)
   (train_ex, train_stats), (eval_ex, eval_stats) = encode(train_records), encode(eval_records)
+  data = data_summary.report({"train pairs": train_stats, "validation pairs": eval_stats},
+                             holdout=train_records.holdout, seq_len=d.seq_len,
+                             tokenizer_from=runs.tokenizer_origin(config))
+  data_summary.check_heldout_batch(eval_stats, d, train_records.holdout)
   model = Decoder(model_config.from_config(config.model))
   mesh, rules = partitioning.mesh_and_rules(config)
   ref_params = runs.load_params(config.init_from, model, mesh, rules)
@@ -56,11 +61,12 @@ def run(config, workdir: str, hooks=()) -> dict:
   wrap = lambda it: it if "ref_logps" in train_ex[0] else reference.WithReference(it, scorer)
   result, s, train_step = common.train(
       config, workdir, model, train_iter=wrap(iter(batches(train_ex, True))),
-      eval_batches=lambda: wrap(iter(batches(eval_ex, False))), hooks=hooks)
+      eval_batches=lambda: wrap(iter(batches(eval_ex, False))), hooks=hooks,
+      rows_per_example=2)
 
   summary = {"step": result.step, "preempted": result.preempted, "objective": obj.name,
              "beta": obj.beta,
-             "data": {"train_pairs": train_stats, "eval_pairs": eval_stats},
+             "data": data,
              "train": result.train_metrics, "eval": result.eval_metrics,
              "eval_at_start": result.eval_history.get(0, {}),
              "compilations": train_step.compilations()}
@@ -69,7 +75,7 @@ def run(config, workdir: str, hooks=()) -> dict:
     reward_fn = (RewardFunction.load(config.evaluate.reward_model, mesh, rules)
                  if config.evaluate.reward_model else None)
     summary["policy"] = evaluation.policy_report(
-        model, result.state.params, ref_params, tok, prompts, template=d.template,
+        model, result.state.params, ref_params, tok, prompts, data_cfg=d,
         prompt_format=evaluation.ground_truth_format(config), mesh=mesh, rules=rules,
         max_new_tokens=config.evaluate.max_new_tokens, seed=config.seed, reward_fn=reward_fn,
         samples_per_prompt=config.evaluate.samples_per_prompt)

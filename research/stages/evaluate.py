@@ -1,4 +1,10 @@
-"""Stage: one policy against the SFT reference on held-out prompts (no training).
+"""Stage: one policy against its reference on held-out prompts (no training).
+
+What it is measured on comes from the policy run unless the config says otherwise
+(`resolve`): its reference (a DPO, RL or best-of-n run's `init_from`, the model
+its KL is to; an SFT or CLM run is its own reference), and its data block: source,
+fields, splits, template and prompt limits. So a policy trained on a researcher's
+data is judged on that data's held-out prompts, not on the embedded movie task.
 
 Every method of an experiment is measured by the same code on the same prompts
 and seeds: the ground-truth score of temperature-1 samples and of greedy
@@ -13,11 +19,15 @@ to the sampling policy is the bound log n - (n - 1) / n (Stiennon et al. 2020).
 
 from __future__ import annotations
 
+import logging
+import os
+
 import jax
+import ml_collections
 import numpy as np
 
 from research import evaluation, runs, sampling, seeds
-from research.data import comparisons, preferences
+from research.data import preferences, prompt_fit
 from research.errors import ConfigError
 from research.reward_fn import RewardFunction
 from research.rlhf import best_of_n, rewards
@@ -25,12 +35,51 @@ from research.rlhf.rollout import rollout
 from research.training import partitioning
 
 
+# Stages whose run is regularised to the run it starts from (its KL reference).
+REGULARISED = ("dpo", "rlhf", "best_of_n")
+LANGUAGE_MODELS = ("clm", "sft", *REGULARISED)
+SFT_SOURCES = {"embedded_chat": ("embedded", "chat")}  # SFT's embedded set -> prompts, template
+
+
+def resolve(config) -> dict:
+  """Fills config.init_from, config.data and config.data.template from the policy run
+  where they are empty (see the module doc); -> what came from where."""
+  if not config.policy:
+    raise ConfigError("config.policy (the run to evaluate) is required")
+  if not os.path.exists(os.path.join(config.policy, runs.CONFIG_FILE)):
+    raise ConfigError(f"config.policy={config.policy!r} is not the workdir of a run (no "
+                      f"{runs.CONFIG_FILE})")
+  policy = runs.load_config(config.policy)
+  stage = policy.get("stage", "")
+  if stage not in LANGUAGE_MODELS:
+    raise ConfigError(f"config.policy={config.policy!r} is a {stage or 'unknown'} run; evaluate "
+                      f"a language-model run ({', '.join(LANGUAGE_MODELS)})")
+  came = {}
+  with config.unlocked():
+    if not config.init_from:
+      regularised = stage in REGULARISED and policy.get("init_from")
+      config.init_from = policy.init_from if regularised else config.policy
+      came["reference"] = (f"{config.init_from} (the policy run's init_from)" if regularised
+                           else f"{config.init_from} (the policy itself: a {stage} run)")
+    if not config.data.source:
+      data = ml_collections.ConfigDict({**config.data.to_dict(),
+                                        **policy.get("data", ml_collections.ConfigDict()).to_dict()})
+      data.source, template = SFT_SOURCES.get(data.source, (data.source, data.get("template")))
+      data.template = template or "alpaca"
+      config.data = data
+      came["data"] = f"source {data.source!r}, template {data.template!r} (the policy run's)"
+    elif not config.data.template:
+      config.data.template = policy.get("data", {}).get("template") or "alpaca"
+      came["data"] = f"template {config.data.template!r} (the policy run's)"
+  for what, where in came.items():
+    logging.warning("evaluate: %s from %s", what, where)
+  return came
+
+
 def run(config, workdir: str, hooks=(), reward=None) -> dict:
   del hooks, reward
   e = config.evaluate
-  if not (config.policy and config.init_from):
-    raise ConfigError("config.policy (the run to evaluate) and config.init_from (the SFT "
-                      "reference) are both required")
+  came = resolve(config)
   runs.save_config(config, workdir)
   mesh, rules = partitioning.mesh_and_rules(config)
   tok = runs.tokenizer_for(config, workdir, lambda: ())
@@ -43,10 +92,12 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
     report = _best_of_n(config, model, params, ref_params, tok, prompts, rm, mesh, rules)
   else:
     report = evaluation.policy_report(
-        model, params, ref_params, tok, prompts, template=config.data.template,
+        model, params, ref_params, tok, prompts, data_cfg=config.data,
         prompt_format=fmt, mesh=mesh, rules=rules, max_new_tokens=e.max_new_tokens,
         seed=config.seed, reward_fn=rm, samples_per_prompt=e.samples_per_prompt)
-  summary = {"policy": config.policy, "best_of_n": e.best_of_n, **report}
+  summary = {"policy": config.policy, "reference": config.init_from,
+             "data": {"source": config.data.source, "template": config.data.template},
+             "from_policy_run": came, "best_of_n": e.best_of_n, **report}
   runs.write_json(workdir, "summary.json", summary)
   return summary
 
@@ -65,7 +116,10 @@ def _best_of_n(config, model, params, ref_params, tok, prompts, rm, mesh, rules)
                       f"'ground_truth'")
   fmt = evaluation.ground_truth_format(config)
   sampler = sampling.Sampler(model, eos_id=tok.stop_ids, pad_id=tok.pad_id, mesh=mesh, rules=rules)
-  ids = [comparisons.prompt_ids(p, config.data.template, tok) for p in prompts]
+  fitted = prompt_fit.for_generation(prompts, config.data, tok, max_len=model.cfg.max_len,
+                                     max_new_tokens=e.max_new_tokens, bucket=sampler.bucket,
+                                     what="held-out prompts")
+  prompts, ids = fitted.texts, fitted.ids
   texts, scores, _, lengths = best_of_n.sample_and_score(
       sampler, params, prompts, ids, tok, select, n=e.best_of_n,
       cfg=sampling.SamplingConfig(e.max_new_tokens, temperature=1.0),
@@ -75,7 +129,8 @@ def _best_of_n(config, model, params, ref_params, tok, prompts, rm, mesh, rules)
   rows = np.arange(len(prompts))
   greedy_ref = rollout(sampler, ref_params, ids, tok, jax.random.PRNGKey(config.seed),
                        sampling.SamplingConfig(e.max_new_tokens, greedy=True))
-  report = {"num_prompts": len(prompts), "kl": best_of_n.kl_bound(e.best_of_n),
+  report = {"num_prompts": len(prompts), "prompts": fitted.counts.as_dict(),
+            "kl": best_of_n.kl_bound(e.best_of_n),
             "sampled/length": float(lengths[rows, best].mean())}
   if e.select_by == "reward_model":
     report["sampled/reward_model"] = float(scores[rows, best].mean())

@@ -18,7 +18,7 @@ import os
 import jax
 
 from research import runs, sampling, seeds
-from research.data import comparisons, preferences
+from research.data import preferences, prompt_fit
 from research.errors import ConfigError
 from research.rlhf import best_of_n, rewards
 from research.training import partitioning
@@ -35,9 +35,12 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
   model, params = runs.load_policy(config.init_from, mesh, rules)
   source = rewards.as_source(reward) if reward is not None else \
       rewards.from_config(config, mesh, rules)
-  prompts = preferences.prompts(config.data, "train")[:p.num_prompts]
-  ids = [comparisons.prompt_ids(x, config.data.template, tok) for x in prompts]
   sampler = sampling.Sampler(model, eos_id=tok.stop_ids, pad_id=tok.pad_id, mesh=mesh, rules=rules)
+  fitted = prompt_fit.for_generation(preferences.prompts(config.data, "train")[:p.num_prompts],
+                                     config.data, tok, max_len=model.cfg.max_len,
+                                     max_new_tokens=p.max_new_tokens, bucket=sampler.bucket)
+  prompt_stats = prompt_fit.announce(fitted, "prompts")
+  prompts, ids = fitted.texts, fitted.ids
   texts, scores, ended, lengths = best_of_n.sample_and_score(
       sampler, params, prompts, ids, tok, source, n=p.k,
       cfg=sampling.SamplingConfig(p.max_new_tokens, temperature=p.temperature),
@@ -54,7 +57,7 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
   records, stats = best_of_n.best_records(prompts, texts, scores, ended, p.require_eos)
   with open(os.path.join(workdir, "preferred.jsonl"), "w", encoding="utf-8") as f:
     f.writelines(json.dumps(r) + "\n" for r in records)
-  summary = {"prompts": len(prompts), "k": p.k, "kept_prompts": kept,
+  summary = {"prompts": len(prompts), "prompt_fit": prompt_stats, "k": p.k, "kept_prompts": kept,
              "mean_score": float(scores.mean()), "best_score": stats["best/score"],
              "ended": float(ended.mean()), "mean_length": float(lengths.mean())}
   runs.write_json(workdir, "summary.json", summary)

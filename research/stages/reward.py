@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from research import runs, seeds
-from research.data import comparisons, preferences
+from research.data import comparisons, preferences, prompt_fit, summary as data_summary
 from research.models import config as model_config
 from research.models.heads import ScalarModel
 from research.reward_fn import NORMALIZATION_FILE, RewardFunction
@@ -36,20 +36,26 @@ def run(config, workdir: str, hooks=()) -> dict:
   eval_records = preferences.preference_records(d, "validation")
   tok = runs.tokenizer_for(config, workdir,
                              lambda: _texts(train_records, d.tokenizer_train_docs))
+  cap, overflow = prompt_fit.settings(d)
   encode = lambda records: comparisons.encode(records, tok, d.template, d.seq_len,
-                                              d.num_responses)
+                                              d.num_responses, max_prompt_len=cap,
+                                              overflow=overflow)
   (train_ex, train_stats), (eval_ex, eval_stats) = encode(train_records), encode(eval_records)
+  data = data_summary.report({"train": train_stats, "validation": eval_stats},
+                             holdout=train_records.holdout, seq_len=d.seq_len,
+                             tokenizer_from=runs.tokenizer_origin(config))
+  data_summary.check_heldout_batch(eval_stats, d, train_records.holdout)
   model = ScalarModel(model_config.from_config(config.model), head_init="reward")
   batches = lambda examples, train: comparisons.batches(
       examples, global_batch_size=d.batch_size, seed=seeds.derived_seed(config.seed, "data"),
       train=train)
   result, s, train_step = common.train(
       config, workdir, model, train_iter=iter(batches(train_ex, True)),
-      eval_batches=lambda: iter(batches(eval_ex, False)), hooks=hooks, init_subtree="decoder")
+      eval_batches=lambda: iter(batches(eval_ex, False)), hooks=hooks, init_subtree="decoder",
+      rows_per_example=d.num_responses)
 
   summary = {"step": result.step, "preempted": result.preempted,
-             "data": {"train": train_stats, "validation": eval_stats,
-                      "label_noise": d.label_noise},
+             "data": {**data, "label_noise": d.label_noise},
              "train": result.train_metrics, "eval": result.eval_metrics,
              "eval_at_start": result.eval_history.get(0, {}),
              "compilations": train_step.compilations()}

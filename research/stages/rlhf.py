@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from research import evaluation, objectives, runs, seeds
-from research.data import comparisons, pipeline, preferences, sources
+from research import evaluation, objectives, runs, sampling, seeds
+from research.data import pipeline, preferences, prompt_fit, sources
 from research.errors import ConfigError
 from research.models import config as model_config
 from research.models.decoder import Decoder
@@ -185,7 +185,11 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
                                         microbatches=config.optimizer.grad_accum_steps)
   reward_source = rewards.as_source(reward) if reward is not None else \
       rewards.from_config(config, mesh, rules)
-  prompts = preferences.prompts(config.data, "train")
+  prompts = prompt_fit.for_generation(
+      preferences.prompts(config.data, "train"), config.data, tok, max_len=policy.cfg.max_len,
+      max_new_tokens=config.rollout.max_new_tokens, bucket=sampling.BUCKET,
+      what="training prompts")
+  prompt_stats = prompt_fit.announce(prompts, "training prompts")
   ptx_iter = None
   if o.ptx_coef > 0:
     ptx_iter = iter(pipeline.clm_batches(
@@ -194,9 +198,8 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
         train=True))
   source = online.RolloutSource(
       config, model=model, ref_params=ref_params, loss=loss_obj, estimator=estimator,
-      prompts=prompts,
-      prompt_ids=[comparisons.prompt_ids(p, config.data.template, tok) for p in prompts],
-      reward=reward_source, tok=tok, mesh=mesh, rules=rules, ptx_iter=ptx_iter)
+      prompts=prompts.texts, prompt_ids=prompts.ids, reward=reward_source, tok=tok, mesh=mesh,
+      rules=rules, ptx_iter=ptx_iter)
   result = loop.run(train_cfg=config.train, workdir=workdir, state=state, abstract_state=abstract,
                     state_shardings=shardings, train_step=train_step, source=source, mesh=mesh,
                     rules=rules, hooks=hooks)
@@ -204,7 +207,8 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
   summary = {"iteration": result.step, "preempted": result.preempted,
              "objective": o.name, "advantage": o.advantage, "critic": o.critic,
              "samples_per_prompt": config.rollout.samples_per_prompt, "ptx_coef": o.ptx_coef,
-             "num_prompts": len(prompts), "optimizer_steps": int(result.state.step),
+             "num_prompts": len(prompts.texts), "prompts": prompt_stats,
+             "optimizer_steps": int(result.state.step),
              "compilations": train_step.compilations()}
   if result.history:
     summary["curves"] = {k: curve_ends(result.history, k) for k in (
@@ -217,7 +221,7 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
     rm = config.evaluate.reward_model or (config.reward.model
                                           if config.reward.source == "model" else "")
     summary["policy"] = evaluation.policy_report(
-        policy, policy_params, ref_params, tok, eval_prompts, template=config.data.template,
+        policy, policy_params, ref_params, tok, eval_prompts, data_cfg=config.data,
         prompt_format=evaluation.ground_truth_format(config), mesh=mesh, rules=rules,
         max_new_tokens=config.evaluate.max_new_tokens, seed=config.seed,
         reward_fn=RewardFunction.load(rm, mesh, rules) if rm else None,

@@ -15,7 +15,8 @@ import jax
 import numpy as np
 
 from research import runs, sampling, seeds
-from research.data import instructions, layouts, sft, templates
+from research.data import instructions, layouts, prompt_fit, sft, summary as data_summary
+from research.data import templates
 from research.models import config as model_config
 from research.models.decoder import Decoder
 from research.stages import common
@@ -39,8 +40,14 @@ def run(config, workdir: str, hooks=()) -> dict:
   tok = runs.tokenizer_for(config, workdir, lambda: _record_texts(
       train_records, config.data.tokenizer_train_docs))
   d = config.data
-  train_data = sft.build(train_records, tok, d.template, d.seq_len)
-  eval_data = sft.build(eval_records, tok, d.template, d.seq_len)
+  cap, overflow = prompt_fit.settings(d)
+  build = lambda records: sft.build(records, tok, d.template, d.seq_len, max_prompt_len=cap,
+                                    overflow=overflow)
+  train_data, eval_data = build(train_records), build(eval_records)
+  data = data_summary.report({"train": train_data.stats, "validation": eval_data.stats},
+                             holdout=train_records.holdout, seq_len=d.seq_len,
+                             tokenizer_from=runs.tokenizer_origin(config))
+  data_summary.check_heldout_batch(eval_data.stats, d, train_records.holdout)
   model = Decoder(model_config.from_config(config.model))
   batches = lambda data, train: sft.batches(
       data, seq_len=d.seq_len, global_batch_size=d.batch_size,
@@ -51,7 +58,7 @@ def run(config, workdir: str, hooks=()) -> dict:
       tokens_per_batch=d.batch_size * d.seq_len, hooks=hooks)
 
   summary = {"step": result.step, "preempted": result.preempted,
-             "data": {"train": train_data.stats, "validation": eval_data.stats},
+             "data": data,
              "train": result.train_metrics, "eval": result.eval_metrics,
              "eval_at_start": result.eval_history.get(0, {}),
              "compilations": train_step.compilations()}
@@ -89,9 +96,14 @@ def evaluate_generation(model, params, tok, cases, config, mesh, rules):
   prompts, answers = [], []
   for record in cases:
     ids, answer = templates.generation_prompt(record, template, tok)
-    prompts.append(ids[-config.data.seq_len:])
+    prompts.append(ids)
     answers.append(answer.strip())
   sampler = sampling.Sampler(model, eos_id=tok.stop_ids, pad_id=tok.pad_id, mesh=mesh, rules=rules)
+  # Long prompts as everywhere (`prompt_fit`), except that none is dropped here:
+  # a held-out record that trained fits the row, so it is only ever cut from the left.
+  room = prompt_fit.generation_room(model.cfg.max_len, config.generate.max_new_tokens,
+                                    sampler.bucket, prompt_fit.settings(config.data)[0])
+  prompts = [prompt_fit.fit(ids, room, "truncate_left")[0] for ids in prompts]
   out = jax.device_get(sampler(params, prompts, jax.random.PRNGKey(0), sampling.SamplingConfig(
       config.generate.max_new_tokens, greedy=True)))
   decoded = [tok.decode(t).strip() for t in out.tokens]

@@ -14,6 +14,13 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from research.errors import DataError
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip()
+  return f"{type(error).__name__}: {text.splitlines()[0][:300]}" if text else type(error).__name__
+
 
 def _abstract(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -48,7 +55,8 @@ class Checkpointer:
     is none. Newer ones that fail (a crash or disk fault mid-write, a truncated
     file) are moved aside to `<checkpoints>_corrupt/<step>`, never deleted, with a
     warning naming the step and the error. If none restores, the newest's error is
-    raised and nothing is moved (the fault is not in one checkpoint)."""
+    raised as a DataError and nothing is moved (the fault is not in one checkpoint:
+    the config builds another state, or the whole directory is damaged)."""
     failed = []
     for step in sorted(self.all_steps(), reverse=True):
       try:
@@ -69,7 +77,13 @@ class Checkpointer:
         self._manager = self._open()
       return step, state, meta
     if failed:
-      raise failed[0][1]
+      step, error = failed[0]
+      raise DataError(
+          f"no checkpoint in {self.directory} restores into the state this config builds "
+          f"(newest, step {step}: {_first_line(error)}); nothing was moved or deleted. If the "
+          f"config changed the model, the critic or the optimizer, rerun with the run's own "
+          f"config or use a new --workdir; if the files are damaged, move {self.directory} "
+          f"aside to start over")
     return None
 
   def restore(self, abstract_state, shardings, step: int | None = None):
@@ -96,10 +110,16 @@ def restore_params(directory: str, abstract_params, shardings, step: int | None 
     raise FileNotFoundError(f"no checkpoint in {directory} (config.init_from)")
   abstract = {"params": _abstract(abstract_params, shardings)}
   restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), abstract)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args,
-                                   partial_restore=True)))
-  manager.close()
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args,
+                                     partial_restore=True)))
+  except Exception as e:  # pylint: disable=broad-except  # orbax's errors name no run
+    raise DataError(f"cannot restore the parameters of {directory} step {step} "
+                    f"({_first_line(e)}): the checkpoint is damaged or holds another "
+                    f"model") from None
+  finally:
+    manager.close()
   return restored.state["params"]
 
 

@@ -27,10 +27,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from research.data import pipeline
-from research.errors import ConfigError
+from research.errors import DataError
 from research.training import partitioning
 from research.training.checkpoint import Checkpointer
-from research.training.writers import MetricWriter
+from research.training.writers import MetricWriter, read_metrics
 
 
 class NonFiniteLossError(RuntimeError):
@@ -44,8 +44,9 @@ class LoopResult:
   preempted: bool
   train_metrics: dict[str, float]
   eval_metrics: dict[str, float]
-  eval_history: dict[int, dict[str, float]]  # step -> metrics, this session's evals
-  history: list[dict[str, float]] = dataclasses.field(default_factory=list)  # every step's
+  eval_history: dict[int, dict[str, float]]  # step -> metrics, earlier sessions' included
+  # every step's metrics (earlier sessions' steps as metrics.jsonl logged them)
+  history: list[dict[str, float]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -95,8 +96,9 @@ def evaluate(eval_step, params, batches: Iterable[dict], mesh, rules,
     total_weight += weight
     n += 1
   if not n:
-    raise ConfigError("the evaluation split yielded no full batch; lower config.data.batch_size "
-                      "or add held-out data")
+    raise DataError("the held-out data gives no full batch of config.data.batch_size rows (SFT "
+                    "packs several examples into a row); lower config.data.batch_size, or hold "
+                    "out more data (config.data.holdout_every, or a larger validation split)")
   out = {k: (v if k.startswith("num_") else v / total_weight) for k, v in sums.items()}
   if "nll" in out:
     out["perplexity"] = float(np.exp(out["nll"]))
@@ -148,7 +150,11 @@ def run(*, train_cfg, workdir: str, state, abstract_state, state_shardings, trai
   `source` has `next(state, step) -> Work`, `get_state()` / `set_state(s)` (JSON,
   checkpointed with the state), `compilations() -> {name: count}` and
   `postfix` ({progress-bar field: metric}). `hooks` are called as hook(step)
-  after every step."""
+  after every step.
+
+  A resumed run reports the whole run: the evaluations and logged steps of earlier
+  sessions come back from metrics.jsonl, so rerunning a finished run trains nothing,
+  evaluates nothing again and returns what the run ended with."""
   total = int(train_cfg.steps)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), train_cfg.max_to_keep)
   start = 0
@@ -159,6 +165,9 @@ def run(*, train_cfg, workdir: str, state, abstract_state, state_shardings, trai
     logging.info("resumed from %s at step %d", ckpt.directory, start)
   # Steps logged after the checkpoint resumed from are trained again: drop them.
   writer = MetricWriter(workdir, resume_step=start)
+  earlier = read_metrics(workdir, "train") if start else {}
+  eval_history: dict[int, dict[str, float]] = (
+      {k: v for k, v in read_metrics(workdir, "eval").items() if k <= start} if start else {})
 
   def save(step: int, data_state) -> None:
     ckpt.save(step, state, {"data": data_state, "step": step})
@@ -171,13 +180,12 @@ def run(*, train_cfg, workdir: str, state, abstract_state, state_shardings, trai
     eval_history[step] = metrics
     return metrics
 
-  eval_history: dict[int, dict[str, float]] = {}
   # (step, device metrics of its minibatches, host metrics, text) not yet read back
   pending: list[tuple[int, list, dict, str]] = []
   window: list[dict] = []
-  history: list[dict] = []
-  last_train: dict[str, float] = {}
-  last_eval: dict[str, float] = {}
+  history: list[dict] = [{"step": k, **v} for k, v in sorted(earlier.items())]
+  last_train: dict[str, float] = earlier[max(earlier)] if earlier else {}
+  last_eval: dict[str, float] = eval_history[max(eval_history)] if eval_history else {}
   data_state = source.get_state()
   last_log_time, last_log_step = time.time(), start
 
@@ -255,7 +263,7 @@ def run(*, train_cfg, workdir: str, state, abstract_state, state_shardings, trai
         break
   drain(keep=0)
   bar.close()
-  if not preempted:
+  if not preempted and step not in eval_history:  # a finished run rerun: evaluated already
     last_eval = do_eval(step) or last_eval
   for name, n in {"train step": train_step.compilations(), **source.compilations()}.items():
     if n > 1:

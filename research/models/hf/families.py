@@ -21,8 +21,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from research.errors import UserError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(UserError):
   """A Hugging Face directory that cannot be read as a supported checkpoint."""
 
 

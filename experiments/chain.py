@@ -86,7 +86,10 @@ def best_of_n(s, init_from: str, reward_model: str = "", n: int = 8):
 
 
 def evaluate(s, policy: str, reference: str, reward_model: str = "", best_of_n: int = 0):
+  """Every method on the same held-out prompts: the embedded set's, in the SFT template
+  (not each policy run's own data, the evaluate stage's default)."""
   c = evaluate_config.get_config(s["name"])
   c.policy, c.init_from = policy, reference
+  c.data.update(source="embedded", template="alpaca")
   c.evaluate.update(reward_model=reward_model, best_of_n=best_of_n)
   return c

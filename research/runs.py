@@ -315,11 +315,14 @@ def tokenizer_for(config, workdir: str, texts_fn: Callable):
       tok.save(own)
     return tok
   own = os.path.join(workdir, TOKENIZER_FILE)
+  trained = os.path.exists(own)
   try:
     return tokenizer_lib.load_or_train(own, texts_fn, vocab,
                                        byte_fallback=config.data.tokenizer_byte_fallback)
-  except DataError as e:  # too little text: name the data it came from
-    raise DataError(f"config.data.source={config.data.source!r}: {e}") from None
+  except DataError as e:
+    if trained:  # the workdir's own tokenizer is damaged: the error names it
+      raise
+    raise DataError(f"config.data.source={config.data.source!r}: {e}") from None  # too little text
 
 
 # --- parameters ------------------------------------------------------------------

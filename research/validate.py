@@ -77,6 +77,13 @@ def problems(config) -> list[str]:
     value, found = _lookup(config, key)
     if found and not ok(value):
       out.append(f"config.{key}={value!r} must be {allowed}")
+  warmup, found = _lookup(config, "optimizer.warmup_steps")
+  steps, has_steps = _lookup(config, "train.steps")
+  if found and has_steps and config.get("stage") != "rlhf" and all(
+      isinstance(v, int) and not isinstance(v, bool) for v in (warmup, steps)) \
+      and 0 < steps <= warmup:  # RL counts optimizer updates instead (stages/rlhf.py)
+    out.append(f"config.optimizer.warmup_steps={warmup} must be below the number of training "
+               f"steps (config.train.steps={steps})")
   seq_len, found = _lookup(config, "data.seq_len")
   max_len, has_model = _lookup(config, "model.max_len")
   if found and has_model and isinstance(seq_len, int) and isinstance(max_len, int) \

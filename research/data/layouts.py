@@ -18,6 +18,7 @@ SFT records:
   {"instruction": "...", "input": "..." (optional), "output": "..."}   Alpaca
   {"prompt": "...", "completion": "..."}                               TRL prompt-completion
   {"prompt": [msgs], "completion": [msgs]}                             -> {"messages": both}
+                                  (only the completion trained: `untrained_replies`)
   {"messages": [{"role": "user", "content": "..."}, ...]}              chat, assistant turns trained
 
 A response given as messages is one assistant message; a prompt given as
@@ -32,6 +33,8 @@ from typing import Any
 from research.errors import DataError
 
 ROLES = ("system", "user", "assistant")
+# A chat record's count of leading assistant turns that are context, not trained.
+UNTRAINED = "untrained_replies"
 PAIR_FIELDS = ("chosen", "rejected")
 
 
@@ -190,6 +193,10 @@ def sft(record: dict, where: str) -> dict:
       conversation = p if isinstance(p, list) else [{"role": "user", "content": p}]
       out["messages"] = conversation + [{"role": "assistant",
                                          "content": response(c, "completion", where)}]
+      # Only the completion is trained (as TRL does): the prompt's own replies are context.
+      untrained = sum(m["role"] == "assistant" for m in conversation)
+      if untrained:
+        out[UNTRAINED] = untrained
     else:
       out.update(prompt=p, completion=text(record, "completion", where))
   else:

@@ -201,17 +201,20 @@ def generation_prompt(record: dict, template: str, tok: Tokenizer):
 
 
 def tokenize(record: dict, template: str, tok: Tokenizer):
-  """-> (ids, response_mask): [BOS] prompt response EOS ...; mask on responses + EOS.
+  """-> (ids, response_mask): [BOS] prompt response EOS ...; mask on responses + EOS,
+  but for a prompt-completion conversation's `untrained_replies` (context).
 
   Segments are encoded one by one (never merged across a prompt/response
   boundary), so `generation_prompt` reproduces the prompt ids exactly.
   """
   ids = _start_ids(template, tok)
   mask = [False] * len(ids)
+  skip = record.get(layouts.UNTRAINED, 0)  # replies of a prompt: rendered, not trained
   for text, is_response in segments(record, template, tok):
     piece = tok.encode(text) + (_response_end(template, tok) if is_response else [])
     ids += piece
-    mask += [is_response] * len(piece)
+    mask += [is_response and skip <= 0] * len(piece)
+    skip -= is_response
   return np.asarray(ids, np.int32), np.asarray(mask, bool)
 
 

@@ -58,6 +58,26 @@ def tiny_clm_config():
 
 
 @pytest.fixture(scope="session")
+def four_step_clm(tmp_path_factory):
+  """A finished 4-step tiny CLM run (`tests.test_loop.tiny_config`, checkpoints at 2
+  and 4); tests that rerun or damage a run take a copy (`finished`)."""
+  from research.stages import clm  # pylint: disable=g-import-not-at-top
+  from tests.test_loop import tiny_config  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp("four_step_clm") / "run")
+  clm.run(tiny_config(steps=4, checkpoint_every=2), workdir)
+  return workdir
+
+
+@pytest.fixture
+def finished(four_step_clm, tmp_path):
+  """A copy of `four_step_clm`, this test's to rerun."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  shutil.copytree(four_step_clm, workdir)
+  return workdir
+
+
+@pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory):
   """Workdir of a tiny CLM run (~20 s), shared by the SFT/RM/DPO tests."""
   from research.stages import clm  # pylint: disable=g-import-not-at-top

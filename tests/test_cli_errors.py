@@ -11,6 +11,9 @@ import sys
 import pytest
 
 from research import runs
+
+# One worker runs these, so the finished run they share is trained once.
+pytestmark = pytest.mark.xdist_group("cli_errors")
 from tests.devices import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

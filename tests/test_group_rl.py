@@ -240,7 +240,10 @@ def tiny_online(module, init_from, steps=30, **objective):
 
 # Seen (30 iterations x 8 prompts x G=4, 2 CPU cores, ~30 s each), raw ground truth
 # of the first and last 3 iterations: GRPO 0.49 -> 0.92, Dr. GRPO 0.51 -> 0.99, RLOO
-# 0.51 -> 0.81, REINFORCE++ (G=1, 32 prompts, beta 0.01) 0.51 -> 1.00.
+# 0.51 -> 0.81, REINFORCE++ (G=1, 32 prompts, beta 0.01) 0.51 -> 1.00. The take-off
+# comes at a seed- and machine-dependent iteration: on an AVX-512 machine GRPO's
+# seed 0 stayed at 0.59 after 30 iterations (seeds 1, 2: 0.95, 1.00) and reached
+# 0.88 after 40, so the runs are 40 iterations long.
 # Dr. GRPO and REINFORCE++ differ from these two only in their estimator and loss
 # aggregation (numpy-checked above); their runs are `-m slow` to keep the suite short.
 @pytest.mark.parametrize("module,gain", [
@@ -248,11 +251,11 @@ def tiny_online(module, init_from, steps=30, **objective):
     pytest.param(dr_grpo_config, 0.2, marks=pytest.mark.slow),
     pytest.param(reinforce_pp_config, 0.2, marks=pytest.mark.slow)])
 def test_group_methods_raise_the_ground_truth_reward(tiny_sft, tmp_path, module, gain):
-  s = rlhf_stage.run(tiny_online(module, tiny_sft), str(tmp_path))
+  s = rlhf_stage.run(tiny_online(module, tiny_sft, steps=40), str(tmp_path))
   curve = s["curves"]["objective/raw_scores"]
   assert curve["end"] > curve["start"] + gain, curve
   assert s["compilations"] == 1 and s["critic"] == "none"
-  assert s["optimizer_steps"] == 30 * 4
+  assert s["optimizer_steps"] == 40 * 4
   for key in ("objective/kl", "policy/clipfrac", "advantages/var", "loss"):
     assert np.isfinite(s["last"][key]), key
   if s["samples_per_prompt"] > 1:

@@ -242,3 +242,35 @@ def test_a_conversational_prompt_completion_trains_the_completion_only(tok):
   assert trained == tok.encode("The ending is slow.") + [tok.eos_id]  # TRL: completion only
   whole = layouts.sft({"messages": turns + [{"role": "assistant", "content": "x"}]}, "f:2")
   assert templates.tokenize(whole, "chat", tok)[1].sum() > len(tok.encode("x")) + 1  # chat: all
+
+
+def test_a_users_tokenizer_is_trained_on_the_users_text_alone(tmp_path, monkeypatch):
+  from research.stages import clm  # pylint: disable=g-import-not-at-top
+  from tests.test_loop import tiny_config  # pylint: disable=g-import-not-at-top
+  docs = tmp_path / "three.txt"
+  docs.write_text("a calm film\na slow film\nno film at all\n")
+  seen = []
+
+  class Stop(Exception):
+    pass
+
+  def spy(texts, *args, **kwargs):
+    seen.extend(texts)
+    raise Stop
+
+  monkeypatch.setattr(tokenizer, "train", spy)
+  c = tiny_config()
+  c.data.update(source=str(docs), holdout_every=3)
+  with pytest.raises(Stop):
+    clm.run(c, str(tmp_path / "run"))
+  assert seen == ["a slow film", "no film at all"]  # was 2,402 texts: 2,400 of boilerplate
+
+
+def test_a_held_out_split_too_small_for_a_batch_names_the_file_and_counts():
+  d = common.preference_data(source="pairs.jsonl", batch_size=8, holdout_every=20)
+  stats = {"records": 3, "examples": 3}
+  with pytest.raises(DataError, match=r"config.data.source='pairs.jsonl': the validation split "
+                                      r"has 3 example\(s\) \(3 record\(s\) read\), fewer than "
+                                      r"config.data.batch_size=8.*holdout_every \(now 20\)"):
+    summary.check_heldout_batch(stats, d, holdout="pairs.jsonl")
+  summary.check_heldout_batch({"records": 9, "examples": 8}, d, holdout=None)  # one batch: fine

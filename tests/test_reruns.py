@@ -6,7 +6,6 @@ pre-emption (SFT, reward, best-of-n; preferences reruns to the same file)."""
 
 import json
 import os
-import shutil
 
 import pytest
 
@@ -23,22 +22,8 @@ from tests.test_loop import per_step, sigterm_at, tiny_config
 
 
 def config(**train):
+  """The config of conftest's `finished` run (4 steps, checkpoints at 2 and 4)."""
   return tiny_config(**{"steps": 4, "checkpoint_every": 2, **train})
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("reruns") / "run")
-  clm.run(config(), workdir)
-  return workdir
-
-
-@pytest.fixture
-def finished(trained, tmp_path):
-  """A copy of a finished 4-step CLM run, for a test to rerun."""
-  workdir = str(tmp_path / "run")
-  shutil.copytree(trained, workdir)
-  return workdir
 
 
 def snapshot(workdir):
@@ -106,15 +91,15 @@ def test_allowed_changes_continue_the_run_on_other_data(finished, tmp_path):
   loads(finished)
 
 
-def test_rerunning_a_finished_run_reports_it_and_logs_nothing_twice(tmp_path):
-  workdir = str(tmp_path / "run")
-  first = clm.run(config(eval_every=2), workdir)
-  lines = open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8").read()
-  again = clm.run(config(eval_every=2), workdir)
+def test_rerunning_a_finished_run_reports_it_and_logs_nothing_twice(finished):
+  with open(os.path.join(finished, "summary.json"), encoding="utf-8") as f:
+    first = json.load(f)
+  lines = open(os.path.join(finished, "metrics.jsonl"), encoding="utf-8").read()
+  again = clm.run(config(), finished)
   assert again["train"] == first["train"] and again["train"]  # was {} on a rerun
   assert again["eval"] == first["eval"] and again["step"] == 4
-  assert open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8").read() == lines
-  assert sorted(writers.read_metrics(workdir, "eval")) == [0, 2, 4]
+  assert open(os.path.join(finished, "metrics.jsonl"), encoding="utf-8").read() == lines
+  assert sorted(writers.read_metrics(finished, "eval")) == [4]  # its final evaluation, once
 
 
 # --- every training stage resumes exactly -------------------------------------------

@@ -21,19 +21,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def config(**train):
+  """The config of conftest's `finished` run (4 steps, checkpoints at 2 and 4)."""
   return tiny_config(**{"steps": 4, "checkpoint_every": 2, **train})
 
 
 def steps_logged(workdir):
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
     return [json.loads(line)["step"] for line in f if '"train"' in line]
-
-
-@pytest.fixture
-def finished(tmp_path):
-  workdir = str(tmp_path / "run")
-  clm.run(config(), workdir)
-  return workdir
 
 
 def read(workdir, name):

@@ -273,9 +273,18 @@ def tokenizer_path(workdir: str) -> str | None:
 
 def load_tokenizer(path: str):
   """A directory of HF tokenizer files, an HF `tokenizer.model` beside a
-  tokenizer_config.json, or this project's sentencepiece model."""
+  tokenizer_config.json, this project's sentencepiece model, or a run's workdir
+  (its tokenizer)."""
   if os.path.isdir(path):
-    return hf_tokenizer.HFTokenizer.load(path)
+    if any(os.path.exists(os.path.join(path, f))
+           for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")):
+      return hf_tokenizer.HFTokenizer.load(path)
+    own = tokenizer_path(path)
+    if own is None:
+      raise DataError(f"{path} is not a tokenizer: it has no tokenizer.json or "
+                      f"tokenizer_config.json (a Hugging Face tokenizer folder), nor a "
+                      f"{TOKENIZER_FILE} or {hf_tokenizer.DIRNAME}/ (a run's workdir)")
+    return load_tokenizer(own)
   return tokenizer_lib.Tokenizer.load(path)
 
 

@@ -75,6 +75,8 @@ CASES = [
      "a train step needs at least"),
     ((SMOKE, "--workdir={tmp}/t", "--config.data.tokenizer_path=README.md"),
      "README.md: not a readable SentencePiece model"),
+    ((SMOKE, "--workdir={tmp}/d", "--config.data.tokenizer_path=configs"),
+     "configs is not a tokenizer: it has no tokenizer.json"),
     (("--config=configs/rlhf.py:smoke", "--workdir={tmp}/r", "--config.init_from={run}",
       "--config.reward.model={run}"), "is a clm run, not a reward-model run"),
     (("--config=configs/sft.py:smoke", "--workdir={tmp}/o", "--config.init_from={run}",

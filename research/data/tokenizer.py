@@ -32,8 +32,10 @@ class Tokenizer:
                       f"or another kind of file); give a tokenizer.model or a Hugging Face "
                       f"tokenizer folder, or delete it to train one anew") from None
     if (self._sp.pad_id(), self._sp.eos_id(), self._sp.bos_id()) != (PAD_ID, EOS_ID, BOS_ID):
-      raise ValueError("tokenizer must have pad=0, eos=1, bos=2 (train it with "
-                       "research.data.tokenizer.train)")
+      raise DataError(f"{path or 'a tokenizer'}: a SentencePiece model with pad/eos/bos ids "
+                      f"{(self._sp.pad_id(), self._sp.eos_id(), self._sp.bos_id())}, not this "
+                      f"project's (0, 1, 2): give a pretrained model's tokenizer as its folder "
+                      f"with tokenizer_config.json (Hugging Face), or train one here")
 
   def __getstate__(self):
     return {"model_proto": self.model_proto}

@@ -1,11 +1,16 @@
 """Where RL scores come from: a reward model, the embedded ground truth, or any callable.
 
-Every source is called as `source(rollouts, prompts) -> float32 array (B,)`:
+Every source is called as `source(rollouts, prompts, records=None) -> float32
+array (B,)`, `records` being the data records the prompts came from (their
+reference answers, tests, ...):
 
-  TextReward(fn)    fn(prompts: list[str], responses: list[str]) -> B scores
-                    (a plain Python function; the embedded ground truth is one);
-  TokenReward(fn)   fn(tokens_BxT, mask_BxT) -> B scores, on the rollout rows
-                    (a JAX function, or a `RewardFunction` from a reward-model run).
+  TextReward(fn)      fn(prompts: list[str], responses: list[str]) -> B scores
+                      (a plain Python function; the embedded ground truth is one);
+  TokenReward(fn)     fn(tokens_BxT, mask_BxT) -> B scores, on the rollout rows
+                      (a JAX function, or a `RewardFunction` from a reward-model run);
+  FunctionReward      registered reward functions by name and weight
+                      (`research/rewards/`: math, code, format, remote, ...), with
+                      the records; its `score` also gives each function's scores.
 
 `from_config` builds the source `config.reward` names; `as_source` wraps a
 plain callable (text by default) so the RLHF stage accepts one directly.
@@ -32,7 +37,8 @@ class TextReward:
   def __init__(self, fn: Callable[[Sequence[str], Sequence[str]], Sequence[float]]):
     self.fn = fn
 
-  def __call__(self, rollouts: Rollouts, prompts: Sequence[str]) -> np.ndarray:
+  def __call__(self, rollouts: Rollouts, prompts: Sequence[str], records=None) -> np.ndarray:
+    del records
     scores = np.asarray(self.fn(list(prompts), rollouts.texts), np.float32)
     if scores.shape != (len(rollouts.texts),):
       raise ValueError(f"the reward function returned shape {scores.shape}; expected "
@@ -44,8 +50,8 @@ class TokenReward:
   def __init__(self, fn: Callable):
     self.fn = fn
 
-  def __call__(self, rollouts: Rollouts, prompts: Sequence[str]) -> np.ndarray:
-    del prompts
+  def __call__(self, rollouts: Rollouts, prompts: Sequence[str], records=None) -> np.ndarray:
+    del prompts, records
     scores = np.asarray(self.fn(rollouts.tokens, rollouts.mask), np.float32)
     if scores.shape != (len(rollouts.tokens),):
       raise ValueError(f"the reward function returned shape {scores.shape}; expected "
@@ -58,10 +64,11 @@ def ground_truth_source(prompt_format: str) -> TextReward:
       ground_truth(p, r, prompt_format) for p, r in zip(prompts, responses)])
 
 
-def as_source(fn) -> TextReward | TokenReward:
+def as_source(fn):
   """A source as is; a `RewardFunction` on tokens; any other callable on texts."""
   from research.reward_fn import RewardFunction  # pylint: disable=g-import-not-at-top
-  if isinstance(fn, (TextReward, TokenReward)):
+  from research.rewards.scoring import FunctionReward  # pylint: disable=g-import-not-at-top
+  if isinstance(fn, (TextReward, TokenReward, FunctionReward)):
     return fn
   if isinstance(fn, RewardFunction):
     return TokenReward(fn)
@@ -70,9 +77,16 @@ def as_source(fn) -> TextReward | TokenReward:
   raise TypeError(f"a reward must be callable, got {type(fn).__name__}")
 
 
+SOURCES = ("ground_truth", "model", "functions")
+
+
 def from_config(config, mesh, rules):
-  """`config.reward.source`: 'ground_truth' or 'model' (the run in `config.reward.model`)."""
+  """`config.reward.source`: 'ground_truth', 'model' (the run in `config.reward.model`)
+  or 'functions' (`config.reward.functions`, e.g. 'math:1.0,format:0.1')."""
   source = config.reward.source
+  if source == "functions":
+    from research.rewards.scoring import FunctionReward  # pylint: disable=g-import-not-at-top
+    return FunctionReward(config.reward.get("functions", ""), config.reward)
   if source == "ground_truth":
     return ground_truth_source(config.data.prompt_format)
   if source == "model":
@@ -81,4 +95,4 @@ def from_config(config, mesh, rules):
       raise ConfigError("config.reward.source='model' needs config.reward.model (a reward-model "
                         "workdir)")
     return TokenReward(RewardFunction.load(config.reward.model, mesh, rules))
-  raise ConfigError(f"config.reward.source={source!r}; expected 'ground_truth' or 'model'")
+  raise ConfigError(f"config.reward.source={source!r}; expected one of {SOURCES}")

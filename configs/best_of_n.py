@@ -22,7 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = common.base("best_of_n", run)
   c.init_from = "runs/sft"
   c.model = common.model(preset)
-  c.reward = ml_collections.ConfigDict({"source": "model", "model": "runs/reward"})
+  c.reward = common.reward("model", "runs/reward")
   c.best_of_n = ml_collections.ConfigDict({
       "n": 8,                   # samples per prompt
       "rounds": run["best_of_n_rounds"],

@@ -91,6 +91,27 @@ def preference_data(**overrides) -> ml_collections.ConfigDict:
       **overrides})
 
 
+def reward(source: str = "model", model: str = "runs/reward",
+           **overrides) -> ml_collections.ConfigDict:
+  """Where RL, best-of-n and preference labelling get their scores
+  (`research/rlhf/rewards.py`), and the reward functions' settings."""
+  return ml_collections.ConfigDict({
+      "source": source,         # model | ground_truth | functions
+      "model": model,           # source 'model': a reward-model workdir (normalised scores)
+      # source 'functions': registered reward functions and their weights
+      # (research/rewards/): math, exact, regex, format, code, remote, or your own
+      # (config.imports), e.g. "math:1.0,format:0.1".
+      "functions": "",
+      "math_tolerance": 0.0,    # math: relative tolerance between numbers (0: exact)
+      "regex": "",              # regex: the pattern the whole response must match
+      "code_cpu_seconds": 2, "code_wall_seconds": 5.0, "code_memory_mb": 512,
+      "code_test_seconds": 1,   # code: per assert test
+      "code_all_pass": False,   # code: 1 only when every test passes (else the fraction)
+      "code_workers": 0,        # code: responses checked at once (0: one per CPU)
+      "remote_url": "", "remote_timeout": 30.0, "remote_retries": 3,  # remote
+      **overrides})
+
+
 def field_map(*fields: str) -> ml_collections.ConfigDict:
   """`config.data.field_map` with every record field a layout reads, unmapped ("")."""
   return ml_collections.ConfigDict({f: "" for f in fields})
@@ -108,6 +129,11 @@ def evaluate(run: dict, **overrides) -> ml_collections.ConfigDict:
       # researcher's data the reward model judges the win rate) | embedded_sentiment | none
       "ground_truth": "auto",
       "pretrain_batches": 0,         # held-out CLM loss of the policy (what PPO-ptx protects)
+      # Tasks with checkable answers: reward functions that judge a response correct
+      # (it scores 1), e.g. "math"; then pass@k, maj@k, lengths and entropy are
+      # reported over pass_k_samples samples per prompt (research/verifiable.py).
+      "checker": "",
+      "pass_k_samples": 8,
       "best_of_n": 0,                # evaluate stage: > 1 scores best-of-n sampling instead
       "select_by": "reward_model",   # best-of-n: reward_model | ground_truth
       "sample_batch": 64,            # rows per sampler call

@@ -27,4 +27,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.evaluate = common.evaluate(run)
   # Held-out prompts; source "" / template "": the policy run's data and template.
   c.data = common.preference_data(source="", template="")
+  # The checker's options (config.evaluate.checker names reward functions).
+  c.reward = common.reward("functions", "")
   return c

@@ -17,7 +17,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = common.base("preferences", run)
   c.init_from = "runs/sft" if preset != "tiny" else "runs/sft_tiny"
   c.model = common.model(preset)
-  c.reward = ml_collections.ConfigDict({"source": "ground_truth", "model": ""})
+  c.reward = common.reward("ground_truth", "")
   c.preferences = ml_collections.ConfigDict({
       "k": 4,                  # samples per prompt (the DPO paper's IMDb setup)
       "num_prompts": run["preferences"],

@@ -31,10 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = common.base("rlhf", run)
   c.init_from = "runs/sft"
   c.model = common.model(preset)
-  c.reward = ml_collections.ConfigDict({
-      "source": "model",        # model | ground_truth
-      "model": "runs/reward",   # reward-model workdir (normalised scores)
-  })
+  c.reward = common.reward("model", "runs/reward")
   c.objective = ml_collections.ConfigDict({
       "name": "ppo",            # a registered online loss: ppo | a2c | reinforce
       "advantage": "gae",       # a registered estimator: gae | grpo | dr_grpo | rloo | reinforce_pp
@@ -61,11 +58,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "missing_eos_score": None,  # e.g. -1.0: the score of a response with no EOS
       "temperature": 1.0,       # sampling, and the log-probs of the ratio and the KL
       "ptx_coef": 0.0,          # PPO-ptx: + ptx_coef * per-token CLM loss (InstructGPT eq. 2)
+      # > 0: truncated importance sampling, each token's loss times
+      # min(pi_trainer / pi_sampler, tis_cap) (Yao et al. 2025; e.g. 2.0)
+      "tis_cap": 0.0,
+      # DAPO's overlong handling (Yu et al. 2025): responses within overlong_buffer
+      # tokens of max_new_tokens lose up to overlong_penalty (eq. 13; 0: off), and
+      # overlong_filter leaves truncated responses out of the loss.
+      "overlong_buffer": 0,
+      "overlong_penalty": 1.0,
+      "overlong_filter": False,
   })
   c.rollout = ml_collections.ConfigDict({
       "max_new_tokens": 96, "top_k": 0, "top_p": 1.0,
       "samples_per_prompt": 1,  # G responses per prompt (group baselines need G >= 2)
       "prompt_width": 0,        # 0: the longest prompt, rounded up to the sampler's bucket
+      # DAPO's dynamic sampling: drop groups whose scores all tie and sample more
+      # prompts until the batch is full, at most max_draws batches per iteration.
+      "dynamic_sampling": False,
+      "max_draws": 4,
   })
   c.ppo = ml_collections.ConfigDict({"epochs": 4, "minibatch_size": 8})  # minibatch: rows
   # Prompts: the preference data's (embedded: "Write a review of <film>.").

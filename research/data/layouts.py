@@ -176,6 +176,8 @@ def sft(record: dict, where: str) -> dict:
   """Any SFT layout above -> Alpaca, chat or prompt-completion (strings), with `where`
   added and the record's other fields (e.g. 'task') kept."""
   _unpaired(record, where)
+  from research.data import tasks  # pylint: disable=g-import-not-at-top  # it reads this module
+  record = tasks.as_prompt_completion(record, where) or record  # GSM8K, MATH: worked solutions
   out = {"where": where}
   if "messages" in record:
     msgs = messages(record["messages"], "messages", where)
@@ -224,7 +226,11 @@ def preference_layout(record: dict) -> str | None:
 
 
 def sft_layout(record: dict) -> str | None:
-  """The layout of a raw SFT record (as `preference_layout`)."""
+  """The layout of a raw SFT record (as `preference_layout`); GSM8K and MATH
+  records are prompt-completion pairs (`tasks.as_prompt_completion`)."""
+  from research.data import tasks  # pylint: disable=g-import-not-at-top
+  if tasks.task_layout(record) in tasks.LAYOUTS:
+    return f"{{{', '.join(tasks.LAYOUTS[tasks.task_layout(record)])}}} (a worked solution)"
   if "messages" in record:
     return "{messages}"
   if "instruction" in record and "output" in record:
@@ -235,18 +241,25 @@ def sft_layout(record: dict) -> str | None:
 
 
 def prompt_record(record: dict, where: str) -> dict:
-  """The prompt of any preference or SFT record -> {prompt, where}: what RL,
-  best-of-n and evaluation sample from. An SFT record's prompt is the conversation
-  before its last reply (messages), its instruction (with the input: a dict
-  {instruction, input}, which the Alpaca template renders as in SFT), or its prompt."""
+  """The prompt of any preference, SFT or task record -> {prompt, where, and the
+  reference fields a reward function reads}: what RL, best-of-n and evaluation
+  sample from. A task record (`tasks`) keeps its answer, solution or tests; an SFT
+  record's prompt is the conversation before its last reply (messages), its
+  instruction (with the input: a dict {instruction, input}, which the Alpaca
+  template renders as in SFT), or its prompt, and its answer is that reply."""
+  from research.data import tasks  # pylint: disable=g-import-not-at-top  # it reads this module
   if preference_layout(record) is not None:
     return {"prompt": preference(record, where)["prompt"], "where": where}
+  task = tasks.task_layout(record)
+  if task in tasks.LAYOUTS or (task is not None and sft_layout(record) is None):
+    return tasks.task(record, where)
   if sft_layout(record) is None:
     raise DataError(f"{where}: unknown layout with fields {sorted(record)}; prompts come from "
                     f"preference records {{prompt, chosen, rejected}}, {{chosen, rejected}}, "
-                    f"{{prompt, responses, ranking}} or SFT records {{instruction, input, "
-                    f"output}}, {{prompt, completion}}, {{messages}} (config.data.field_map "
-                    f"renames fields)")
+                    f"{{prompt, responses, ranking}}, SFT records {{instruction, input, "
+                    f"output}}, {{prompt, completion}}, {{messages}}, or tasks {{question, "
+                    f"answer}} (GSM8K), {{problem, solution}} (MATH), {{prompt, answer}}, "
+                    f"{{prompt, tests}} (config.data.field_map renames fields)")
   r = sft(record, where)
   kind = sft_kind(r)
   if kind == "chat":
@@ -254,18 +267,20 @@ def prompt_record(record: dict, where: str) -> dict:
     if not last:
       raise DataError(f"{where}: the conversation starts with the assistant's reply, so it has "
                       f"no prompt")
-    prompt = r["messages"][:last]
+    prompt, reply = r["messages"][:last], r["messages"][last]["content"]
   elif kind == "alpaca":
     prompt = ({"instruction": r["instruction"], "input": r["input"]} if r.get("input")
               else r["instruction"])
+    reply = r["output"]
   else:
-    prompt = r["prompt"]
-  return {"prompt": prompt, "where": where}
+    prompt, reply = r["prompt"], r["completion"]
+  return {"prompt": prompt, "answer": reply, "where": where}
 
 
 def prompt_layout(record: dict) -> str | None:
-  """`preference_layout`, else `sft_layout`."""
-  return preference_layout(record) or sft_layout(record)
+  """`preference_layout`, else `sft_layout`, else the task layout."""
+  from research.data import tasks  # pylint: disable=g-import-not-at-top
+  return preference_layout(record) or sft_layout(record) or tasks.task_layout(record)
 
 
 def sft_kind(record: dict) -> str:

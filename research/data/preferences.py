@@ -102,12 +102,25 @@ def preference_records(data_cfg, split: str, seed: int = 0) -> readers.Rows:
 
 def prompts(data_cfg, split: str) -> list:
   """The distinct prompts of the data, in a fixed order: what RL, best-of-n and
-  evaluation sample from (strings, message lists, or {instruction, input}). Any
-  preference or SFT layout gives them (`layouts.prompt_record`)."""
+  evaluation sample from (strings, message lists, or {instruction, input})."""
+  return [r["prompt"] for r in prompt_records(data_cfg, split)]
+
+
+def prompt_records(data_cfg, split: str) -> list[dict]:
+  """Each distinct prompt once, in the order of `distinct_prompts`, as its record:
+  {prompt, where} and the reference fields a reward function reads (answer,
+  solution, tests; `layouts.prompt_record`). Any preference, SFT or task layout
+  gives them; of records sharing a prompt, the first is kept."""
   if data_cfg.source == "embedded":
-    return distinct_prompts(embedded(data_cfg, split))
-  rows = readers.rows(data_cfg, split, layouts.prompt_record, layout_of=layouts.prompt_layout)
-  return distinct_prompts([r for _, r in rows])
+    records = [{"prompt": r["prompt"], "where": f"embedded record {r['index']}"}
+               for r in embedded(data_cfg, split)]
+  else:
+    rows = readers.rows(data_cfg, split, layouts.prompt_record, layout_of=layouts.prompt_layout)
+    records = [r for _, r in rows]
+  first = {}
+  for r in records:
+    first.setdefault(json.dumps(r["prompt"], sort_keys=True), r)
+  return [first[k] for k in sorted(first)]
 
 
 def distinct_prompts(records: list[dict]) -> list:

@@ -56,10 +56,12 @@ def generation_room(max_len: int, max_new_tokens: int, bucket: int, cap: int = 0
 
 @dataclasses.dataclass
 class Prompts:
-  """Prompts ready to sample from: the kept ones, their token ids, and the counts."""
+  """Prompts ready to sample from: the kept ones, their token ids, their indices
+  in the prompts given (to keep records aligned), and the counts."""
   texts: list
   ids: list[list[int]]
   counts: summary_lib.Counts
+  index: list[int] = dataclasses.field(default_factory=list)
 
 
 def for_generation(prompts, data_cfg, tok, *, max_len: int, max_new_tokens: int,
@@ -69,20 +71,21 @@ def for_generation(prompts, data_cfg, tok, *, max_len: int, max_new_tokens: int,
   cap, overflow = settings(data_cfg)
   limit = generation_room(max_len, max_new_tokens, bucket, cap)
   counts = summary_lib.Counts(limit=limit, overflow=overflow)
-  texts, ids = [], []
+  texts, ids, index = [], [], []
   for i, prompt in enumerate(prompts):
     fitted, status = fit(templates.prompt_ids(prompt, data_cfg.template, tok), limit, overflow)
     counts.add(status, f"{what} {i}", "prompt_too_long")
     if fitted is not None:
       texts.append(prompt)
       ids.append(fitted)
+      index.append(i)
       counts.tokens += len(fitted)
   if prompts and not ids:
     raise DataError(f"every one of the {len(prompts)} {what} is longer than {limit} tokens "
                     f"and config.data.prompt_overflow='drop'; raise model.max_len or "
                     f"config.data.max_prompt_len, lower max_new_tokens, or truncate "
                     f"(prompt_overflow='truncate_left')")
-  return Prompts(texts, ids, counts)
+  return Prompts(texts, ids, counts, index)
 
 
 def announce(prompts: Prompts, label: str) -> dict:

@@ -15,6 +15,7 @@ read offline into records that remember where they came from.
   hf:ORG/NAME    a dataset in the local Hugging Face hub cache ($HF_HUB_CACHE, else
                  ~/.cache/huggingface/hub), read offline
   tfds:NAME      a prepared TFDS dataset (never downloaded here)
+  arithmetic     the embedded task with checkable answers (`arithmetic.py`)
 
 Sources that have their own splits (TFDS, a DatasetDict, files named by split)
 are read through `config.data.tfds_splits` (train/validation -> split name). A
@@ -35,6 +36,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
+from research.data import arithmetic
 from research.data.files import FILE_TYPES, Row, file_rows  # pylint: disable=unused-import
 from research.data.folders import folder_splits, hub_snapshot
 from research.errors import ConfigError, DataError
@@ -64,7 +66,7 @@ def rows(data_cfg, split: str, normalize: Callable[[dict, str], Any] | None = No
     out = tfds_rows(spec[len("tfds:"):], _split_name(data_cfg, split),
                     data_cfg.get("tfds_data_dir") or None)
   else:
-    out, holdout = _pick(_splits(spec, text_ok), data_cfg, split, spec)
+    out, holdout = _pick(_splits(spec, text_ok, data_cfg), data_cfg, split, spec)
   field_map = {k: v for k, v in dict(data_cfg.get("field_map") or {}).items() if v}
   labels = list(data_cfg.get("label_names") or ())
   if field_map:
@@ -140,8 +142,13 @@ def _pick(splits: dict, data_cfg, split: str, spec: str) -> tuple[list[Row], str
   return splits[name](), None
 
 
-def _splits(spec: str, text_ok: bool) -> dict:
-  """{split name or None: () -> rows} of a file, dataset folder or hub dataset."""
+def _splits(spec: str, text_ok: bool, data_cfg=None) -> dict:
+  """{split name or None: () -> rows} of a file, dataset folder, hub dataset or the
+  embedded arithmetic task."""
+  if spec.split(":")[0] == arithmetic.PREFIX:
+    return {split: (lambda split=split: arithmetic.records(
+        spec, data_cfg.corpus_seed, data_cfg.corpus_size, split)) for split in ("train",
+                                                                                "validation")}
   if spec.startswith("hf:"):
     return folder_splits(hub_snapshot(spec[len("hf:"):]), spec, text_ok)
   if os.path.isdir(spec):

@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from research.errors import ConfigError
 
@@ -78,6 +79,17 @@ def token_rewards(scores_B, kl_BxT, mask_BxT, beta):
   t = mask_BxT.shape[1]
   at_last = jnp.arange(t)[None] == last_index(mask_BxT)[:, None]
   return non_score + jnp.where(at_last, scores_B[:, None], 0.0), non_score
+
+
+def soft_overlong_punishment(lengths_B, max_len: int, buffer: int, factor: float = 1.0):
+  """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), added to the score:
+  0 up to max_len - buffer tokens, then falling linearly to -factor at max_len
+  (and -factor beyond; a sampler stops at max_len). `buffer` 0: off."""
+  lengths = np.asarray(lengths_B, np.float32)
+  if buffer <= 0:
+    return np.zeros_like(lengths)
+  over = lengths - (max_len - buffer)
+  return (factor * np.clip(-over / buffer, -1.0, 0.0)).astype(np.float32)
 
 
 def gae(rewards_BxT, values_BxT, mask_BxT, gamma: float = 1.0, lam: float = 0.95):

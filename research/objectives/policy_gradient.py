@@ -20,8 +20,21 @@ phase `old_logp` and `advantages`; with a critic also `old_values` and
         clipping; with a critic the advantage actor-critic of Gopher-based
         dialogue agents, without one REINFORCE (with RLOO's baseline: Ahmadian
         et al. 2024, eq. 4). `reinforce` is the same loss under its own name.
+  gspo  Zheng et al. 2025 (GSPO), eq. 5 with the GSPO-token gradient (eq. 7): the
+        ratio is the sequence's length-normalised likelihood ratio
+        s_i = exp(mean_t log pi/pi_old), clipped at 1 - clip, 1 + clip_high (the
+        paper: 3e-4, 4e-4); every token of a sequence carries its value,
+        sg(s_i) * pi_t / sg(pi_t), so the gradient is per token. Sequence-mean
+        token-mean aggregation, as the paper's objective is.
   ptx   InstructGPT (Ouyang et al. 2022) eq. 2: + gamma * E_pretrain[log pi(x)];
         here `ptx_coef` times the per-token mean CLM loss.
+
+Truncated importance sampling (`objective.tis_cap` > 0; Yao et al. 2025, "Your
+efficient RL framework secretly brings you off-policy RL training"): the
+sampler's log-probs can differ from the trainer's (another kernel, dtype or
+cache), so each token's loss is weighted by min(pi_old / pi_sampler, cap), the
+ratio of the trainer's to the sampler's probability computed at rollout time
+(`tis_weight` in the batch, a constant).
 
 Token losses are aggregated by `objective.loss_agg` (the choice that separates
 GRPO, Dr. GRPO and DAPO):
@@ -33,6 +46,7 @@ GRPO, Dr. GRPO and DAPO):
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from research.errors import ConfigError
@@ -55,24 +69,57 @@ def aggregate(x_BxT, mask_BxT, how: str = "token_mean"):
   raise ConfigError(f"config.objective.loss_agg={how!r}; expected one of {AGGREGATIONS}")
 
 
+def truncated_is_weights(old_logp_BxT, sampler_logp_BxT, mask_BxT, cap: float):
+  """min(pi_old / pi_sampler, cap) per response token, 0 elsewhere (see the module doc)."""
+  ratio = jnp.exp(jnp.clip(old_logp_BxT - sampler_logp_BxT, -20.0, 20.0))
+  return jnp.where(mask_BxT, jnp.minimum(ratio, cap), 0.0)
+
+
 def ppo_policy_loss(logp, old_logp, advantages, mask, clip: float, clip_high: float | None = None,
-                    agg: str = "token_mean"):
+                    agg: str = "token_mean", weights=None):
   """max(-A r, -A clip(r, 1 - clip, 1 + clip_high)) with r = pi / pi_old; and its
-  diagnostics. `clip_high=None` clips symmetrically."""
+  diagnostics. `clip_high=None` clips symmetrically; `weights` (BxT) scale each
+  token's loss (truncated importance sampling)."""
   clip_high = clip if clip_high is None else clip_high
   log_ratio = jnp.where(mask, logp - old_logp, 0.0)
   ratio = jnp.exp(log_ratio)
   unclipped = -advantages * ratio
   clipped = -advantages * jnp.clip(ratio, 1.0 - clip, 1.0 + clip_high)
-  loss = aggregate(jnp.maximum(unclipped, clipped), mask, agg)
+  per_token = jnp.maximum(unclipped, clipped)
+  loss = aggregate(per_token if weights is None else per_token * weights, mask, agg)
   return loss, {"policy/clipfrac": masked_mean((clipped > unclipped).astype(jnp.float32), mask),
                 # Schulman's k2 estimate of KL(pi_old || pi): the step size.
                 "policy/approxkl": masked_mean(0.5 * jnp.square(log_ratio), mask),
                 "val/ratio": masked_mean(ratio, mask)}
 
 
-def a2c_policy_loss(logp, advantages, mask, agg: str = "token_mean"):
-  return aggregate(-advantages * logp, mask, agg), {}
+def gspo_policy_loss(logp, old_logp, advantages, mask, clip: float,
+                     clip_high: float | None = None, weights=None):
+  """GSPO's clipped sequence-ratio objective with the GSPO-token gradient (see the
+  module doc); -> (loss, diagnostics)."""
+  clip_high = clip if clip_high is None else clip_high
+  m = mask.astype(logp.dtype)
+  log_ratio = jnp.where(mask, logp - old_logp, 0.0)
+  seq_log_ratio_B = log_ratio.sum(1) / jnp.maximum(m.sum(1), 1.0)
+  # The value of s_i on every token, with the gradient of log pi_t.
+  log_s = logp - jax.lax.stop_gradient(logp) + jax.lax.stop_gradient(seq_log_ratio_B)[:, None]
+  s = jnp.exp(jnp.minimum(log_s, 10.0))
+  unclipped = -advantages * s
+  clipped = -advantages * jnp.clip(s, 1.0 - clip, 1.0 + clip_high)
+  per_token = jnp.maximum(unclipped, clipped)
+  loss = aggregate(per_token if weights is None else per_token * weights, mask,
+                   "seq_mean_token_mean")
+  seq_ratio = jnp.exp(seq_log_ratio_B)
+  has = m.sum(1) > 0
+  return loss, {"policy/clipfrac": masked_mean((clipped > unclipped).astype(jnp.float32), mask),
+                "policy/approxkl": masked_mean(0.5 * jnp.square(log_ratio), mask),
+                "val/ratio": jnp.sum(jnp.where(has, seq_ratio, 0.0)) /
+                             jnp.maximum(has.sum(), 1)}
+
+
+def a2c_policy_loss(logp, advantages, mask, agg: str = "token_mean", weights=None):
+  per_token = -advantages * logp
+  return aggregate(per_token if weights is None else per_token * weights, mask, agg), {}
 
 
 def batch_keys(config) -> tuple[str, ...]:
@@ -83,6 +130,8 @@ def batch_keys(config) -> tuple[str, ...]:
     keys += ("old_values", "returns")
   if o.kl.placement == "loss":
     keys += ("ref_logp", "kl_beta")
+  if o.get("tis_cap", 0.0) > 0:
+    keys += ("tis_weight",)
   return keys
 
 
@@ -132,8 +181,19 @@ def ppo_fn(params, batch, rng, *, model, config):
 
   def ppo(logp, mask):
     return ppo_policy_loss(logp, batch["old_logp"], batch["advantages"], mask, o.clip,
-                           o.get("clip_high") or None, o.loss_agg)
+                           o.get("clip_high") or None, o.loss_agg, batch.get("tis_weight"))
   return _actor_critic_loss(params, batch, model=model, config=config, policy_loss=ppo,
+                            value_clip=o.value_clip)
+
+
+def gspo_fn(params, batch, rng, *, model, config):
+  del rng
+  o = config.objective
+
+  def gspo(logp, mask):
+    return gspo_policy_loss(logp, batch["old_logp"], batch["advantages"], mask, o.clip,
+                            o.get("clip_high") or None, batch.get("tis_weight"))
+  return _actor_critic_loss(params, batch, model=model, config=config, policy_loss=gspo,
                             value_clip=o.value_clip)
 
 
@@ -141,12 +201,14 @@ def a2c_fn(params, batch, rng, *, model, config):
   del rng
 
   def a2c(logp, mask):
-    return a2c_policy_loss(logp, batch["advantages"], mask, config.objective.loss_agg)
+    return a2c_policy_loss(logp, batch["advantages"], mask, config.objective.loss_agg,
+                           batch.get("tis_weight"))
   return _actor_critic_loss(params, batch, model=model, config=config, policy_loss=a2c,
                             value_clip=None)
 
 
 # name -> the loss and whether it makes one pass over each rollout (on-policy).
 LOSSES = {"ppo": {"fn": ppo_fn, "single_pass": False},
+          "gspo": {"fn": gspo_fn, "single_pass": False},
           "a2c": {"fn": a2c_fn, "single_pass": True},
           "reinforce": {"fn": a2c_fn, "single_pass": True}}

@@ -22,6 +22,7 @@ continues exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from typing import Callable, Sequence
@@ -35,6 +36,7 @@ from research.data import pipeline
 from research.errors import ConfigError
 from research.models import logprobs
 from research.objectives import advantages as adv_lib
+from research.objectives import policy_gradient as pg_lib
 from research.rlhf import rollout as rollout_lib
 from research.rlhf.actor_critic import ActorCritic
 from research.seeds import derived_seed
@@ -116,8 +118,20 @@ def rollout_arrays(params, ref_params, batch, beta, *, model: ActorCritic, confi
       "advantages/var": adv_lib.masked_var(raw_advantages, response),
       "val/mean_at_rollout": adv_lib.masked_mean(values, response),
   }
+  # The sampler's and the trainer's log-probs of the same tokens: equal in exact
+  # arithmetic, apart where kernels, dtypes or the KV cache differ.
+  gap = jnp.where(response, jnp.abs(logp - batch["sampler_logp"]), 0.0)
+  stats.update({"objective/entropy_per_token": adv_lib.masked_mean(entropy, response),
+                "sampler/logp_gap_mean": adv_lib.masked_mean(gap, response),
+                "sampler/logp_gap_max": gap.max()})
   arrays = {"old_logp": logp, "old_values": values, "advantages": advantages, "returns": returns,
             "ref_logp": ref_logp}
+  if cfg.get("tis_cap", 0.0) > 0:
+    arrays["tis_weight"] = pg_lib.truncated_is_weights(logp, batch["sampler_logp"], response,
+                                                       cfg.tis_cap)
+    stats["sampler/tis_weight_mean"] = adv_lib.masked_mean(arrays["tis_weight"], response)
+    stats["sampler/tis_capped"] = adv_lib.masked_mean(
+        (arrays["tis_weight"] >= cfg.tis_cap).astype(jnp.float32), response)
   return arrays, stats
 
 
@@ -139,16 +153,30 @@ def group_stats(scores_B: np.ndarray, group_size: int) -> dict[str, float]:
           "objective/zero_std_groups": float((std < 1e-6).mean())}
 
 
+@dataclasses.dataclass
+class Draw:
+  """One round of sampling: G responses for each of a batch of prompts, scored."""
+  roll: rollout_lib.Rollouts
+  prompts: list            # per row
+  records: list            # per row ({} without records)
+  raw: np.ndarray          # per row: the reward's scores
+  metrics: dict            # the reward's own (reward/<name>, errors, time)
+
+
 class RolloutSource:
-  """The loop's batch source of an online stage (see the module docstring)."""
+  """The loop's batch source of an online stage (see the module docstring).
+
+  `records` (optional, aligned with `prompts`) are the data records the prompts
+  came from; a reward reads their reference fields (`research/rewards/`)."""
 
   postfix = {"score": "objective/raw_scores", "kl": "objective/kl", "beta": "objective/beta"}
 
   def __init__(self, config, *, model: ActorCritic, ref_params, loss, estimator,
                prompts: Sequence[str], prompt_ids: Sequence[Sequence[int]], reward: Callable,
-               tok, mesh, rules, ptx_iter=None):
+               tok, mesh, rules, ptx_iter=None, records: Sequence[dict] | None = None):
     o, r = config.objective, config.rollout
     self.config, self.prompts, self.prompt_ids = config, prompts, prompt_ids
+    self.records = list(records) if records is not None else [{} for _ in prompts]
     self.reward, self.tok, self.mesh, self.rules = reward, tok, mesh, rules
     self.ref_params, self.ptx_iter = ref_params, ptx_iter
     self.group_size = int(r.samples_per_prompt)
@@ -156,6 +184,7 @@ class RolloutSource:
     self.keys = loss.keys(config)
     self.kl_ctl = adv_lib.kl_controller(o.kl)
     self.moments = RunningMoments()
+    self.drawn = None  # prompt batches drawn so far (more than steps with dynamic sampling)
     self.sampler = sampling.Sampler(model.policy, eos_id=tok.stop_ids, pad_id=tok.pad_id,
                                     mesh=mesh, rules=rules)
     self.sample_cfg = sampling.SamplingConfig(r.max_new_tokens, temperature=o.temperature,
@@ -166,23 +195,76 @@ class RolloutSource:
                                               estimator=estimator, group_size=self.group_size))
     self.seeds = {p: derived_seed(config.seed, p) for p in ("prompts", "sampling", "minibatches")}
 
+  def _draw(self, params) -> Draw:
+    """Samples and scores the next batch of prompts of the stream."""
+    config = self.config
+    chosen = prompt_indices(self.drawn, config.data.batch_size, len(self.prompts),
+                            self.seeds["prompts"])
+    rows = np.repeat(chosen, self.group_size)
+    roll = rollout_lib.rollout(
+        self.sampler, params, [self.prompt_ids[i] for i in chosen], self.tok,
+        jax.random.fold_in(jax.random.PRNGKey(self.seeds["sampling"]), self.drawn),
+        self.sample_cfg, prompt_width=self.width, samples_per_prompt=self.group_size)
+    self.drawn += 1
+    prompts, records = [self.prompts[i] for i in rows], [self.records[i] for i in rows]
+    with _Timer() as t_reward:
+      if hasattr(self.reward, "score"):  # reward functions: each one's scores logged too
+        scored = self.reward.score(prompts, roll.texts, records)
+        raw, metrics = scored.total, scored.metrics
+      else:
+        raw, metrics = self.reward(roll, prompts, records), {}
+    metrics = {**metrics, "time/reward_s": t_reward.seconds}
+    raw = np.asarray(raw, np.float32)
+    if not np.all(np.isfinite(raw)):
+      raise ValueError(f"the reward function returned non-finite scores at prompt batch "
+                       f"{self.drawn - 1}: {raw[~np.isfinite(raw)][:5]}")
+    return Draw(roll, prompts, records, raw, metrics)
+
+  def _sample(self, params, step: int):
+    """(rollout, prompts, raw scores, metrics) of the step. With
+    `rollout.dynamic_sampling` (DAPO, Yu et al. 2025, sec. 3.2), groups whose
+    scores all tie (no learning signal for a group baseline) are dropped and more
+    prompts sampled until the batch is full, at most `rollout.max_draws` batches;
+    short of that, tied groups fill it (logged)."""
+    r, g, batch = self.config.rollout, self.group_size, self.config.data.batch_size
+    dynamic = bool(r.get("dynamic_sampling", False)) and g > 1
+    if self.drawn is None:
+      self.drawn = step
+    draws, kept, tied = [], [], []
+    for _ in range(max(int(r.get("max_draws", 4)), 1) if dynamic else 1):
+      draws.append(self._draw(params))
+      std = draws[-1].raw.reshape(-1, g).std(1)
+      for group, s in enumerate(std):
+        (kept if s > 1e-6 or not dynamic else tied).append((len(draws) - 1, group))
+      if len(kept) >= batch:
+        break
+    chosen = (kept + tied)[:batch]
+    rows = lambda d: [grp * g + k for di, grp in chosen if di == d for k in range(g)]
+    take = [(d, rows(d)) for d in range(len(draws)) if rows(d)]
+    roll = rollout_lib.concat([rollout_lib.take(draws[d].roll, idx) for d, idx in take])
+    pick = lambda field: [getattr(draws[d], field)[i] for d, idx in take for i in idx]
+    raw = np.asarray(pick("raw"), np.float32)
+    metrics = {}
+    for d in draws:  # the reward's own metrics, over everything sampled
+      for k, v in d.metrics.items():
+        metrics[k] = metrics.get(k, 0.0) + (v / len(draws) if k.startswith("reward/") and
+                                            k != "reward/errors" else v)
+    if dynamic:
+      metrics.update({"dynamic/draws": float(len(draws)),
+                      "dynamic/kept_groups": float(min(len(kept), batch)),
+                      "dynamic/filled_with_tied": float(max(batch - len(kept), 0))})
+    return roll, pick("prompts"), pick("records"), raw, metrics
+
   def next(self, state, step: int) -> Work:
     config, o = self.config, self.config.objective
-    chosen = prompt_indices(step, config.data.batch_size, len(self.prompts),
-                            self.seeds["prompts"])
-    prompts = [self.prompts[i] for i in np.repeat(chosen, self.group_size)]
     with _Timer() as t_gen:
-      roll = rollout_lib.rollout(
-          self.sampler, state.params["policy"], [self.prompt_ids[i] for i in chosen], self.tok,
-          jax.random.fold_in(jax.random.PRNGKey(self.seeds["sampling"]), step), self.sample_cfg,
-          prompt_width=self.width, samples_per_prompt=self.group_size)
-      raw = self.reward(roll, prompts)
-    if not np.all(np.isfinite(raw)):
-      raise ValueError(f"the reward function returned non-finite scores at iteration "
-                       f"{step}: {raw[~np.isfinite(raw)][:5]}")
-    scores = shape_scores(raw, roll.ended, o, self.moments)
+      roll, prompts, _, raw, reward_metrics = self._sample(state.params["policy"], step)
+    overlong = adv_lib.soft_overlong_punishment(
+        roll.lengths, config.rollout.max_new_tokens, int(o.get("overlong_buffer", 0) or 0),
+        float(o.get("overlong_penalty", 1.0)))
+    scores = shape_scores(raw + overlong, roll.ended, o, self.moments)
     host = {"tokens": roll.tokens, "mask": roll.mask, "response_mask": roll.response_mask,
-            "scores": scores}
+            "scores": scores, "sampler_logp": rollout_lib.sampler_logp(roll)}
     beta = self.kl_ctl.value
     with _Timer() as t_score:
       with partitioning.activate(self.mesh, self.rules):
@@ -191,19 +273,24 @@ class RolloutSource:
             jnp.float32(beta))
       arrays, stats = jax.device_get((arrays, stats))
     data = {**host, **arrays, "kl_beta": np.full(self.rows, beta, np.float32)}
+    if o.get("overlong_filter", False):  # DAPO: truncated responses are left out of the loss
+      data["response_mask"] = roll.response_mask & roll.ended[:, None]
     missing = [k for k in self.keys if k not in data]
     if missing:
       raise ConfigError(f"config.objective.name={o.name!r} needs batch keys {missing}, which "
                         f"the rollout does not produce (it has {sorted(data)})")
     self.kl_ctl.update(float(stats["objective/kl"]), self.rows)
-    metrics = {**{k: float(v) for k, v in stats.items()},
+    metrics = {**{k: float(v) for k, v in stats.items()}, **reward_metrics,
                "objective/scores": float(scores.mean()),
                "objective/raw_scores": float(raw.mean()),
                "objective/beta": beta,
                "response/length": float(roll.lengths.mean()),
                "response/ended": float(roll.ended.mean()),
-               "time/generate_s": t_gen.seconds, "time/score_s": t_score.seconds,
+               "time/generate_s": t_gen.seconds - reward_metrics.get("time/reward_s", 0.0),
+               "time/score_s": t_score.seconds,
                **group_stats(raw, self.group_size)}
+    if o.get("overlong_buffer", 0):
+      metrics["reward/overlong"] = float(overlong.mean())
     text = "\n\n".join(f"{p} >>> {t}  [score {s:.3f}]"
                         for p, t, s in zip(prompts[:4], roll.texts[:4], raw[:4]))
     return Work(self._minibatches(data, step), metrics, text)
@@ -222,12 +309,14 @@ class RolloutSource:
 
   def get_state(self) -> dict:
     return {"kl_controller": self.kl_ctl.state_dict(), "score_moments": self.moments.state_dict(),
+            "drawn": self.drawn,
             "ptx_data": pipeline.state_to_json(self.ptx_iter.get_state()) if self.ptx_iter
                         else None}
 
   def set_state(self, state: dict) -> None:
     self.kl_ctl.load_state_dict(state["kl_controller"])
     self.moments = RunningMoments(**state["score_moments"])
+    self.drawn = state.get("drawn")  # older checkpoints: None, i.e. one batch per step
     if self.ptx_iter is not None:
       self.ptx_iter.set_state(pipeline.state_from_json(state["ptx_data"]))
 

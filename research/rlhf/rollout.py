@@ -43,3 +43,34 @@ def rollout(sampler: sampling.Sampler, params, prompt_ids, tok, rng, cfg,
       response_mask=np.concatenate([np.zeros_like(prompt_mask), response_mask], 1),
       texts=[tok.decode(t) for t in out.tokens], lengths=np.asarray(out.lengths),
       ended=np.asarray(out.ended), sample=out)
+
+
+def take(roll: Rollouts, rows) -> Rollouts:
+  """The rollout's rows `rows` (an index array), every field alike."""
+  rows = np.asarray(rows, np.int64)
+  return Rollouts(tokens=roll.tokens[rows], mask=roll.mask[rows],
+                  response_mask=roll.response_mask[rows], texts=[roll.texts[i] for i in rows],
+                  lengths=roll.lengths[rows], ended=roll.ended[rows],
+                  sample=jax.tree.map(lambda x: np.asarray(x)[rows], roll.sample))
+
+
+def concat(rolls: list[Rollouts]) -> Rollouts:
+  """Rollouts of the same width, one after the other."""
+  if len(rolls) == 1:
+    return rolls[0]
+  cat = lambda *xs: np.concatenate([np.asarray(x) for x in xs])
+  return Rollouts(tokens=cat(*(r.tokens for r in rolls)), mask=cat(*(r.mask for r in rolls)),
+                  response_mask=cat(*(r.response_mask for r in rolls)),
+                  texts=[t for r in rolls for t in r.texts],
+                  lengths=cat(*(r.lengths for r in rolls)), ended=cat(*(r.ended for r in rolls)),
+                  sample=jax.tree.map(cat, *(r.sample for r in rolls)))
+
+
+def sampler_logp(roll: Rollouts) -> np.ndarray:
+  """BxT: each response token's log-prob under the sampling distribution, in the
+  rollout rows' layout (0 on the prompt and padding): the behaviour policy of
+  truncated importance sampling."""
+  out = np.zeros(roll.tokens.shape, np.float32)
+  lp = np.asarray(roll.sample.logprobs, np.float32)
+  out[:, roll.tokens.shape[1] - lp.shape[1]:] = lp
+  return out

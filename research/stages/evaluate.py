@@ -26,7 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from research import evaluation, runs, sampling, seeds
+from research import evaluation, runs, sampling, seeds, verifiable
 from research.data import preferences, prompt_fit
 from research.errors import ConfigError
 from research.reward_fn import RewardFunction
@@ -95,6 +95,18 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
         model, params, ref_params, tok, prompts, data_cfg=config.data,
         prompt_format=fmt, mesh=mesh, rules=rules, max_new_tokens=e.max_new_tokens,
         seed=config.seed, reward_fn=rm, samples_per_prompt=e.samples_per_prompt)
+  check = verifiable.checker(config)
+  if check is not None:  # a task with checkable answers: pass@k of both, and the plot
+    held = verifiable.held_out(config, tok, model.cfg)
+    curves = {name: verifiable.report(model, p, tok, *held, check, n=e.pass_k_samples,
+                                      max_new_tokens=e.max_new_tokens, seed=config.seed,
+                                      mesh=mesh, rules=rules)
+              for name, p in (("policy", params), ("reference", ref_params))}
+    report["verifiable"] = curves
+    if jax.process_index() == 0:
+      verifiable.plot_pass_at_k({f"policy ({config.policy})": curves["policy"],
+                                 f"reference ({config.init_from})": curves["reference"]},
+                                os.path.join(workdir, "pass_at_k.png"))
   summary = {"policy": config.policy, "reference": config.init_from,
              "data": {"source": config.data.source, "template": config.data.template},
              "from_policy_run": came, "best_of_n": e.best_of_n, **report}

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from research import evaluation, objectives, runs, sampling, seeds
+from research import evaluation, objectives, runs, sampling, seeds, verifiable
 from research.data import pipeline, preferences, prompt_fit, sources
 from research.errors import ConfigError
 from research.models import config as model_config
@@ -185,10 +185,14 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
                                         microbatches=config.optimizer.grad_accum_steps)
   reward_source = rewards.as_source(reward) if reward is not None else \
       rewards.from_config(config, mesh, rules)
+  records = preferences.prompt_records(config.data, "train")
   prompts = prompt_fit.for_generation(
-      preferences.prompts(config.data, "train"), config.data, tok, max_len=policy.cfg.max_len,
+      [r["prompt"] for r in records], config.data, tok, max_len=policy.cfg.max_len,
       max_new_tokens=config.rollout.max_new_tokens, bucket=sampling.BUCKET,
       what="training prompts")
+  records = [records[i] for i in prompts.index]
+  if hasattr(reward_source, "check_records"):  # reward functions: their fields, up front
+    reward_source.check_records(records)
   prompt_stats = prompt_fit.announce(prompts, "training prompts")
   ptx_iter = None
   if o.ptx_coef > 0:
@@ -199,10 +203,18 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
   source = online.RolloutSource(
       config, model=model, ref_params=ref_params, loss=loss_obj, estimator=estimator,
       prompts=prompts.texts, prompt_ids=prompts.ids, reward=reward_source, tok=tok, mesh=mesh,
-      rules=rules, ptx_iter=ptx_iter)
+      rules=rules, ptx_iter=ptx_iter, records=records)
+  evaluator, check = None, verifiable.checker(config)
+  if check is not None and config.evaluate.num_prompts:  # pass@k curves while it trains
+    held = verifiable.held_out(config, tok, policy.cfg)
+    eval_sampler = sampling.Sampler(policy, eos_id=tok.stop_ids, pad_id=tok.pad_id, mesh=mesh,
+                                    rules=rules)
+    evaluator = lambda s: verifiable.report(  # noqa: E731
+        policy, s.params["policy"], tok, *held, check, n=config.evaluate.pass_k_samples,
+        max_new_tokens=config.evaluate.max_new_tokens, seed=config.seed, sampler=eval_sampler)
   result = loop.run(train_cfg=config.train, workdir=workdir, state=state, abstract_state=abstract,
                     state_shardings=shardings, train_step=train_step, source=source, mesh=mesh,
-                    rules=rules, hooks=hooks)
+                    rules=rules, hooks=hooks, evaluator=evaluator)
 
   summary = {"iteration": result.step, "preempted": result.preempted,
              "objective": o.name, "advantage": o.advantage, "critic": o.critic,
@@ -226,6 +238,9 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
         max_new_tokens=config.evaluate.max_new_tokens, seed=config.seed,
         reward_fn=RewardFunction.load(rm, mesh, rules) if rm else None,
         samples_per_prompt=config.evaluate.samples_per_prompt)
+  if evaluator is not None:
+    summary["eval"] = result.eval_metrics
+    summary["eval_at_start"] = result.eval_history.get(0, {})
   if not result.preempted and config.evaluate.pretrain_batches:
     summary["pretrain_loss"] = {
         "policy": pretrain_loss(config, policy, result.state.params["policy"], tok, mesh, rules),

@@ -144,13 +144,16 @@ def _mean(records: list[dict]) -> dict[str, float]:
 
 def run(*, train_cfg, workdir: str, state, abstract_state, state_shardings, train_step,
         source, mesh, rules, eval_step=None, eval_batches: Callable[[], Iterable] | None = None,
-        tokens_per_batch: int = 0, hooks: Iterable[Callable[[int], None]] = ()) -> LoopResult:
+        tokens_per_batch: int = 0, hooks: Iterable[Callable[[int], None]] = (),
+        evaluator: Callable[[Any], dict] | None = None) -> LoopResult:
   """Trains until `train_cfg.steps`; see the module docstring for the contract.
 
   `source` has `next(state, step) -> Work`, `get_state()` / `set_state(s)` (JSON,
   checkpointed with the state), `compilations() -> {name: count}` and
   `postfix` ({progress-bar field: metric}). `hooks` are called as hook(step)
-  after every step.
+  after every step. Held-out evaluation is `eval_step` over `eval_batches`, or
+  `evaluator(state) -> metrics` (an online stage's pass@k, say), at step 0, every
+  `eval_every` steps and at the end.
 
   A resumed run reports the whole run: the evaluations and logged steps of earlier
   sessions come back from metrics.jsonl, so rerunning a finished run trains nothing,
@@ -173,9 +176,13 @@ def run(*, train_cfg, workdir: str, state, abstract_state, state_shardings, trai
     ckpt.save(step, state, {"data": data_state, "step": step})
 
   def do_eval(step: int) -> dict[str, float]:
-    if eval_step is None:
+    if eval_step is not None:
+      metrics = evaluate(eval_step, state.params, eval_batches(), mesh, rules,
+                         train_cfg.eval_batches)
+    elif evaluator is not None:
+      metrics = evaluator(state)
+    else:
       return {}
-    metrics = evaluate(eval_step, state.params, eval_batches(), mesh, rules, train_cfg.eval_batches)
     writer.write(step, metrics, "eval")
     eval_history[step] = metrics
     return metrics
@@ -227,7 +234,8 @@ def run(*, train_cfg, workdir: str, state, abstract_state, state_shardings, trai
           postfix["tok/s"] = f"{last_train['tokens_per_sec']:.0f}"
         bar.set_postfix(**postfix)
 
-  if start == 0 and eval_step is not None and train_cfg.eval_every:
+  evaluates = eval_step is not None or evaluator is not None
+  if start == 0 and evaluates and train_cfg.eval_every:
     last_eval = do_eval(0)  # the starting point of every eval curve
 
   bar = progress_bar(total, start, workdir)
@@ -251,7 +259,7 @@ def run(*, train_cfg, workdir: str, state, abstract_state, state_shardings, trai
       bar.update(1)
       for hook in hooks:
         hook(step)
-      if eval_step is not None and train_cfg.eval_every and step % train_cfg.eval_every == 0 \
+      if evaluates and train_cfg.eval_every and step % train_cfg.eval_every == 0 \
           and step < total:
         last_eval = do_eval(step)
       if sigterm.raised or step % train_cfg.checkpoint_every == 0 or step == total:

@@ -18,7 +18,15 @@ exports it); prompts are `prompt_tokens` ids per prompt from numpy's
 default_rng(seed).
 
 The reward is the share of even ids in the response, computed from the
-decoded text (bench/peers/tunix_ppo.py scores tunix's rollouts the same way).
+decoded text (bench/peers/tunix_ppo.py scores tunix's rollouts the same way);
+with --reward=FUNCTIONS, registered reward functions instead (`research/rewards/`,
+e.g. 'math', 'math:1,format:0.1', 'code'), each prompt's record carrying an answer
+and two assert tests, so the reward phase's cost and share of the iteration are
+measured (`reward_s`, `reward_share`): the checkers run on the decoded random
+text as they would on a policy's (math: extraction and comparison; code: one
+sandboxed process per response, in parallel threads).
+
+  python bench/ppo_iteration.py --preset=tiny --prompts=8 --samples=8 --reward=code
 """
 
 from __future__ import annotations
@@ -51,11 +59,13 @@ class WordTokenizer:
 
 def make_ppo_iteration(preset: str, prompts: int = 2, samples: int = 4, new_tokens: int = 64,
                        prompt_tokens: int = 16, epochs: int = 1, seed: int = 0,
-                       model_overrides: dict | None = None, critic: str = "separate"):
+                       model_overrides: dict | None = None, critic: str = "separate",
+                       reward: str = "even"):
   """A function running one iteration on its own state and returning the seconds
-  of its phases: {'generate_s', 'score_s', 'update_s', 'total_s'}; and the config.
-  `model_overrides`: config.model fields to change (bench/compare.py's tunix theta);
-  `critic`: 'separate' (its own trunk) or 'shared' (a value head on the policy's)."""
+  of its phases: {'generate_s', 'reward_s', 'score_s', 'update_s', 'total_s'}; and
+  the config. `model_overrides`: config.model fields to change (bench/compare.py's
+  tunix theta); `critic`: 'separate' (its own trunk) or 'shared' (a value head on
+  the policy's); `reward`: 'even' or reward functions (see the module doc)."""
   from configs import rlhf as rlhf_config  # pylint: disable=g-import-not-at-top
   from research import objectives  # pylint: disable=g-import-not-at-top
   from research.models import config as model_config  # pylint: disable=g-import-not-at-top
@@ -89,11 +99,17 @@ def make_ppo_iteration(preset: str, prompts: int = 2, samples: int = 4, new_toke
       mesh=mesh, rules=rules, schedule=schedule)
   tok = WordTokenizer()
   ids = batches.prompts(prompts, prompt_tokens, policy.cfg.vocab_size, seed)
+  if reward == "even":
+    source_reward = rewards.as_source(lambda _, responses: batches.even_share(responses))
+  else:
+    from research.rewards.scoring import FunctionReward  # pylint: disable=g-import-not-at-top
+    source_reward = FunctionReward(reward, {"code_wall_seconds": 5.0})
+  records = [{"answer": "42", "tests": ["assert f(1) == 2", "assert f(2) == 3"]}
+             for _ in ids]
   source = online.RolloutSource(
       config, model=model, ref_params=ref_params, loss=loss_obj, estimator=estimator,
       prompts=[tok.decode(p) for p in ids], prompt_ids=[list(p) for p in ids],
-      reward=rewards.as_source(lambda _, responses: batches.even_share(responses)), tok=tok,
-      mesh=mesh, rules=rules)
+      reward=source_reward, tok=tok, mesh=mesh, rules=rules, records=records)
   holder = {"state": state, "step": 0}
 
   def iteration() -> dict:
@@ -108,6 +124,7 @@ def make_ppo_iteration(preset: str, prompts: int = 2, samples: int = 4, new_toke
     holder["step"] += 1
     total = time.perf_counter() - start
     return {"total_s": total, "generate_s": work.metrics["time/generate_s"],
+            "reward_s": work.metrics["time/reward_s"],
             "score_s": work.metrics["time/score_s"], "update_s": total - rollout_s,
             "response_length": work.metrics["response/length"]}
 
@@ -126,10 +143,13 @@ def main() -> None:
   parser.add_argument("--epochs", type=int, default=1)
   parser.add_argument("--critic", default="separate", choices=("separate", "shared"))
   parser.add_argument("--iterations", type=int, default=5)
+  parser.add_argument("--reward", default="even",
+                      help="'even' (the peers' reward) or reward functions, e.g. math, code")
   args = parser.parse_args()
   host_memory.keep_freed_memory()  # as research.main does, before JAX starts
   iteration, _ = make_ppo_iteration(args.preset, args.prompts, args.samples, args.new_tokens,
-                                    args.prompt_tokens, args.epochs, critic=args.critic)
+                                    args.prompt_tokens, args.epochs, critic=args.critic,
+                                    reward=args.reward)
   start = time.perf_counter()
   iteration()
   first_s = time.perf_counter() - start
@@ -141,8 +161,9 @@ def main() -> None:
   print(json.dumps({"benchmark": "ppo_iteration", "preset": args.preset, "prompts": args.prompts,
                     "samples_per_prompt": args.samples, "new_tokens": args.new_tokens,
                     "prompt_tokens": args.prompt_tokens, "epochs": args.epochs,
-                    "critic": args.critic,
+                    "critic": args.critic, "reward": args.reward,
                     "first_iteration_s": first_s, "median": median,
+                    "reward_share": median["reward_s"] / median["total_s"],
                     "sampled_tokens_per_sec": rows * args.new_tokens / median["total_s"],
                     "compilations": iteration.compilations(), "platform": dev.platform,
                     "device_kind": dev.device_kind, "host": platform.node()}, indent=2))

@@ -278,9 +278,12 @@ def prompt_record(record: dict, where: str) -> dict:
 
 
 def prompt_layout(record: dict) -> str | None:
-  """`preference_layout`, else `sft_layout`, else the task layout."""
+  """`preference_layout`, else `sft_layout`, else the task layout (a prompt with an
+  answer and one with tests may mix: a math-and-code set)."""
   from research.data import tasks  # pylint: disable=g-import-not-at-top
-  return preference_layout(record) or sft_layout(record) or tasks.task_layout(record)
+  task = tasks.task_layout(record)
+  return (preference_layout(record) or sft_layout(record) or
+          ("{prompt, answer or tests}" if task in ("answer", "tests") else task))
 
 
 def sft_kind(record: dict) -> str:

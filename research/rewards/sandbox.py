@@ -87,16 +87,23 @@ def interpreter() -> tuple[str, bool]:
   return sys.executable, False
 
 
-def _own_processes() -> int:
-  """How many processes this user runs (RLIMIT_NPROC counts them all)."""
-  uid, n = os.getuid(), 0
+def _processes_of(uid: int) -> int:
+  """How many live processes user `uid` runs (zombies, already dead, not counted)."""
+  n = 0
   for pid in os.listdir("/proc"):
     if pid.isdigit():
       try:
-        n += os.stat(f"/proc/{pid}").st_uid == uid
+        if os.stat(f"/proc/{pid}").st_uid == uid:
+          with open(f"/proc/{pid}/stat", "rb") as f:
+            n += f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
       except OSError:
         pass
   return n
+
+
+def _own_processes() -> int:
+  """How many processes this user runs (RLIMIT_NPROC counts them all)."""
+  return _processes_of(os.getuid())
 
 
 def run_python(program: str, stdin: str = "", limits: Limits = Limits(),
@@ -138,7 +145,7 @@ def _kill_all(proc: subprocess.Popen, uid: int | None) -> None:
     os.killpg(proc.pid, signal.SIGKILL)
   except (ProcessLookupError, PermissionError):
     pass
-  if uid is not None:  # kill(-1) as that user: every process it has, wherever it went
+  if uid is not None and _processes_of(uid):  # kill(-1) as that user: all it left anywhere
     subprocess.run([sys.executable, "-I", "-S", "-c", _KILL_ALL.format(uid=uid)], check=False,
                    timeout=30)  # run as root until its setuid
   try:

@@ -1,6 +1,6 @@
 """The knobs the GRPO-family papers ablate, against plain-numpy references: DAPO's
-soft overlong punishment, truncated importance sampling weights, GSPO's sequence
-ratio and its token-level gradient, the pass@k estimator against enumeration."""
+soft overlong punishment and dynamic sampling's choice of groups, truncated
+importance sampling weights, GSPO's sequence ratio and its token-level gradient."""
 
 import itertools
 
@@ -88,3 +88,20 @@ def test_ppo_loss_weights_each_token():
   r = np.exp(logp - old)
   per = np.maximum(-adv * r, -adv * np.clip(r, 0.8, 1.28)) * w
   np.testing.assert_allclose(loss, per[mask].sum() / mask.sum(), rtol=1e-5)
+
+
+def test_dynamic_sampling_keeps_the_groups_that_disagree():
+  from research.rlhf import online  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(6)
+  g, batch = 4, 5
+  draws = [rng.integers(0, 2, (6, g)).astype(np.float32).reshape(-1) for _ in range(3)]
+  draws[0][:g] = 1.0  # a group that all got right: no signal
+  chosen, kept = online.select_groups(draws, g, batch, dynamic=True)
+  reference = [(d, i) for d, raw in enumerate(draws) for i, grp in enumerate(raw.reshape(-1, g))
+               if grp.min() != grp.max()]
+  assert kept == len(reference) and chosen == reference[:batch]
+  assert (0, 0) not in chosen
+  short, kept = online.select_groups(draws[:1], g, 6, dynamic=True)  # too few: tied ones fill
+  assert kept < 6 and len(short) == 6 and short[kept:] == [
+      (0, i) for i, grp in enumerate(draws[0].reshape(-1, g)) if grp.min() == grp.max()]
+  assert online.select_groups(draws, g, batch, dynamic=False) == ([(0, i) for i in range(5)], 5)

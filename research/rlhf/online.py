@@ -143,6 +143,21 @@ def prompt_indices(iteration: int, batch_size: int, num_prompts: int, seed: int)
                      for e, i in zip(epochs, within)])
 
 
+def select_groups(scores: list[np.ndarray], group_size: int, batch: int,
+                  dynamic: bool) -> tuple[list[tuple[int, int]], int]:
+  """(the (draw, group) pairs of the batch, how many groups disagree). Without
+  `dynamic`, the first draw's groups. With it (DAPO's dynamic sampling), the
+  groups whose scores do not all tie, in the order drawn, then tied ones if the
+  draws so far hold too few."""
+  if not dynamic:
+    return [(0, g) for g in range(batch)], batch
+  kept, tied = [], []
+  for d, raw in enumerate(scores):
+    for g, std in enumerate(raw.reshape(-1, group_size).std(1)):
+      (kept if std > 1e-6 else tied).append((d, g))
+  return (kept + tied)[:batch], len(kept)
+
+
 def group_stats(scores_B: np.ndarray, group_size: int) -> dict[str, float]:
   """How much the G responses of a prompt differ: group baselines learn nothing
   from a group whose scores are all equal."""
@@ -230,15 +245,12 @@ class RolloutSource:
     dynamic = bool(r.get("dynamic_sampling", False)) and g > 1
     if self.drawn is None:
       self.drawn = step
-    draws, kept, tied = [], [], []
+    draws = []
     for _ in range(max(int(r.get("max_draws", 4)), 1) if dynamic else 1):
       draws.append(self._draw(params))
-      std = draws[-1].raw.reshape(-1, g).std(1)
-      for group, s in enumerate(std):
-        (kept if s > 1e-6 or not dynamic else tied).append((len(draws) - 1, group))
-      if len(kept) >= batch:
+      chosen, kept = select_groups([d.raw for d in draws], g, batch, dynamic)
+      if kept >= batch:
         break
-    chosen = (kept + tied)[:batch]
     rows = lambda d: [grp * g + k for di, grp in chosen if di == d for k in range(g)]
     take = [(d, rows(d)) for d in range(len(draws)) if rows(d)]
     roll = rollout_lib.concat([rollout_lib.take(draws[d].roll, idx) for d, idx in take])
@@ -251,8 +263,8 @@ class RolloutSource:
                                             k != "reward/errors" else v)
     if dynamic:
       metrics.update({"dynamic/draws": float(len(draws)),
-                      "dynamic/kept_groups": float(min(len(kept), batch)),
-                      "dynamic/filled_with_tied": float(max(batch - len(kept), 0))})
+                      "dynamic/kept_groups": float(min(kept, batch)),
+                      "dynamic/filled_with_tied": float(max(batch - kept, 0))})
     return roll, pick("prompts"), pick("records"), raw, metrics
 
   def next(self, state, step: int) -> Work:

@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.devices import xla_flags
@@ -113,3 +114,33 @@ def test_rl_best_of_n_and_preferences_on_long_prompts(runs, tmp_path):
        f"--config.policy={tmp_path / 'bon'}", "--config.evaluate.best_of_n=4",
        f"--config.evaluate.reward_model={runs['rm']}")
   assert summary(tmp_path / "bon_eval")["prompts"]["truncated"] > 0
+
+
+@pytest.mark.slow
+def test_serve_reward_serves_a_reward_model(runs):
+  import socket  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  from research.rewards import remote  # pylint: disable=g-import-not-at-top
+  from research.serve_reward import ModelScorer  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = {**os.environ, "XLA_FLAGS": xla_flags(1), "PYTHONPATH": ROOT}
+  proc = subprocess.Popen([sys.executable, "-m", "research.serve_reward",
+                           f"--reward_model={runs['rm']}", f"--port={port}"], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    batch = {"prompts": ["Can you tell me about the film Salt Harbor?"] * 2,
+             "responses": ["A quiet, luminous film.", "No idea."], "records": [{}, {}]}
+    deadline, answer = time.time() + 120, None
+    while answer is None and time.time() < deadline:
+      try:
+        answer = remote.post(f"http://127.0.0.1:{port}/", batch, retries=0)
+      except remote.RemoteError:
+        time.sleep(1)
+    assert answer is not None, proc.stderr.read() if proc.poll() is not None else "no answer"
+    local = ModelScorer(runs["rm"])(batch["prompts"], batch["responses"], batch["records"])[0]
+    np.testing.assert_allclose(answer["scores"], local, rtol=1e-5)
+  finally:
+    proc.terminate()
+    proc.wait(timeout=30)

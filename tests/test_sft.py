@@ -133,10 +133,10 @@ def test_jsonl_layout_errors_name_file_line_and_fields(tmp_path):
   cfg = sft_config.get_config("tiny").data
   path = tmp_path / "sft.jsonl"
   path.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n"
-                  + json.dumps({"question": "a", "answer": "b"}) + "\n")
+                  + json.dumps({"query": "a", "reply": "b"}) + "\n")
   cfg.source = str(path)
-  with pytest.raises(DataError, match=r"sft\.jsonl:2: unknown SFT layout .*'answer', "
-                                      r"'question'.*\{instruction, input \(optional\), output\}"):
+  with pytest.raises(DataError, match=r"sft\.jsonl:2: unknown SFT layout .*'query', "
+                                      r"'reply'.*\{instruction, input \(optional\), output\}"):
     instructions.instruction_records(cfg, "train")
   path.write_text(json.dumps({"messages": [{"role": "bot", "content": "x"}]}) + "\n")
   with pytest.raises(DataError, match=r"sft\.jsonl:1: messages\[0\] is dict .* a message needs "

@@ -49,6 +49,7 @@ def trl_pairs(tmp_path_factory):
   return str(path)
 
 
+@pytest.mark.slow  # ~60 s; the CLI's wiring on TRL pairs is also tests/test_cli_stages.py's
 def test_reward_model_and_dpo_train_on_trl_pairs_from_the_cli(tiny_sft, trl_pairs, tmp_path):
   rm = str(tmp_path / "rm")
   code, _, err = main("--config=configs/reward.py:tiny", f"--workdir={rm}",

@@ -203,8 +203,9 @@ def sft(record: dict, where: str) -> dict:
       out.update(prompt=p, completion=text(record, "completion", where))
   else:
     raise DataError(f"{where}: unknown SFT layout with fields {sorted(record)}; expected "
-                    f"{{instruction, input (optional), output}}, {{prompt, completion}} or "
-                    f"{{messages: [{{role, content}}]}} (config.data.field_map renames fields)")
+                    f"{{instruction, input (optional), output}}, {{prompt, completion}}, "
+                    f"{{messages: [{{role, content}}]}}, {{question, answer}} (GSM8K) or "
+                    f"{{problem, solution}} (MATH) (config.data.field_map renames fields)")
   rest = {k: v for k, v in record.items()
           if k not in ("messages", "instruction", "input", "output", "prompt", "completion")}
   return {**rest, **out}

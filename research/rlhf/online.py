@@ -210,7 +210,7 @@ class RolloutSource:
                                               estimator=estimator, group_size=self.group_size))
     self.seeds = {p: derived_seed(config.seed, p) for p in ("prompts", "sampling", "minibatches")}
 
-  def _draw(self, params) -> Draw:
+  def _draw(self, params, step: int) -> Draw:
     """Samples and scores the next batch of prompts of the stream."""
     config = self.config
     chosen = prompt_indices(self.drawn, config.data.batch_size, len(self.prompts),
@@ -231,8 +231,8 @@ class RolloutSource:
     metrics = {**metrics, "time/reward_s": t_reward.seconds}
     raw = np.asarray(raw, np.float32)
     if not np.all(np.isfinite(raw)):
-      raise ValueError(f"the reward function returned non-finite scores at prompt batch "
-                       f"{self.drawn - 1}: {raw[~np.isfinite(raw)][:5]}")
+      raise ValueError(f"the reward function returned non-finite scores at iteration {step} "
+                       f"(prompt batch {self.drawn - 1}): {raw[~np.isfinite(raw)][:5]}")
     return Draw(roll, prompts, records, raw, metrics)
 
   def _sample(self, params, step: int):
@@ -247,7 +247,7 @@ class RolloutSource:
       self.drawn = step
     draws = []
     for _ in range(max(int(r.get("max_draws", 4)), 1) if dynamic else 1):
-      draws.append(self._draw(params))
+      draws.append(self._draw(params, step))
       chosen, kept = select_groups([d.raw for d in draws], g, batch, dynamic)
       if kept >= batch:
         break

@@ -59,7 +59,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "temperature": 1.0,       # sampling, and the log-probs of the ratio and the KL
       "ptx_coef": 0.0,          # PPO-ptx: + ptx_coef * per-token CLM loss (InstructGPT eq. 2)
       # > 0: truncated importance sampling, each token's loss times
-      # min(pi_trainer / pi_sampler, tis_cap) (Yao et al. 2025; e.g. 2.0)
+      # min(pi_trainer / pi_sampler, tis_cap) (Yao et al. 2025; e.g. 2.0). pi_sampler
+      # is the distribution sampled from: with rollout.top_k / top_p it is truncated,
+      # so the ratio (and the logged gap) is not 1 even where the numbers agree.
       "tis_cap": 0.0,
       # DAPO's overlong handling (Yu et al. 2025): responses within overlong_buffer
       # tokens of max_new_tokens lose up to overlong_penalty (eq. 13; 0: off), and

@@ -45,7 +45,9 @@ def user_errors():
   except UserError as e:
     fail(str(e))
   except OSError as e:  # FileNotFoundError, PermissionError, NotADirectoryError, ...
-    fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
+    if not e.filename:  # not about a path of the user's (EMFILE, EIO): a traceback
+      raise
+    fail(f"{e.filename}: {e.strerror}" if e.strerror else str(e))
 
 
 def config_from_file(spec: str) -> ml_collections.ConfigDict:
@@ -67,7 +69,8 @@ def config_file_problem(spec: str) -> str | None:
   if not path:
     return "--config is empty; give configs/STAGE.py[:arg]"
   if not os.path.isfile(path):
-    return f"--config={spec}: no such file {path!r} (configs/STAGE.py[:arg], e.g. configs/clm.py:tiny)"
+    return (f"--config={spec}: no such file {path!r} (configs/STAGE.py[:arg], e.g. "
+            f"configs/clm.py:tiny)")
   if not path.endswith(".py"):
     return (f"--config={spec}: {path} is not a config file; a config is a Python file with "
             f"get_config(arg), e.g. configs/clm.py:tiny")

@@ -87,11 +87,12 @@ def policy_report(model, policy_params, ref_params, tok, prompts: list, *, data_
 
 def sampled_report(sampler, model, policy_params, ref_params, tok, prompts, ids, *,
                    prompt_format: str | None, mesh, rules, max_new_tokens: int, seed: int,
-                   reward_fn=None, reward=None, samples_per_prompt: int = 1) -> dict:
+                   reward_fn=None, reward=None, samples_per_prompt: int = 1,
+                   records=None) -> dict:
   """Temperature-1 samples of the policy: KL(pi || pi_ref) summed over the response
   (k1, unbiased), and their mean ground-truth score (unless `prompt_format` is None);
   with `reward_fn` (tokens, mask) also the reward model's, with `reward` (an
-  `rlhf.rewards` source) also its."""
+  `rlhf.rewards` source, reading the prompts' `records`) also its."""
   sampled = rollout(sampler, policy_params, ids, tok, jax.random.PRNGKey(seed),
                     sampling.SamplingConfig(max_new_tokens, temperature=1.0),
                     samples_per_prompt=samples_per_prompt)
@@ -107,6 +108,8 @@ def sampled_report(sampler, model, policy_params, ref_params, tok, prompts, ids,
   if reward_fn is not None:
     out["sampled/reward_model"] = float(np.mean(reward_fn(sampled.tokens, sampled.mask)))
   if reward is not None:
-    out["sampled/reward"] = float(np.mean(reward(
-        sampled, [prompts[i // samples_per_prompt] for i in range(len(sampled.texts))])))
+    rows = [i // samples_per_prompt for i in range(len(sampled.texts))]
+    row_records = None if records is None else [records[i] for i in rows]
+    out["sampled/reward"] = float(np.mean(reward(sampled, [prompts[i] for i in rows],
+                                                 row_records)))
   return out

@@ -7,9 +7,10 @@
 Prompts come one per `--prompt` flag or one per line of `--prompts_file`; each
 is preceded by the tokenizer's BOS. A prompt too long for the model's context with
 `--max_new_tokens` is cut from the left (BOS kept), with a note on stderr. A user
-error (no such run, no prompt) is one line on stderr and exit code 2. The model, tokenizer and mesh are the run's
-own (`config.json`, its tokenizer, `checkpoints/`): any stage's run, an RLHF
-policy or the last round of best-of-n included.
+error (no such run, no prompt) is one line on stderr and exit code 2. The model,
+tokenizer and mesh are the run's own (`config.json`, its tokenizer,
+`checkpoints/`): any stage's run, an RLHF policy or the last round of best-of-n
+included.
 """
 
 from __future__ import annotations

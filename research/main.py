@@ -65,13 +65,13 @@ def _run(config, workdir: str) -> dict | None:
 
 def main(argv) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.fail(f"unexpected arguments: {argv[1:]} (flags are --name=value)")
   # Library chatter (orbax, tfds) stays out of the way; absl resets this level
   # while parsing flags, so it is set here rather than before app.run.
   logging.getLogger("absl").setLevel(logging.WARNING)
   config = _CONFIG.value
   if config is None:
-    raise app.UsageError("--config=configs/STAGE.py[:arg] is required")
+    cli.fail("--config=configs/STAGE.py[:arg] is required")
   if _WORKDIR.value is not None and not _WORKDIR.value.strip():
     cli.fail("--workdir is empty; give a directory, or leave the flag out for runs/<stage>")
   if config.stage not in SAMPLING_STAGES:  # before JAX starts its threads

@@ -27,6 +27,7 @@ from absl import app, flags
 import numpy as np
 
 from research import cli
+from research.errors import UserError
 
 _FUNCTIONS = flags.DEFINE_string("functions", "", "reward functions, e.g. 'math:1.0,format:0.1'")
 _REWARD_MODEL = flags.DEFINE_string("reward_model", "", "a reward-model workdir to serve instead")
@@ -64,7 +65,7 @@ class ModelScorer:
 def make_scorer(functions: str, reward_model: str, options: dict):
   """(scorer(prompts, responses, records) -> (scores, metrics), what it serves)."""
   if bool(functions) == bool(reward_model):
-    raise cli.UserError("give exactly one of --functions=NAME:WEIGHT,... or --reward_model=DIR")
+    raise UserError("give exactly one of --functions=NAME:WEIGHT,... or --reward_model=DIR")
   if reward_model:
     return ModelScorer(reward_model), f"reward model {reward_model}"
   from research.rewards.scoring import FunctionReward  # pylint: disable=g-import-not-at-top
@@ -108,6 +109,9 @@ def handler(scorer, serving: str):
         return
       try:
         scores, metrics = scorer(prompts, responses, records)
+      except UserError as e:  # the request or the server's settings: asking again won't help
+        self._send(422, {"error": str(e)})
+        return
       except Exception as e:  # pylint: disable=broad-except  # the server keeps serving
         logging.exception("scoring failed")
         self._send(500, {"error": f"{type(e).__name__}: {e}"})
@@ -128,7 +132,7 @@ def main(argv) -> None:
     try:
       options = json.loads(_OPTIONS.value)
     except json.JSONDecodeError as e:
-      raise cli.UserError(f"--options is not JSON ({e})") from None
+      raise UserError(f"--options is not JSON ({e})") from None
     scorer, serving = make_scorer(_FUNCTIONS.value, _REWARD_MODEL.value, options)
     server = http.server.HTTPServer((_HOST.value, _PORT.value), handler(scorer, serving))
   print(f"serving {serving} on http://{_HOST.value}:{server.server_port}/", flush=True)

@@ -58,6 +58,11 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ppo.minibatch_size": (_int_at_least(1), "an integer >= 1"),
     "rollout.samples_per_prompt": (_int_at_least(1), "an integer >= 1"),
     "rollout.max_new_tokens": (_int_at_least(1), "an integer >= 1"),
+    "rollout.max_draws": (_int_at_least(1), "an integer >= 1"),
+    "objective.tis_cap": (_number_in(0, INF), "a number >= 0 (0: off)"),
+    "objective.overlong_buffer": (_int_at_least(0), "an integer >= 0 (0: off)"),
+    "objective.overlong_penalty": (_number_in(0, INF), "a number >= 0"),
+    "evaluate.pass_k_samples": (_int_at_least(1), "an integer >= 1"),
 }
 
 
@@ -77,6 +82,12 @@ def problems(config) -> list[str]:
     value, found = _lookup(config, key)
     if found and not ok(value):
       out.append(f"config.{key}={value!r} must be {allowed}")
+  buffer, found = _lookup(config, "objective.overlong_buffer")
+  new_tokens, has_rollout = _lookup(config, "rollout.max_new_tokens")
+  if found and has_rollout and isinstance(buffer, int) and isinstance(new_tokens, int) \
+      and buffer > new_tokens:
+    out.append(f"config.objective.overlong_buffer={buffer} must be at most "
+               f"config.rollout.max_new_tokens={new_tokens} (it would punish every response)")
   warmup, found = _lookup(config, "optimizer.warmup_steps")
   steps, has_steps = _lookup(config, "train.steps")
   if found and has_steps and config.get("stage") != "rlhf" and all(

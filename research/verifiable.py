@@ -150,18 +150,14 @@ def checker(config):
 
 def held_out(config, tok, model_cfg, *, bucket: int = sampling.BUCKET):
   """(prompts, token ids, records) of the held-out prompts the checker judges:
-  `config.evaluate.num_prompts` of them, spread evenly over the set, fitted as every prompt is (`prompt_fit`),
-  their records checked for the checker's fields."""
+  `config.evaluate.num_prompts` of them, spread evenly over the set, fitted as
+  every prompt is (`prompt_fit`), their records checked for the checker's fields."""
   from research.data import preferences, prompt_fit  # pylint: disable=g-import-not-at-top
   e = config.evaluate
   records = preferences.prompt_records(config.data, "validation")
   if len(records) > e.num_prompts:  # evenly through the sorted prompts, not their start
     records = [records[int(i)] for i in np.linspace(0, len(records) - 1, e.num_prompts)]
-  fitted = prompt_fit.for_generation([r["prompt"] for r in records], config.data, tok,
-                                     max_len=model_cfg.max_len, max_new_tokens=e.max_new_tokens,
-                                     bucket=bucket, what="held-out prompts")
-  records = [records[i] for i in fitted.index]
-  check = checker(config)
-  if check is not None:
-    check.check_records(records, "held-out prompt")
+  fitted, records = prompt_fit.fit_records(records, config.data, tok, max_len=model_cfg.max_len,
+                                          max_new_tokens=e.max_new_tokens, bucket=bucket,
+                                          what="held-out prompts", reward=checker(config))
   return fitted.texts, fitted.ids, records

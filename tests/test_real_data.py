@@ -274,3 +274,20 @@ def test_a_held_out_split_too_small_for_a_batch_names_the_file_and_counts():
                                       r"config.data.batch_size=8.*holdout_every \(now 20\)"):
     summary.check_heldout_batch(stats, d, holdout="pairs.jsonl")
   summary.check_heldout_batch({"records": 9, "examples": 8}, d, holdout=None)  # one batch: fine
+
+
+def test_one_folder_of_a_hub_snapshot(tmp_path, monkeypatch):
+  repo = tmp_path / "hub" / "datasets--openai--gsm8k"
+  snapshot = repo / "snapshots" / "abc"
+  (repo / "refs").mkdir(parents=True)
+  (repo / "refs" / "main").write_text("abc")
+  gsm = [{"question": f"q{i}", "answer": f"#### {i}"} for i in range(4)]
+  for config in ("main", "socratic"):
+    jsonl(snapshot / config / "train.jsonl", gsm)
+    jsonl(snapshot / config / "test.jsonl", gsm[:2])
+  monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+  main = preferences.prompt_records(data("hf:openai/gsm8k/main"), "validation")
+  assert [r["answer"] for r in main] == ["0", "1"]  # one config, not main and socratic merged
+  with pytest.raises(DataError, match=r"has no folder 'other'; its folders: \['main', "
+                                      r"'socratic'\]"):
+    preferences.prompt_records(data("hf:openai/gsm8k/other"), "train")

@@ -211,8 +211,14 @@ def test_sandbox_results_are_statuses_never_exceptions():
   assert sandbox.run_python("print(input()[::-1])", "abc\n", FAST).stdout == "cba\n"
   assert sandbox.run_python("while True: pass", "", FAST).status in ("killed", "timeout")
   assert sandbox.run_python("raise ValueError", "", FAST).status == "error"
-  spam = sandbox.run_python("print('x' * 10**7)", "", FAST)
-  assert spam.status == "ok" and len(spam.stdout) == FAST.output_bytes
+  spam = sandbox.run_python("import os\nwhile True:\n    os.write(1, b'x' * 65536)", "", FAST)
+  assert spam.status == "output_limit" and len(spam.stdout) == FAST.output_bytes
+  partial = sandbox.run_python("import time\nprint('early', flush=True)\ntime.sleep(60)", "",
+                               FAST)
+  assert partial.status == "timeout" and partial.stdout == "early\n"  # kept, not dropped
+  held = sandbox.probe()
+  assert held["no_network"] and held["no_shared_folders"]  # what this machine allows (root)
+  assert held["own_user"] == (os.getuid() == 0) and held["process_cap"]
 
 
 # --- the remote protocol, against a real server process ---------------------------

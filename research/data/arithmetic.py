@@ -19,6 +19,7 @@ and evaluation take the question and the final answer (`layouts.task`).
 from __future__ import annotations
 
 import random
+import zlib
 
 VALIDATION_EVERY = 20
 DEFAULT_LEVELS, DEFAULT_BELOW = 3, 10
@@ -76,9 +77,18 @@ def slip(record: dict, rng: random.Random) -> dict:
   return {**record, "answer": f"{steps}\n#### {wrong}"}
 
 
+def held_out(question: str) -> bool:
+  """Whether a question is held out: one in VALIDATION_EVERY by a hash of its text,
+  so a question generated twice (small numbers repeat) is never on both sides."""
+  return zlib.crc32(question.encode("utf-8")) % VALIDATION_EVERY == 0
+
+
 def records(spec: str, seed: int, size: int, split: str) -> list[tuple[str, dict]]:
-  """(where, record) of `split`: every VALIDATION_EVERY-th problem is held out."""
+  """(where, record) of `split` (see `held_out`)."""
   levels, below, slips = parse(spec)
-  held_out = split == "validation"
-  return [(f"{spec} problem {i}", problem(seed, i, levels, below, slips)) for i in range(size)
-          if (i % VALIDATION_EVERY == 0) == held_out]
+  out = []
+  for i in range(size):
+    record = problem(seed, i, levels, below, slips)
+    if held_out(record["question"]) == (split == "validation"):
+      out.append((f"{spec} problem {i}", record))
+  return out

@@ -65,8 +65,9 @@ def data_files(folder: str, spec: str, text_ok: bool) -> list[str]:
       kind = files_lib.data_type(name)
       (found if kind and (kind != ".txt" or text_ok) else unread).append(rel)
   if unread:
-    raise DataError(f"{spec}: {len(unread)} file(s) of a type not read here ({', '.join(unread[:5])}"
-                    f"{', ...' if len(unread) > 5 else ''}); data files are "
+    shown = ", ".join(unread[:5]) + (", ..." if len(unread) > 5 else "")
+    raise DataError(f"{spec}: {len(unread)} file(s) of a type not read here ({shown}); data "
+                    f"files are "
                     f"{', '.join(('.txt',) * text_ok + files_lib.FILE_TYPES)} (or gzipped: "
                     f"{', '.join(files_lib.COMPRESSED)}): convert or remove them")
   if not found:
@@ -88,7 +89,8 @@ def folder_splits(folder: str, spec: str, text_ok: bool) -> dict:
     named = ", ".join(by_split[next(s for s in by_split if s)][:2])
     raise DataError(f"{spec}: the names of {', '.join(by_split[None][:3])} give no split, "
                     f"while others do ({named}, ...); name every file by its split "
-                    f"(train-*, validation-*, test-*) or move it out")
+                    f"(train-*, validation-*, test-*), move it out, or read one subfolder "
+                    f"(hf:ORG/NAME/FOLDER, or the folder's path)")
 
   def load(paths):
     out = []

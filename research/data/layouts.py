@@ -247,7 +247,8 @@ def prompt_record(record: dict, where: str) -> dict:
   sample from. A task record (`tasks`) keeps its answer, solution or tests; an SFT
   record's prompt is the conversation before its last reply (messages), its
   instruction (with the input: a dict {instruction, input}, which the Alpaca
-  template renders as in SFT), or its prompt, and its answer is that reply."""
+  template renders as in SFT), or its prompt, and its answer is that reply (unless
+  the record has its own answer, solution or tests: those are kept)."""
   from research.data import tasks  # pylint: disable=g-import-not-at-top  # it reads this module
   if preference_layout(record) is not None:
     return {"prompt": preference(record, where)["prompt"], "where": where}
@@ -275,7 +276,8 @@ def prompt_record(record: dict, where: str) -> dict:
     reply = r["output"]
   else:
     prompt, reply = r["prompt"], r["completion"]
-  return {"prompt": prompt, "answer": reply, "where": where}
+  references = {k: record[k] for k in ("answer", "solution", "tests") if k in record}
+  return {"prompt": prompt, "answer": reply, **references, "where": where}
 
 
 def prompt_layout(record: dict) -> str | None:

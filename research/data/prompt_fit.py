@@ -88,6 +88,19 @@ def for_generation(prompts, data_cfg, tok, *, max_len: int, max_new_tokens: int,
   return Prompts(texts, ids, counts, index)
 
 
+def fit_records(records: list[dict], data_cfg, tok, *, max_len: int, max_new_tokens: int,
+                bucket: int, what: str = "prompts", reward=None) -> tuple[Prompts, list[dict]]:
+  """`for_generation` over prompt records (`preferences.prompt_records`) -> (the
+  fitted prompts, the kept records aligned with them); a `reward` that reads record
+  fields (reward functions) checks them here, before any sampling."""
+  fitted = for_generation([r["prompt"] for r in records], data_cfg, tok, max_len=max_len,
+                          max_new_tokens=max_new_tokens, bucket=bucket, what=what)
+  kept = [records[i] for i in fitted.index]
+  if hasattr(reward, "check_records"):
+    reward.check_records(kept, what)
+  return fitted, kept
+
+
 def announce(prompts: Prompts, label: str) -> dict:
   """Prints the `data: ...` line of a prompt set (`summary.describe`); its counts."""
   stats = prompts.counts.as_dict()

@@ -13,7 +13,8 @@ read offline into records that remember where they came from.
                  a hub snapshot (train-*.parquet, data/test-*.jsonl, ...), every file
                  of every type above read, each file's split told by its name
   hf:ORG/NAME    a dataset in the local Hugging Face hub cache ($HF_HUB_CACHE, else
-                 ~/.cache/huggingface/hub), read offline
+                 ~/.cache/huggingface/hub), read offline; hf:ORG/NAME/FOLDER reads
+                 one folder of it (one config: hf:openai/gsm8k/main)
   tfds:NAME      a prepared TFDS dataset (never downloaded here)
   arithmetic     the embedded task with checkable answers (`arithmetic.py`)
 
@@ -149,8 +150,16 @@ def _splits(spec: str, text_ok: bool, data_cfg=None) -> dict:
     return {split: (lambda split=split: arithmetic.records(
         spec, data_cfg.corpus_seed, data_cfg.corpus_size, split)) for split in ("train",
                                                                                 "validation")}
-  if spec.startswith("hf:"):
-    return folder_splits(hub_snapshot(spec[len("hf:"):]), spec, text_ok)
+  if spec.startswith("hf:"):  # hf:ORG/NAME, or hf:ORG/NAME/SUBFOLDER (one config of several)
+    org, name, *sub = spec[len("hf:"):].split("/")
+    folder = os.path.join(hub_snapshot(f"{org}/{name}"), *sub)
+    if not os.path.isdir(folder):
+      parent = os.path.dirname(folder)
+      there = sorted(d for d in os.listdir(parent) if os.path.isdir(os.path.join(parent, d))
+                     and not d.startswith(".")) if os.path.isdir(parent) else []
+      raise DataError(f"config.data.source={spec!r}: the snapshot has no folder "
+                      f"{'/'.join(sub)!r}; its folders: {there}")
+    return folder_splits(folder, spec, text_ok)
   if os.path.isdir(spec):
     return folder_splits(spec, spec, text_ok)
   if not os.path.exists(spec):

@@ -21,7 +21,9 @@ waiting on its own process); timeouts and kills are counted
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
+import logging
 import os
 import re
 import secrets
@@ -116,10 +118,21 @@ def score_one(response: str, tests, options=None) -> tuple[float, list[str]]:
   return passed / len(tests), statuses
 
 
+@functools.lru_cache(maxsize=1)
+def _warn_if_weak() -> None:
+  """Says once which of the sandbox's protections this machine does not allow."""
+  missing = [name for name, held in sandbox.probe().items() if not held]
+  if missing:
+    logging.warning("the code sandbox runs without %s here (research/rewards/sandbox.py): "
+                    "run the trainer as root, or where user namespaces are allowed, for all "
+                    "of them", ", ".join(missing))
+
+
 @register("code", fields=("tests",), batched=True)
 def code_reward(prompts, responses, records, options=None):
   """Scores a batch in parallel threads -> (scores, {'code_timeouts', 'code_killed'})."""
   del prompts
+  _warn_if_weak()
   workers = int((options.get("code_workers", 0) if options is not None else 0) or
                 os.cpu_count() or 1)
   with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:

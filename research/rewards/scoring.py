@@ -4,7 +4,8 @@ on a batch of (prompt, response, record) and logged per function.
 Fail safe, but never silently: a function that raises on one response scores it 0,
 is counted (`reward/errors`) and warned about once; one that returns the wrong
 number of scores, a non-number or a non-finite value stops the run in one line
-naming it (a bug to fix, not a response to punish). Records without a field a
+naming it (a bug to fix, not a response to punish), as does a user error it
+raises (a missing setting; a remote server still down after its retries). Records without a field a
 function needs are refused before any sampling (`check_records`).
 """
 
@@ -19,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from research import rewards as registry
-from research.errors import ConfigError, DataError
+from research.errors import ConfigError, DataError, UserError
 
 
 @dataclasses.dataclass
@@ -79,18 +80,20 @@ class FunctionReward:
     if fn.batched:
       try:
         out = fn.fn(list(prompts), list(responses), records, self.options)
-      except (ConfigError, DataError):
+      except UserError:  # a setting or a server to fix (remote: down after its retries)
         raise
       except Exception as e:  # pylint: disable=broad-except
         self._warn(fn.name, e)
         return np.zeros(n, np.float32), {}, n
       values, extra = out if isinstance(out, tuple) and len(out) == 2 else (out, {})
-      return self._checked(fn.name, values, n), dict(extra), 0
+      extra = dict(extra)
+      failed = int(extra.pop("errors", 0))  # a server's own count (remote)
+      return self._checked(fn.name, values, n), extra, failed
     values, failed = [], 0
     for p, r, rec in zip(prompts, responses, records):
       try:
         values.append(fn.fn(p, r, rec, self.options))
-      except (ConfigError, DataError):
+      except UserError:
         raise
       except Exception as e:  # pylint: disable=broad-except
         self._warn(fn.name, e)

@@ -22,8 +22,9 @@ def kl_bound(n: int) -> float:
 
 
 def sample_and_score(sampler, params, prompts, prompt_ids, tok, reward, *, n: int, cfg, rng,
-                     chunk: int, prompt_width: int = 0):
-  """n temperature samples per prompt -> (texts [P][n], scores Pxn, ended Pxn, lengths Pxn).
+                     chunk: int, prompt_width: int = 0, records=None):
+  """n temperature samples per prompt -> (texts [P][n], scores Pxn, ended Pxn, lengths Pxn);
+  `records` (one per prompt) carry the reference fields reward functions read.
 
   Calls of `chunk` rows; when whole prompts fit in one (chunk a multiple of n),
   each prompt is prefilled once for its n samples (the same rows either way)."""
@@ -36,7 +37,8 @@ def sample_and_score(sampler, params, prompts, prompt_ids, tok, reward, *, n: in
                    jax.random.fold_in(rng, k), cfg, prompt_width=prompt_width,
                    samples_per_prompt=share)
     texts += roll.texts
-    scores.append(reward(roll, [prompts[i] for i in part]))
+    scores.append(reward(roll, [prompts[i] for i in part],
+                         None if records is None else [records[i] for i in part]))
     ended.append(roll.ended)
     lengths.append(roll.lengths)
   shape = (len(prompts), n)

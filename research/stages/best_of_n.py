@@ -54,16 +54,18 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
   source = rewards.as_source(reward) if reward is not None else \
       rewards.from_config(config, mesh, rules)
   sampler = sampling.Sampler(model, eos_id=tok.stop_ids, pad_id=tok.pad_id, mesh=mesh, rules=rules)
-  fit = lambda prompts, new_tokens, what: prompt_fit.for_generation(
-      prompts, config.data, tok, max_len=model.cfg.max_len, max_new_tokens=new_tokens,
-      bucket=sampler.bucket, what=what)
-  fitted = fit(preferences.prompts(config.data, "train"), b.max_new_tokens, "training prompts")
+  fit = lambda records, new_tokens, what: prompt_fit.fit_records(
+      records, config.data, tok, max_len=model.cfg.max_len, max_new_tokens=new_tokens,
+      bucket=sampler.bucket, what=what, reward=source)
+  fitted, prompt_records = fit(preferences.prompt_records(config.data, "train"),
+                               b.max_new_tokens, "training prompts")
   prompt_stats = prompt_fit.announce(fitted, "training prompts")
   prompts, ids = fitted.texts, fitted.ids
-  eval_prompts, eval_ids = [], []
+  eval_prompts, eval_ids, eval_records = [], [], []
   if config.evaluate.num_prompts:
-    held_out = fit(preferences.prompts(config.data, "validation")[:config.evaluate.num_prompts],
-                   config.evaluate.max_new_tokens, "held-out prompts")
+    held_out, eval_records = fit(
+        preferences.prompt_records(config.data, "validation")[:config.evaluate.num_prompts],
+        config.evaluate.max_new_tokens, "held-out prompts")
     eval_prompts, eval_ids = held_out.texts, held_out.ids
   sample_cfg = sampling.SamplingConfig(b.max_new_tokens, temperature=b.temperature)
 
@@ -75,7 +77,7 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
         prompt_format=evaluation.ground_truth_format(config), mesh=mesh, rules=rules,
         max_new_tokens=config.evaluate.max_new_tokens,
         seed=seeds.derived_seed(config.seed, f"bon_eval_{r}"), reward=source,
-        samples_per_prompt=config.evaluate.samples_per_prompt)
+        samples_per_prompt=config.evaluate.samples_per_prompt, records=eval_records)
 
   history = [{"round": 0, **evaluate(ref_params, 0)}]  # the SFT model
   current, params = config.init_from, ref_params
@@ -92,7 +94,7 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
     texts, scores, ended, _ = best_of_n.sample_and_score(
         sampler, params, [prompts[i] for i in chosen], [ids[i] for i in chosen], tok, source,
         n=b.n, cfg=sample_cfg, rng=jax.random.PRNGKey(seeds.derived_seed(config.seed, f"bon_{r}")),
-        chunk=b.sample_batch)
+        chunk=b.sample_batch, records=[prompt_records[i] for i in chosen])
     records, stats = best_of_n.best_records([prompts[i] for i in chosen], texts, scores, ended,
                                             b.require_eos)
     if not records:

@@ -2,8 +2,9 @@
 
 What it is measured on comes from the policy run unless the config says otherwise
 (`resolve`): its reference (a DPO, RL or best-of-n run's `init_from`, the model
-its KL is to; an SFT or CLM run is its own reference), and its data block: source,
-fields, splits, template and prompt limits. So a policy trained on a researcher's
+its KL is to; an SFT or CLM run is its own reference), and where its data came
+from: source, fields, splits and template (`SOURCE_KEYS`; the other data keys,
+e.g. prompt limits, are this config's). So a policy trained on a researcher's
 data is judged on that data's held-out prompts, not on the embedded movie task.
 
 Every method of an experiment is measured by the same code on the same prompts
@@ -39,6 +40,11 @@ from research.training import partitioning
 REGULARISED = ("dpo", "rlhf", "best_of_n")
 LANGUAGE_MODELS = ("clm", "sft", *REGULARISED)
 SFT_SOURCES = {"embedded_chat": ("embedded", "chat")}  # SFT's embedded set -> prompts, template
+# The data keys that say where the prompts come from and how they read: taken from
+# the policy run with its source; the others (prompt limits, ...) stay this config's.
+SOURCE_KEYS = ("source", "field_map", "label_names", "tfds_splits", "tfds_data_dir",
+               "holdout_every", "text_field", "corpus_seed", "corpus_size", "prompt_format",
+               "num_responses", "template")
 
 
 def resolve(config) -> dict:
@@ -61,11 +67,12 @@ def resolve(config) -> dict:
       config.init_from = policy.init_from if regularised else config.policy
       came["reference"] = (f"{config.init_from} (the policy run's init_from)" if regularised
                            else f"{config.init_from} (the policy itself: a {stage} run)")
-    if not config.data.source:
+    if not config.data.source:  # where the data comes from: the policy run's keys
+      theirs = policy.get("data", ml_collections.ConfigDict()).to_dict()
       data = ml_collections.ConfigDict({**config.data.to_dict(),
-                                        **policy.get("data", ml_collections.ConfigDict()).to_dict()})
+                                        **{k: v for k, v in theirs.items() if k in SOURCE_KEYS}})
       data.source, template = SFT_SOURCES.get(data.source, (data.source, data.get("template")))
-      data.template = template or "alpaca"
+      data.template = config.data.template or template or "alpaca"
       config.data = data
       came["data"] = f"source {data.source!r}, template {data.template!r} (the policy run's)"
     elif not config.data.template:

@@ -36,16 +36,17 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
   source = rewards.as_source(reward) if reward is not None else \
       rewards.from_config(config, mesh, rules)
   sampler = sampling.Sampler(model, eos_id=tok.stop_ids, pad_id=tok.pad_id, mesh=mesh, rules=rules)
-  fitted = prompt_fit.for_generation(preferences.prompts(config.data, "train")[:p.num_prompts],
-                                     config.data, tok, max_len=model.cfg.max_len,
-                                     max_new_tokens=p.max_new_tokens, bucket=sampler.bucket)
+  fitted, records = prompt_fit.fit_records(
+      preferences.prompt_records(config.data, "train")[:p.num_prompts], config.data, tok,
+      max_len=model.cfg.max_len, max_new_tokens=p.max_new_tokens, bucket=sampler.bucket,
+      reward=source)
   prompt_stats = prompt_fit.announce(fitted, "prompts")
   prompts, ids = fitted.texts, fitted.ids
   texts, scores, ended, lengths = best_of_n.sample_and_score(
       sampler, params, prompts, ids, tok, source, n=p.k,
       cfg=sampling.SamplingConfig(p.max_new_tokens, temperature=p.temperature),
       rng=jax.random.PRNGKey(seeds.derived_seed(config.seed, "preferences")),
-      chunk=p.sample_batch)
+      chunk=p.sample_batch, records=records)
   kept = 0
   with open(os.path.join(workdir, "preferences.jsonl"), "w", encoding="utf-8") as f:
     for prompt, responses, row, done in zip(prompts, texts, scores, ended):

@@ -185,14 +185,16 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
                                         microbatches=config.optimizer.grad_accum_steps)
   reward_source = rewards.as_source(reward) if reward is not None else \
       rewards.from_config(config, mesh, rules)
-  records = preferences.prompt_records(config.data, "train")
-  prompts = prompt_fit.for_generation(
-      [r["prompt"] for r in records], config.data, tok, max_len=policy.cfg.max_len,
-      max_new_tokens=config.rollout.max_new_tokens, bucket=sampling.BUCKET,
-      what="training prompts")
-  records = [records[i] for i in prompts.index]
-  if hasattr(reward_source, "check_records"):  # reward functions: their fields, up front
-    reward_source.check_records(records)
+  # A fixed rollout.prompt_width caps the prompts as max_prompt_len does.
+  data_cfg = config.data
+  if config.rollout.prompt_width and (not data_cfg.get("max_prompt_len") or
+                                      config.rollout.prompt_width < data_cfg.max_prompt_len):
+    data_cfg = ml_collections.ConfigDict({**data_cfg.to_dict(),
+                                          "max_prompt_len": config.rollout.prompt_width})
+  prompts, records = prompt_fit.fit_records(
+      preferences.prompt_records(config.data, "train"), data_cfg, tok,
+      max_len=policy.cfg.max_len, max_new_tokens=config.rollout.max_new_tokens,
+      bucket=sampling.BUCKET, what="training prompts", reward=reward_source)
   prompt_stats = prompt_fit.announce(prompts, "training prompts")
   ptx_iter = None
   if o.ptx_coef > 0:

@@ -40,7 +40,9 @@ def step_lower_bound(model_cfg, *, rows: int, seq_len: int, batch_ways: int, ten
   heads = max(model_cfg.num_heads // max(tensor_ways, 1), 1)
   layers = 1 if remat != "none" else model_cfg.num_layers
   probs = layers * rows * heads * seq_len * (seq_len + 1) // 2 * 4      # float32, causal half
-  vocab = 2 * rows * seq_len * model_cfg.vocab_size * 4 if logits else 0  # and their gradient
+  # The logits and their gradient, the vocabulary split over the tensor axis.
+  vocab = 2 * rows * seq_len * -(-model_cfg.vocab_size // max(tensor_ways, 1)) * 4 \
+      if logits else 0
   return probs + vocab
 
 

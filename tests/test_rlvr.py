@@ -121,13 +121,14 @@ def test_sharded_and_one_device_grpo_with_a_checker_agree(arith_sft, tmp_path):
 @pytest.mark.slow
 def test_the_recipe_raises_held_out_pass_at_1(tmp_path):
   """The README's commands: SFT (600 steps) then GRPO (40 iterations) on the checker.
-  Seen: pass@1 0.49 -> 0.72 on 64 held-out prompts (8 samples each), pass@8 ~0.87
-  for both (RL sharpens what the model samples; Yue et al. 2025)."""
+  Seen: pass@1 0.50 -> 0.64 on 64 held-out questions (8 samples each; +0.14, about
+  four standard errors), pass@8 0.94 -> 0.88 (RL sharpens what the model samples;
+  Yue et al. 2025)."""
   sft.run(sft_config_for(600), str(tmp_path / "sft"))
   c = rlvr_config.get_config("tiny")
   c.init_from = str(tmp_path / "sft")
   c.mesh.num_devices = 1
   s = rlhf.run(c, str(tmp_path / "grpo"))
   start, end = s["eval_at_start"], s["eval"]
-  assert end["pass@1"] > start["pass@1"] + 0.1, (start, end)
-  assert end["pass@8"] > start["pass@8"] - 0.1  # not bought with coverage
+  assert end["pass@1"] > start["pass@1"] + 0.08, (start, end)
+  assert end["pass@8"] > start["pass@8"] - 0.15  # coverage narrows a little, no more

@@ -11,7 +11,8 @@ With `--functions`, any registered reward functions (`--imports` for a module
 that registers more); with `--reward_model`, a trained reward-model run scoring
 each prompt (rendered with that run's template) followed by the response,
 normalised as in RL. A bad request is answered 400 with the reason; the server
-keeps serving. Requests are handled one at a time (a reward model keeps one
+keeps serving. It listens on 127.0.0.1 unless --host says otherwise: serving
+`code` on an open address runs strangers' programs (in the sandbox, but still). Requests are handled one at a time (a reward model keeps one
 compiled function; the checkers' timeouts need the main thread).
 """
 

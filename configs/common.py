@@ -85,7 +85,8 @@ def preference_data(**overrides) -> ml_collections.ConfigDict:
       "label_noise": 0.0,            # probability of flipping a training label
       # Record field <- the source's field (or '=literal'), for any source, e.g.
       # --config.data.field_map.prompt=question; "" leaves a field as it is.
-      "field_map": field_map("prompt", "chosen", "rejected", "responses", "ranking", "margin"),
+      "field_map": field_map("prompt", "chosen", "rejected", "responses", "ranking", "margin",
+                             "completion", "label"),  # the last two: KTO's unpaired layout
       "corpus_size": 2000,
       "batch_size": 8,
       **overrides})

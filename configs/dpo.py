@@ -6,7 +6,9 @@
   python -m research.main --config=configs/dpo.py:tiny --config.init_from=runs/sft_tiny
 
 Objectives (research/objectives/dpo.py): dpo, cdpo (label_smoothing), ipo, slic,
-simpo (simpo_gamma), orpo (orpo_lambda); any adds nll_coef * NLL(chosen).
+simpo (simpo_gamma), orpo (orpo_lambda); any adds nll_coef * NLL(chosen). kto
+(configs/kto.py) reads unpaired {prompt, completion, label} records, or pairs cut
+into halves.
 """
 
 import ml_collections
@@ -28,6 +30,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "label_smoothing": 0.0,   # cdpo
       "simpo_gamma": 0.5,       # simpo target margin
       "orpo_lambda": 0.1,       # orpo odds-ratio weight
+      "desirable_weight": 1.0,  # kto lambda_D
+      "undesirable_weight": 1.0,  # kto lambda_U (KTO sec. 4.2: lambda_D n_D / lambda_U n_U
+                                  # in [1, 4/3])
       "nll_coef": 0.0,          # + nll_coef * NLL(chosen) for any objective
       "reference": "online",    # online | precompute (cached in the workdir)
   })

@@ -192,7 +192,7 @@ BAD_DATA = [
      r"p\.jsonl:1: 'chosen' and 'rejected' share no prompt text"),
     ("p.jsonl", [{"prompt": "p", "completion": "c", "label": True}], "prefs",
      r"p\.jsonl:1: an unpaired preference record \{prompt, completion, label\} \(KTO style\); "
-     r"no stage here trains on unpaired labels"),
+     r"only --config.objective.name=kto \(configs/kto.py\) trains on unpaired labels"),
     ("s.jsonl", [ALPACA, {"prompt": "p", "completion": "c", "label": False}], "sft",
      r"s\.jsonl:2: an unpaired preference record"),
     ("p.jsonl", [{**PAIR, "margin": "big"}], "prefs", r"p\.jsonl:1: field 'margin' is str"),

@@ -10,6 +10,7 @@ example (K = config.data.num_responses, L = config.data.seq_len):
   response_mask  KxL bool    response tokens incl. EOS (DPO's sequence log-probs)
   ranks          K   int32   0 = best, -1 = empty slot
   margin         ()  float32 per-prompt margin from the data (0 if none)
+  label          ()  float32 a record's label, when it has one (KTO: 1 desirable, 0 not)
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def encode(records, tok: Tokenizer, template: str, seq_len: int, k: int, *,
       counts.count_tokens(row, getattr(tok, "unk_id", None))
     examples.append({"tokens": tokens, "mask": mask, "response_mask": response_mask,
                      "ranks": ranks, "margin": np.float32(record.get("margin", 0.0))})
+    if "label" in record:
+      examples[-1]["label"] = np.float32(record["label"])
   stats = counts.as_dict()
   if not examples:
     raise DataError(f"none of the {len(records)} preference records fits "

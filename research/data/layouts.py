@@ -9,9 +9,13 @@ Preference records (reward model, DPO, and the prompts of RL / best-of-n):
   {"chosen": [msgs], "rejected": [msgs]}                       TRL implicit: the shared turns
   {"chosen": "...", "rejected": "..."}                         TRL implicit: the common prefix
   {"prompt": ..., "responses": [...], "ranking": [0, 2, 1]}    K ranked responses, 0 = best
-  {"prompt": ..., "completion": ..., "label": true}            unpaired (KTO): refused
 
   -> {"prompt": str | [msgs], "responses": [str], "ranks": [int], "where": str (, "margin")}
+
+Unpaired records (KTO; refused by the pair stages, which name the objective that reads them):
+
+  {"prompt": ..., "completion": ..., "label": true}            TRL's unpaired layout
+  -> {"prompt": str | [msgs], "completion": str, "label": bool, "where": str}
 
 SFT records:
 
@@ -99,12 +103,34 @@ def response(value: Any, field: str, where: str) -> str:
                   f"assistant message")
 
 
+def is_unpaired(record: dict) -> bool:
+  return "completion" in record and "label" in record
+
+
 def _unpaired(record: dict, where: str) -> None:
-  if "completion" in record and "label" in record:
+  if is_unpaired(record):
     raise DataError(f"{where}: an unpaired preference record {{prompt, completion, label}} "
-                    f"(KTO style); no stage here trains on unpaired labels: pair a desirable "
-                    f"and an undesirable completion of the same prompt as {{prompt, chosen, "
-                    f"rejected}}, or drop 'label' and keep the desirable ones for SFT")
+                    f"(KTO style); only --config.objective.name=kto (configs/kto.py) trains on "
+                    f"unpaired labels: use it, pair a desirable and an undesirable completion "
+                    f"of the same prompt as {{prompt, chosen, rejected}}, or drop 'label' and "
+                    f"keep the desirable ones for SFT")
+
+
+def unpaired(record: dict, where: str) -> dict:
+  """TRL's unpaired layout -> {prompt, completion, label (True: desirable), where}.
+  A label is a boolean (or 0/1, as a parquet column of ints reads)."""
+  for field in ("prompt", "completion", "label"):
+    if field not in record:
+      raise DataError(f"{where}: missing field {field!r}; fields: {sorted(record)}")
+  label = record["label"]
+  if isinstance(label, int) and not isinstance(label, bool) and label in (0, 1):
+    label = bool(label)
+  if not isinstance(label, bool):
+    raise DataError(f"{where}: field 'label' is {kind(label)}; expected true (desirable) or "
+                    f"false (undesirable)")
+  return {"prompt": prompt(record["prompt"], "prompt", where),
+          "completion": response(record["completion"], "completion", where),
+          "label": label, "where": where}
 
 
 def implicit_prompt(chosen, rejected):
@@ -226,6 +252,13 @@ def preference_layout(record: dict) -> str | None:
   return None
 
 
+def unpaired_layout(record: dict) -> str | None:
+  """`preference_layout`, or TRL's unpaired layout (KTO reads both)."""
+  if is_unpaired(record):
+    return f"{{prompt, completion, label}} ({_style(record.get('prompt'))})"
+  return preference_layout(record)
+
+
 def sft_layout(record: dict) -> str | None:
   """The layout of a raw SFT record (as `preference_layout`); GSM8K and MATH
   records are prompt-completion pairs (`tasks.as_prompt_completion`)."""
@@ -252,6 +285,8 @@ def prompt_record(record: dict, where: str) -> dict:
   from research.data import tasks  # pylint: disable=g-import-not-at-top  # it reads this module
   if preference_layout(record) is not None:
     return {"prompt": preference(record, where)["prompt"], "where": where}
+  if is_unpaired(record):
+    return {"prompt": unpaired(record, where)["prompt"], "where": where}
   task = tasks.task_layout(record)
   if task in tasks.LAYOUTS or (task is not None and sft_layout(record) is None):
     return tasks.task(record, where)
@@ -281,11 +316,12 @@ def prompt_record(record: dict, where: str) -> dict:
 
 
 def prompt_layout(record: dict) -> str | None:
-  """`preference_layout`, else `sft_layout`, else the task layout (a prompt with an
+  """`unpaired_layout` (pairs, rankings, unpaired), else `sft_layout`, else the task
+  layout (a prompt with an
   answer and one with tests may mix: a math-and-code set)."""
   from research.data import tasks  # pylint: disable=g-import-not-at-top
   task = tasks.task_layout(record)
-  return (preference_layout(record) or sft_layout(record) or
+  return (unpaired_layout(record) or sft_layout(record) or
           ("{prompt, answer or tests}" if task in ("answer", "tests") else task))
 
 

@@ -100,6 +100,46 @@ def preference_records(data_cfg, split: str, seed: int = 0) -> readers.Rows:
   return readers.Rows(records, holdout)
 
 
+def unpaired_records(data_cfg, split: str, seed: int = 0) -> readers.Rows:
+  """Records of `split` as {prompt, completion, label, where} for KTO: an unpaired
+  source (`layouts.unpaired`) as it is, with `label_noise` flipping training labels;
+  pairs and rankings (the embedded set too) cut by `split_ranked` after their own
+  label noise, so KTO sees the same labels a pair method would."""
+  if data_cfg.source == "embedded":
+    ranked = preference_records(data_cfg, split, seed)
+    return readers.Rows(split_ranked(ranked), ranked.holdout)
+  read = lambda record, where: (layouts.unpaired(record, where) if layouts.is_unpaired(record)
+                                else layouts.preference(record, where))
+  rows = readers.rows(data_cfg, split, read, layout_of=layouts.unpaired_layout)
+  records = [r for _, r in rows]
+  if records and "responses" in records[0]:
+    if split == "train":
+      records = add_label_noise(records, data_cfg.label_noise, seed)
+    return readers.Rows(split_ranked(records), rows.holdout)
+  if split == "train" and data_cfg.label_noise > 0:
+    rng = random.Random(seed)
+    records = [{**r, "label": r["label"] != (rng.random() < data_cfg.label_noise)}
+               for r in records]
+  return readers.Rows(records, rows.holdout)
+
+
+def split_ranked(records: list[dict]) -> list[dict]:
+  """Ranked responses -> unpaired examples: the better half of each ranking desirable,
+  the worse half undesirable (a pair: chosen and rejected); a response tied with the
+  median rank, or in a ranking of one distinct rank, is left out."""
+  out = []
+  for r in records:
+    order = sorted(range(len(r["ranks"])), key=lambda i: r["ranks"][i])
+    half = len(order) // 2
+    best = {r["ranks"][i] for i in order[:half]}
+    worst = {r["ranks"][i] for i in order[len(order) - half:]}
+    for i, rank in enumerate(r["ranks"]):
+      if (rank in best) != (rank in worst):
+        out.append({"prompt": r["prompt"], "completion": r["responses"][i],
+                    "label": rank in best, "where": r.get("where", "")})
+  return out
+
+
 def prompts(data_cfg, split: str) -> list:
   """The distinct prompts of the data, in a fixed order: what RL, best-of-n and
   evaluation sample from (strings, message lists, or {instruction, input})."""

@@ -9,7 +9,8 @@ Losses have the signature `loss_fn(params, batch, rng, *, model, config) ->
 (reference log-probs, old values, advantages) arrive in the batch. An online
 loss declares the rollout arrays its minibatch needs (`batch_keys`, a tuple or
 a function of the config); a preference loss declares whether it needs the
-reference model (`reference_free`).
+reference model (`reference_free`) and whether it reads unpaired examples
+(`unpaired`) rather than pairs.
 
 Advantage estimators have the signature `estimator(inputs, *, config) ->
 (advantages_BxT, returns_BxT)` over the rollout arrays of `advantages.Inputs`;
@@ -40,6 +41,7 @@ class Objective:
   kind: str = "loss"
   batch_keys: Any = ()           # online losses: tuple, or config -> tuple
   reference_free: bool = False   # preference losses that never read reference log-probs
+  unpaired: bool = False         # preference losses on unpaired examples (KTO), not pairs
   single_pass: bool = False      # on-policy losses: one pass over each rollout
   needs_critic: bool = False     # advantage estimators that read the critic's values
   min_group_size: int = 1        # advantage estimators that compare a prompt's G responses

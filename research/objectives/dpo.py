@@ -21,6 +21,15 @@ n = response length:
 
 Any of them can add `nll_coef` * NLL(y_w) (per token), the usual counter to
 DPO lowering the log-probs of both responses.
+
+One loss reads unpaired examples (x, y, desirable or not) instead of pairs; its
+batch rows are (x, y) and (x, y'), y' another example's completion (for the KL
+reference point), with `label` B (1 desirable, 0 undesirable):
+
+  kto    lambda_y - v(x, y), r = pi - ref,  z0 = max(0, mean over the batch of
+         pi(y'|x) - ref(y'|x)) without gradient,  v = lambda_D sigma(beta (r - z0))
+         if desirable, lambda_U sigma(beta (z0 - r)) if not
+         (Ethayarajh et al. 2024, sec. 4.1: the KTO loss and its batch estimate of z0)
 """
 
 from __future__ import annotations
@@ -77,6 +86,15 @@ def orpo_loss(pi_w, pi_l, n_w, n_l, lam):
   """Odds-ratio term only (the SFT term is added by the loss_fn)."""
   ratio = log_odds(pi_w / n_w) - log_odds(pi_l / n_l)
   return lam * -jax.nn.log_sigmoid(ratio), pi_w / n_w, pi_l / n_l
+
+
+def kto_loss(pi, ref, pi_kl, ref_kl, desirable, beta, lambda_d=1.0, lambda_u=1.0):
+  """Per-example KTO loss, implicit rewards beta * r, and the reference point z0."""
+  r = pi - ref
+  z0 = jax.lax.stop_gradient(jnp.maximum(jnp.mean(pi_kl - ref_kl), 0.0))
+  loss = jnp.where(desirable, lambda_d * (1.0 - jax.nn.sigmoid(beta * (r - z0))),
+                   lambda_u * (1.0 - jax.nn.sigmoid(beta * (z0 - r))))
+  return loss, beta * r, z0
 
 
 # --- registered loss_fns ----------------------------------------------------------
@@ -145,8 +163,28 @@ def orpo_fn(params, batch, rng, *, model, config):
                  sums, nll, 1.0 + o.nll_coef)
 
 
+def kto_fn(params, batch, rng, *, model, config):
+  del rng
+  o = config.objective
+  sums, lengths, _ = policy_logps(params, batch, model)
+  ref = batch["ref_logps"].astype(jnp.float32)
+  desirable = batch["label"] > 0.5
+  losses, rewards, z0 = kto_loss(sums[:, 0], ref[:, 0], sums[:, 1], ref[:, 1], desirable,
+                                 o.beta, o.desirable_weight, o.undesirable_weight)
+  nll = -sums[:, 0] / lengths[:, 0]
+  masked_mean = lambda x, m: jnp.where(m, x, 0.0).sum() / jnp.maximum(m.sum(), 1)
+  good, bad = masked_mean(rewards, desirable), masked_mean(rewards, ~desirable)
+  loss = losses.mean() + o.nll_coef * masked_mean(nll, desirable)
+  return loss, {"rewards/chosen": good, "rewards/rejected": bad, "rewards/margins": good - bad,
+                "kl": z0, "logps/chosen": masked_mean(sums[:, 0], desirable),
+                "logps/rejected": masked_mean(sums[:, 0], ~desirable),
+                "nll/chosen": masked_mean(nll, desirable),
+                "num_examples": jnp.asarray(sums.shape[0])}
+
+
 # name -> the loss and its properties (see `research.objectives.Objective`).
 LOSSES = {"dpo": {"fn": dpo_fn}, "cdpo": {"fn": cdpo_fn}, "ipo": {"fn": ipo_fn},
           "slic": {"fn": slic_fn},
           "simpo": {"fn": simpo_fn, "reference_free": True},
-          "orpo": {"fn": orpo_fn, "reference_free": True}}
+          "orpo": {"fn": orpo_fn, "reference_free": True},
+          "kto": {"fn": kto_fn, "unpaired": True}}

@@ -1,12 +1,17 @@
 """Stage: DPO and its variants, from preference pairs, with the SFT model as reference.
 
 The policy starts from `config.init_from` (the SFT run), which is also the
-frozen reference. Rankings are expanded to all their ordered pairs. After
+frozen reference. Rankings are expanded to all their ordered pairs. KTO (an
+`unpaired` objective) reads unpaired examples instead: an unpaired source, or
+pairs and rankings cut into desirable and undesirable halves; each example also
+carries another example's completion for KTO's KL reference point. After
 training: held-out preference metrics, and the policy report (ground-truth score
 of greedy samples against the reference's, sequence-level KL to the reference).
 """
 
 from __future__ import annotations
+
+import random
 
 from research import evaluation, objectives, runs, seeds
 from research.data import comparisons, preferences, prompt_fit, summary as data_summary
@@ -24,21 +29,37 @@ def pair_records(records) -> list[dict]:
            "where": p["where"]} for p in preferences.pairs(records)]
 
 
+def unpaired_records(records, seed: int) -> list[dict]:
+  """Unpaired examples as two rows each: the completion, and the completion of the
+  example after it in a seeded shuffle (x_i, y_j with j != i: TRL's shift by one,
+  fixed here so the reference log-probs can be precomputed). Order is kept."""
+  order = list(range(len(records)))
+  random.Random(seed).shuffle(order)
+  other = {order[p]: order[(p + 1) % len(order)] for p in range(len(order))}
+  return [{"prompt": r["prompt"], "responses": [r["completion"], records[other[i]]["completion"]],
+           "ranks": [0, 1], "label": r["label"], "where": r["where"]}
+          for i, r in enumerate(records)]
+
+
 def run(config, workdir: str, hooks=()) -> dict:
   runs.save_config(config, workdir)
   d, obj = config.data, config.objective
   if not config.init_from:
     raise ConfigError("config.init_from must name the SFT run (the policy's start and the "
                       "reference)")
-  train_records = preferences.preference_records(
-      d, "train", seed=seeds.derived_seed(config.seed, "label_noise"))
-  eval_records = preferences.preference_records(d, "validation")
+  unpaired = objectives.get(obj.name).unpaired
+  read = preferences.unpaired_records if unpaired else preferences.preference_records
+  train_records = read(d, "train", seed=seeds.derived_seed(config.seed, "label_noise"))
+  eval_records = read(d, "validation")
   tok = runs.tokenizer_for(config, workdir, lambda: ())
   cap, overflow = prompt_fit.settings(d)
-  encode = lambda records: comparisons.encode(pair_records(records), tok, d.template,
+  rows = ((lambda r: unpaired_records(r, seeds.derived_seed(config.seed, "kto_pairs")))
+          if unpaired else pair_records)
+  encode = lambda records: comparisons.encode(rows(records), tok, d.template,
                                               d.seq_len, 2, max_prompt_len=cap, overflow=overflow)
   (train_ex, train_stats), (eval_ex, eval_stats) = encode(train_records), encode(eval_records)
-  data = data_summary.report({"train pairs": train_stats, "validation pairs": eval_stats},
+  what = "examples" if unpaired else "pairs"
+  data = data_summary.report({f"train {what}": train_stats, f"validation {what}": eval_stats},
                              holdout=train_records.holdout, seq_len=d.seq_len,
                              tokenizer_from=runs.tokenizer_origin(config))
   data_summary.check_heldout_batch(eval_stats, d, train_records.holdout)

@@ -54,7 +54,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "lam": 0.95,
       "whiten_advantages": True,
       "whiten_rewards": False,
-      "score_norm": "none",     # none | running | batch (reward models come normalised)
+      "score_norm": "none",     # none | running | batch | baseline (reward models come
+                                # normalised; baseline: minus the mean of earlier scores)
       "missing_eos_score": None,  # e.g. -1.0: the score of a response with no EOS
       "temperature": 1.0,       # sampling, and the log-probs of the ratio and the KL
       "ptx_coef": 0.0,          # PPO-ptx: + ptx_coef * per-token CLM loss (InstructGPT eq. 2)

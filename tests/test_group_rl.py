@@ -72,6 +72,22 @@ def test_group_estimators_match_numpy():
   np.testing.assert_allclose(np.asarray(rloo), np.asarray(dr) * g / (g - 1), rtol=1e-6)
 
 
+def test_reinforce_has_no_baseline_and_the_moving_baseline_uses_earlier_scores_only():
+  rewards, values, mask = rollout_arrays(seed=3)
+  r = np.where(mask, rewards, 0.0).sum(1)
+  inputs = adv.Inputs(jnp.asarray(rewards), jnp.asarray(values), jnp.asarray(mask), 1)
+  got, returns = objectives.get("reinforce", kind="advantage")(inputs, config=config_with())
+  np.testing.assert_allclose(got, broadcast(r, mask), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(returns, broadcast(r, mask), rtol=1e-5, atol=1e-6)
+  cfg = ml_collections.ConfigDict({"score_norm": "baseline", "missing_eos_score": None})
+  moments, ended = online.RunningMoments(), np.ones(3, bool)
+  first, second, third = np.array([1.0, 0, 0]), np.array([1.0, 1, 0]), np.array([0.0, 0, 0])
+  np.testing.assert_allclose(online.shape_scores(first, ended, cfg, moments), first)
+  np.testing.assert_allclose(online.shape_scores(second, ended, cfg, moments), second - 1 / 3)
+  np.testing.assert_allclose(online.shape_scores(third, ended, cfg, moments), third - 0.5,
+                             rtol=1e-6)
+
+
 def test_reinforce_pp_is_batch_whitened_returns_to_go():
   rewards, values, mask = rollout_arrays(seed=1)
   gamma = 0.9
@@ -168,7 +184,8 @@ def test_group_stats_see_groups_that_cannot_teach():
 # --- registries, validation, config.imports -------------------------------------
 
 def test_registries_name_what_is_known():
-  assert {"gae", "grpo", "dr_grpo", "rloo", "reinforce_pp"} <= set(objectives.ADVANTAGES)
+  assert {"gae", "grpo", "dr_grpo", "rloo", "reinforce", "reinforce_pp"} <= set(
+      objectives.ADVANTAGES)
   assert objectives.get("simpo").reference_free and not objectives.get("dpo").reference_free
   assert objectives.get("a2c").single_pass and not objectives.get("ppo").single_pass
   keys = objectives.get("ppo").keys(grpo_config.get_config("tiny"))

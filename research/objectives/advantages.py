@@ -244,6 +244,15 @@ def rloo_estimator(inputs: Inputs, *, config):
   return on_tokens((g - others).reshape(-1), r, inputs.mask)
 
 
+def reinforce_estimator(inputs: Inputs, *, config):
+  """A_i = r_i: REINFORCE with no baseline (Williams 1992), the "vanilla policy
+  gradient" of Ahmadian et al. 2024; with objective.score_norm='baseline', the
+  scores carry a moving-average baseline (their "REINFORCE with baseline")."""
+  del config
+  r = sequence_rewards(inputs)
+  return on_tokens(r, r, inputs.mask)
+
+
 def reinforce_pp_estimator(inputs: Inputs, *, config):
   """Returns-to-go G_t = sum_{s >= t} gamma^(s-t) r_s, whitened over the batch."""
   zeros = jnp.zeros_like(inputs.values)
@@ -256,5 +265,6 @@ ESTIMATORS = {
     "grpo": {"fn": grpo_estimator, "min_group_size": 2},
     "dr_grpo": {"fn": dr_grpo_estimator, "min_group_size": 2},
     "rloo": {"fn": rloo_estimator, "min_group_size": 2},
+    "reinforce": {"fn": reinforce_estimator},
     "reinforce_pp": {"fn": reinforce_pp_estimator},
 }

@@ -68,18 +68,24 @@ class RunningMoments:
 
 
 def shape_scores(raw: np.ndarray, ended: np.ndarray, cfg, moments: RunningMoments) -> np.ndarray:
-  """config.objective.score_norm ('none' | 'running' | 'batch'), then the fixed score
-  `missing_eos_score` for responses that never emitted EOS (None: no penalty)."""
+  """config.objective.score_norm ('none' | 'running' | 'batch' | 'baseline'), then the
+  fixed score `missing_eos_score` for responses that never emitted EOS (None: no
+  penalty). 'baseline' subtracts the mean of every earlier iteration's scores (not
+  this one's, so the baseline stays unbiased): REINFORCE with a moving-average
+  baseline, as Ahmadian et al. 2024 (sec. 3) compare it."""
   if cfg.score_norm == "running":
     moments.update(raw)
     scores = (raw - moments.mean) / max(moments.std, 1e-6)
+  elif cfg.score_norm == "baseline":
+    scores = raw - np.float32(moments.mean)
+    moments.update(raw)
   elif cfg.score_norm == "batch":
     scores = (raw - raw.mean()) / max(float(raw.std()), 1e-6)
   elif cfg.score_norm == "none":
     scores = raw
   else:
     raise ConfigError(f"config.objective.score_norm={cfg.score_norm!r}; expected 'none', "
-                      f"'running' or 'batch'")
+                      f"'running', 'batch' or 'baseline'")
   if cfg.missing_eos_score is not None:  # responses cut off before EOS get the fixed score
     scores = np.where(ended, scores, np.float32(cfg.missing_eos_score))
   return scores.astype(np.float32)

@@ -31,6 +31,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "max_new_tokens": run["new_tokens"],
       # Only finished responses become training targets (smoke models never stop).
       "require_eos": run["name"] != "smoke",
+      # A prompt whose best response scores below this trains nothing (None: keep
+      # the best whatever it scored). 0.5 on a 0/1 checker: RFT on correct answers.
+      "min_score": ml_collections.FieldReference(None, field_type=float),
       "sample_batch": 64,       # rows per sampler call
   })
   # The SFT objective on the selected responses.

@@ -14,7 +14,7 @@ from configs import best_of_n as bon_config
 from configs import grpo as grpo_config
 from configs import rlhf as rlhf_config
 from research import runs
-from research.rlhf import online, rewards
+from research.rlhf import best_of_n, online, rewards
 from research.stages import best_of_n as bon_stage, rlhf as rlhf_stage
 
 
@@ -189,3 +189,16 @@ def test_running_moments_match_numpy():
     m.update(chunk)
   assert m.mean == pytest.approx(x.mean()) and m.std == pytest.approx(x.std(ddof=1))
   json.dumps(m.state_dict())  # checkpointable
+
+
+def test_best_records_keep_only_responses_at_min_score():
+  """Rejection-sampling fine-tuning on a checker: a prompt none of whose ended
+  responses is correct trains nothing."""
+  scores = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
+  ended = np.array([[True, True, True], [True, True, True], [False, True, True]])
+  texts = [["a0", "a1", "a2"], ["b0", "b1", "b2"], ["c0", "c1", "c2"]]
+  records, stats = best_of_n.best_records(["p", "q", "r"], texts, scores, ended, True, 0.5)
+  assert [(r["prompt"], r["completion"]) for r in records] == [("p", "a1"), ("r", "c1")]
+  assert stats["kept"] == 2
+  everything, _ = best_of_n.best_records(["p", "q", "r"], texts, scores, ended, True)
+  assert len(everything) == 3

@@ -54,12 +54,17 @@ def choose(scores_PxN, ended_PxN, require_eos: bool = True) -> np.ndarray:
   return ranked.argmax(1)
 
 
-def best_records(prompts, texts, scores_PxN, ended_PxN, require_eos: bool = True):
+def best_records(prompts, texts, scores_PxN, ended_PxN, require_eos: bool = True,
+                 min_score: float | None = None):
   """SFT records (prompt-completion, so every template renders the prompt as RL
-  saw it) of the best responses, and the pool's statistics."""
+  saw it) of the best responses, and the pool's statistics. With `min_score`, a
+  prompt whose best scores below it gives no record (rejection-sampling fine-tuning
+  on a checker: only correct responses are trained, DeepSeekMath sec. 5.2.1)."""
   best = choose(scores_PxN, ended_PxN, require_eos)
   rows = np.arange(len(prompts))
   keep = ended_PxN[rows, best] | (not require_eos)
+  if min_score is not None:
+    keep &= scores_PxN[rows, best] >= min_score
   records = [layouts.sft({"prompt": prompts[i], "completion": texts[i][best[i]]},
                          f"best-of-n response {i}") for i in rows if keep[i]]
   stats = {"pool/score": float(scores_PxN.mean()),

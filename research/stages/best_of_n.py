@@ -96,11 +96,13 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
         n=b.n, cfg=sample_cfg, rng=jax.random.PRNGKey(seeds.derived_seed(config.seed, f"bon_{r}")),
         chunk=b.sample_batch, records=[prompt_records[i] for i in chosen])
     records, stats = best_of_n.best_records([prompts[i] for i in chosen], texts, scores, ended,
-                                            b.require_eos)
+                                            b.require_eos, b.get("min_score"))
     if not records:
       raise ConfigError(f"round {r}: no sampled response ended with EOS within "
-                        f"config.best_of_n.max_new_tokens={b.max_new_tokens}; raise it or set "
-                        f"config.best_of_n.require_eos=False")
+                        f"config.best_of_n.max_new_tokens={b.max_new_tokens}"
+                        + (f" and scored at least config.best_of_n.min_score={b.min_score}"
+                           if b.get("min_score") is not None else "")
+                        + "; raise it or set config.best_of_n.require_eos=False")
     os.makedirs(round_dir, exist_ok=True)
     with open(os.path.join(round_dir, "best_responses.jsonl"), "w", encoding="utf-8") as f:
       f.writelines(json.dumps(rec) + "\n" for rec in records)

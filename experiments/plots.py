@@ -51,3 +51,23 @@ def frontier(rows: list[dict], path: str, *, x: str = "kl", y: str = "ground_tru
   fig.tight_layout()
   fig.savefig(path, dpi=130)
   plt.close(fig)
+
+
+def arms(panels: list[tuple[str, list]], path: str, title: str = "") -> None:
+  """One panel per quantity: each arm's mean over seeds (bar), its seeds (dots) and
+  their standard deviation (error bar). `panels`: (quantity, [verdicts.Arm])."""
+  fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+  for ax, (quantity, group) in zip(axes[0], panels):
+    for i, arm in enumerate(group):
+      ax.bar(i, arm.mean, color="tab:blue", alpha=0.6,
+             yerr=arm.sd if len(arm.values) > 1 else None, capsize=4)
+      ax.scatter([i] * len(arm.values), arm.values, color="black", s=10, zorder=3)
+    ax.set_xticks(range(len(group)), [arm.label for arm in group], rotation=30, ha="right",
+                  fontsize=8)
+    ax.set_title(quantity, fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

@@ -4,12 +4,15 @@
   python -m experiments.run experiments/dpo_frontier.py --list        # one command per point
   python -m experiments.run experiments/dpo_frontier.py --point=dpo_beta0.1
   python -m experiments.run experiments/dpo_frontier.py --collect     # table + plots only
+  python -m experiments.run experiments/claims.py --only=kto,rloo      # a subset, if the
+                                                                       # experiment has one
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import logging
 import os
 import shlex
@@ -27,6 +30,7 @@ def load(path: str):
     name = os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(f"experiments.{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # what dataclasses and pickling look a class's module up in
     spec.loader.exec_module(module)
     return module
   return importlib.import_module(path)
@@ -41,13 +45,19 @@ def main(argv=None) -> None:
   parser.add_argument("--point", default="", help="run only this point (its needs must be done)")
   parser.add_argument("--list", action="store_true", help="print one command per point, in waves")
   parser.add_argument("--collect", action="store_true", help="only rebuild the table and plots")
+  parser.add_argument("--only", default="", help="the experiment's named subset (e.g. claims)")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
   module = load(args.experiment)
   name = os.path.splitext(os.path.basename(args.experiment))[0]
   root = args.root or os.path.join("runs", name if args.size == "tiny" else f"{name}_{args.size}")
-  exp = module.experiment(args.size, root)
+  if args.only:
+    if "only" not in inspect.signature(module.experiment).parameters:
+      sys.exit(f"error: {args.experiment} has no named subsets (--only)")
+    exp = module.experiment(args.size, root, only=args.only)
+  else:
+    exp = module.experiment(args.size, root)
   if args.list:
     for i, wave in enumerate(exp.waves()):
       print(f"# wave {i + 1}: independent of each other; after wave {i}" if i else
@@ -55,7 +65,8 @@ def main(argv=None) -> None:
       for point in wave:
         print(" ".join(shlex.quote(a) for a in (
             "python", "-m", "experiments.run", args.experiment, f"--size={args.size}",
-            f"--root={root}", f"--point={point}")))
+            f"--root={root}", *([f"--only={args.only}"] if args.only else []),
+            f"--point={point}")))
     return
   if args.collect:
     rows = runner.collect(exp, root)

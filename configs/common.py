@@ -139,3 +139,14 @@ def evaluate(run: dict, **overrides) -> ml_collections.ConfigDict:
       "select_by": "reward_model",   # best-of-n: reward_model | ground_truth
       "sample_batch": 64,            # rows per sampler call
       **overrides})
+
+
+def override(c: ml_collections.ConfigDict, dotted: dict) -> ml_collections.ConfigDict:
+  """Sets `{'objective.clip_high': 0.28, ...}` on `c` as `--config.KEY=VALUE` would."""
+  for key, value in dotted.items():
+    *path, leaf = key.split(".")
+    node = c
+    for part in path:
+      node = node[part]
+    node[leaf] = value
+  return c

@@ -45,6 +45,7 @@ import os
 from typing import Callable
 
 from configs import best_of_n as bon_config
+from configs import common
 from configs import evaluate as evaluate_config
 from configs import rlhf as rlhf_config
 from configs import rlvr as rlvr_config
@@ -114,13 +115,7 @@ def rlvr(s, init_from: str, **overrides):
   """configs/rlvr.py from `init_from`, with dotted overrides ('objective.clip_high')."""
   c = rlvr_config.get_config(s["name"])
   c.init_from = init_from
-  for key, value in overrides.items():
-    *path, leaf = key.split(".")
-    node = c
-    for part in path:
-      node = node[part]
-    node[leaf] = value
-  return c
+  return common.override(c, overrides)
 
 
 def rft(s, init_from: str, rounds: int):
@@ -222,7 +217,8 @@ def closure(names: set[str], needs: Callable[[str], tuple[str, ...]]) -> set[str
   return out
 
 
-def experiment(size: str = "tiny", root: str = "runs/claims", only: str = "") -> Experiment:
+def experiment(size: str = "tiny", root: str = "runs/claims", only: str = "",
+               seeds: tuple[int, ...] = SEEDS) -> Experiment:
   s = chain.size(size)
   d = lambda name: os.path.join(root, name)
   chosen = [c.strip() for c in only.split(",") if c.strip()] or list(CLAIMS)
@@ -240,7 +236,7 @@ def experiment(size: str = "tiny", root: str = "runs/claims", only: str = "") ->
   for arm in [a for a in arms if a in wanted and not a.startswith("eval_")] + \
              [a for a in arms if a in wanted and a.startswith("eval_")]:
     config, needs = arms[arm]
-    for seed in SEEDS:
+    for seed in seeds:
       # An evaluation point reads its own seed's policy (or a base, shared by all seeds).
       seed_needs = tuple(f"{n}_s{seed}" if n in arms else n for n in needs)
       c = seeded(config, seed)
@@ -250,4 +246,4 @@ def experiment(size: str = "tiny", root: str = "runs/claims", only: str = "") ->
                           tags={"arm": arm, "seed": seed}))
   return Experiment("claims", points, row=claims_report.row_reader(root),
                     analyse=lambda rows, out: claims_report.write(
-                        rows, out, [CLAIMS[c] for c in chosen], SEEDS))
+                        rows, out, [CLAIMS[c] for c in chosen], seeds))

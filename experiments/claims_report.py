@@ -182,7 +182,8 @@ def write(rows: list[dict], root: str, claims: list, seeds) -> list[dict]:
     plots.arms(panels, os.path.join(root, f"claim_{name}.png"), title=claim.statement[:90])
     results.append({"claim": name, "paper": claim.paper, "statement": claim.statement,
                     "measurement": measurement, "verdict": v.verdict(comps),
-                    "comparisons": [(c.text, c.holds) for c in comps]})
+                    "comparisons": [(c.text, c.holds) for c in comps],
+                    "margins": [c.margin for c in comps]})
   lines = [f"# Paper claims at this size ({len(seeds)} seeds: mean ± sd)", "",
            "A comparison holds when the difference exceeds the seed spread (the larger "
            "standard deviation of the two arms) in the paper's direction "

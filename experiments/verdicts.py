@@ -39,6 +39,7 @@ class Arm:
 class Comparison:
   text: str
   holds: bool
+  margin: float = 0.0  # > 0: in the claim's direction (greater: a - b; no_worse: a - b + spread)
 
 
 def spread(a: Arm, b: Arm) -> float:
@@ -49,7 +50,8 @@ def greater(a: Arm, b: Arm, digits: int = 3) -> Comparison:
   """a > b beyond the seed spread."""
   diff, s = a.mean - b.mean, spread(a, b)
   ok = len(a.values) > 1 and len(b.values) > 1 and diff > s
-  return Comparison(f"{a.label} - {b.label} = {diff:+.{digits}f} (spread {s:.{digits}f})", ok)
+  return Comparison(f"{a.label} - {b.label} = {diff:+.{digits}f} (spread {s:.{digits}f})", ok,
+                    diff)
 
 
 def no_worse(a: Arm, b: Arm, digits: int = 3) -> Comparison:
@@ -57,7 +59,7 @@ def no_worse(a: Arm, b: Arm, digits: int = 3) -> Comparison:
   diff, s = a.mean - b.mean, spread(a, b)
   ok = len(a.values) > 1 and len(b.values) > 1 and diff >= -s
   return Comparison(f"{a.label} - {b.label} = {diff:+.{digits}f} (spread {s:.{digits}f}, "
-                    f"no worse)", ok)
+                    f"no worse)", ok, diff + s)
 
 
 def verdict(comparisons: list[Comparison]) -> str:

@@ -96,6 +96,17 @@ def pair_batch(left_pad: bool):
           "response_mask": response_mask.reshape(2, 2, length)}, rows
 
 
+def response_logp_sums(model, params, rows):
+  """2x2 summed response log-probs of `pair_batch`'s rows, each from a plain forward
+  pass over the unpadded row, in float64 numpy."""
+  pi = np.zeros(len(rows))
+  for i, (prompt, response) in enumerate(rows):
+    logits = np.asarray(model.apply({"params": params}, np.array([prompt + response]))[0])
+    lp = ref_np.log_softmax(logits.astype(np.float64))
+    pi[i] = sum(lp[len(prompt) - 1 + j, t] for j, t in enumerate(response))
+  return pi.reshape(2, 2)
+
+
 def test_sequence_logprobs_cover_response_only_and_ignore_padding_side():
   model, params = tiny_policy()
   right, rows = pair_batch(left_pad=False)
@@ -156,13 +167,8 @@ def test_every_registered_pair_loss_matches_numpy(name):
   against numpy on log-probs from plain forward passes over the unpadded rows."""
   model, params = tiny_policy(3)
   batch, rows = pair_batch(left_pad=True)
-  pi = np.zeros(4)
-  for i, (prompt, response) in enumerate(rows):
-    logits = np.asarray(model.apply({"params": params}, np.array([prompt + response]))[0])
-    lp = ref_np.log_softmax(logits.astype(np.float64))
-    pi[i] = sum(lp[len(prompt) - 1 + j, t] for j, t in enumerate(response))
+  pi = response_logp_sums(model, params, rows)
   n = np.array([len(r) for _, r in rows], float).reshape(2, 2)
-  pi = pi.reshape(2, 2)
   ref = pi + np.random.default_rng(0).normal(0, 1.5, (2, 2))  # a reference the policy left
   batch["ref_logps"] = ref.astype(np.float32)
   config = dpo_config.get_config("tiny")

@@ -16,9 +16,8 @@ from research.data import layouts, preferences
 from research.errors import DataError
 from research.objectives import dpo
 from research.stages import dpo as dpo_stage
-from tests import reference as ref_np
 from tests.devices import xla_flags
-from tests.test_dpo import pair_batch, tiny_policy
+from tests.test_dpo import pair_batch, response_logp_sums, tiny_policy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,12 +61,7 @@ def test_registered_kto_matches_numpy_on_a_padded_batch():
   against numpy on log-probs from plain forward passes over the unpadded rows."""
   model, params = tiny_policy(3)
   batch, rows = pair_batch(left_pad=True)
-  pi = np.zeros(4)
-  for i, (prompt, response) in enumerate(rows):
-    logits = np.asarray(model.apply({"params": params}, np.array([prompt + response]))[0])
-    lp = ref_np.log_softmax(logits.astype(np.float64))
-    pi[i] = sum(lp[len(prompt) - 1 + j, t] for j, t in enumerate(response))
-  pi = pi.reshape(2, 2)
+  pi = response_logp_sums(model, params, rows)
   ref = pi + np.random.default_rng(0).normal(0, 1.5, (2, 2))
   batch.update(ref_logps=ref.astype(np.float32), label=np.array([1.0, 0.0], np.float32))
   config = kto_config.get_config("tiny")

@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pytest
 
+from configs import common
 from configs import rlvr as rlvr_config
 from configs import sft as sft_config
 from research.errors import DataError
@@ -50,13 +51,7 @@ def rlvr(init_from: str, steps: int = 4, **overrides):
   c.rollout.update(samples_per_prompt=4, max_new_tokens=40)
   c.ppo.minibatch_size = 8
   c.evaluate.update(num_prompts=8, pass_k_samples=4, max_new_tokens=40)
-  for key, value in overrides.items():
-    node = c
-    *path, leaf = key.split(".")
-    for part in path:
-      node = node[part]
-    node[leaf] = value
-  return c
+  return common.override(c, overrides)
 
 
 def train_lines(workdir):

@@ -15,7 +15,8 @@ starting point, so the spread is the method's, not the starting model's.
 Claims (name: paper, what is measured):
 
   dpo_frontier  Rafailov et al. 2023, Fig. 2: DPO (beta 0.1) against PPO on the
-                learned reward (beta 0.1): ground truth of samples, KL to the SFT model
+                learned reward (beta 0.1): the ground truth of samples gained over the
+                SFT model's per nat of KL to it (one point per method: its slope)
   overoptimisation  Gao et al. 2023, Fig. 1: best-of-N on the learned reward, the
                 ground truth against N = 1, 4, 16, 64 (KL = log N - (N - 1) / N)
   rloo          Ahmadian et al. 2024, Fig. 2 / Table 2: 64 samples per iteration as
@@ -67,8 +68,8 @@ class Claim:
 
 CLAIMS = {c.name: c for c in (
     Claim("dpo_frontier", "Rafailov et al. 2023 (DPO), Fig. 2",
-          "DPO's reward/KL frontier lies on or above PPO's", ("dpo", "ppo", "eval_dpo",
-                                                             "eval_ppo")),
+          "DPO's reward/KL frontier lies on or above PPO's",
+          ("dpo", "ppo", "eval_dpo", "eval_ppo", "eval_bon1")),
     Claim("overoptimisation", "Gao et al. 2023, Fig. 1",
           "with a learned reward, best-of-N's ground truth first rises then falls as KL grows",
           tuple(f"eval_bon{n}" for n in BEST_OF)),

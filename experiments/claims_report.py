@@ -78,20 +78,32 @@ def diff(a: v.Arm, b: v.Arm, label: str) -> v.Arm:
 # Each judge: arms data -> (measurement, comparisons, plot panels); None if not run.
 
 def dpo_frontier(data):
+  """With one point per method, "on or above the frontier" is read as the ground truth
+  gained over the SFT model per nat of KL (the slope from the SFT point), per seed."""
+  sft = arm(data, "eval_bon1", "ground_truth", "SFT")
   gt = [arm(data, "eval_dpo", "ground_truth", "DPO"), arm(data, "eval_ppo", "ground_truth", "PPO")]
   kl = [arm(data, "eval_dpo", "kl", "DPO"), arm(data, "eval_ppo", "kl", "PPO")]
-  comps = [v.greater(gt[0], gt[1]), v.no_worse(v.Arm("KL PPO", kl[1].values),
-                                               v.Arm("KL DPO", kl[0].values), digits=2)]
-  text = (f"ground truth {gt[0].text()}, {gt[1].text()}; KL (nats) {kl[0].text(2)}, "
-          f"{kl[1].text(2)}")
-  return text, comps, [("ground truth of samples", gt), ("KL to SFT (nats)", kl)]
+  slope = [v.Arm(g.label, [(x - base) / max(k, 1e-6) for x, base, k in
+                           zip(g.values, sft.values, d.values)]) for g, d in zip(gt, kl)]
+  comps = [v.greater(slope[0], slope[1], digits=4)]
+  at = lambda k: f"{k.mean:.2f} ± {k.sd:.2f}"
+  text = (f"ground truth {gt[0].text()} at KL {at(kl[0])} nats, {gt[1].text()} at KL "
+          f"{at(kl[1])} (SFT {sft.mean:.3f}); gained per nat {slope[0].text(4)}, "
+          f"{slope[1].text(4)}")
+  return text, comps, [("ground truth of samples", [sft] + gt), ("KL to SFT (nats)", kl),
+                       ("ground truth gained per nat", slope)]
 
 
 def overoptimisation(data):
   best_of = sorted(int(a[len("eval_bon"):]) for a in data if a.startswith("eval_bon"))
   gts = [arm(data, f"eval_bon{n}", "ground_truth", f"N={n}") for n in best_of]
   peak = max(range(len(gts)), key=lambda i: gts[i].mean)
-  comps = [v.greater(gts[peak], gts[0]), v.greater(gts[peak], gts[-1])]
+  comps = [v.greater(gts[peak], gts[0])]
+  if peak < len(gts) - 1:
+    comps.append(v.greater(gts[peak], gts[-1]))
+  else:
+    comps.append(v.Comparison(f"a fall after the peak: none, the ground truth still rises at "
+                              f"{gts[-1].label}", False, 0.0))
   text = "; ".join(f"{g.text()} (KL {kl_bound(n):.2f})" for g, n in zip(gts, best_of))
   text += f"; peak at {gts[peak].label}"
   return text, comps, [("ground truth of the best of N", gts)]
@@ -149,7 +161,7 @@ def ptx(data):
   rise = [arm(data, "ppo_gt", "lm_loss_increase", "PPO"),
           arm(data, "ppo_ptx", "lm_loss_increase", "PPO-ptx")]
   reward = [arm(data, "ppo_gt", "reward_end", "PPO"), arm(data, "ppo_ptx", "reward_end", "PPO-ptx")]
-  comps = [v.greater(rise[0], rise[1])]
+  comps = [v.greater(rise[0], rise[1]), v.no_worse(reward[1], reward[0])]
   return (f"held-out LM loss above the SFT model's (nats/token): {rise[0].text()}, "
           f"{rise[1].text()}; reward at the end: {reward[0].text()}, {reward[1].text()}", comps,
           [("LM loss - SFT's", rise), ("reward (last iterations)", reward)])
@@ -179,7 +191,7 @@ def write(rows: list[dict], root: str, claims: list, seeds) -> list[dict]:
                       "comparisons": []})
       continue
     measurement, comps, panels = JUDGES[name](data)
-    plots.arms(panels, os.path.join(root, f"claim_{name}.png"), title=claim.statement[:90])
+    plots.arms(panels, os.path.join(root, f"claim_{name}.png"), title=claim.paper)
     results.append({"claim": name, "paper": claim.paper, "statement": claim.statement,
                     "measurement": measurement, "verdict": v.verdict(comps),
                     "comparisons": [(c.text, c.holds) for c in comps],

@@ -17,8 +17,9 @@ Claims (name: paper, what is measured):
   dpo_frontier  Rafailov et al. 2023, Fig. 2: DPO (beta 0.1) against PPO on the
                 learned reward (beta 0.1): the ground truth of samples gained over the
                 SFT model's per nat of KL to it (one point per method: its slope)
-  overoptimisation  Gao et al. 2023, Fig. 1: best-of-N on the learned reward, the
-                ground truth against N = 1, 4, 16, 64 (KL = log N - (N - 1) / N)
+  overoptimisation  Gao et al. 2023, Fig. 1: on the learned reward, the ground truth
+                of best-of-N (N = 1, 4, 16, 64; KL = log N - (N - 1) / N) and of PPO at
+                beta 0.1, 0.02, 0.005, against KL
   rloo          Ahmadian et al. 2024, Fig. 2 / Table 2: 64 samples per iteration as
                 RLOO k=4, RLOO k=2, REINFORCE with a moving-average baseline and
                 without; held-out pass@1 on arithmetic
@@ -71,8 +72,10 @@ CLAIMS = {c.name: c for c in (
           "DPO's reward/KL frontier lies on or above PPO's",
           ("dpo", "ppo", "eval_dpo", "eval_ppo", "eval_bon1")),
     Claim("overoptimisation", "Gao et al. 2023, Fig. 1",
-          "with a learned reward, best-of-N's ground truth first rises then falls as KL grows",
-          tuple(f"eval_bon{n}" for n in BEST_OF)),
+          "with a learned reward, the ground truth first rises then falls as KL grows, for "
+          "best-of-N and for RL",
+          tuple(f"eval_bon{n}" for n in BEST_OF)
+          + tuple(f"{p}ppo{b}" for b in ("", "_beta0.02", "_beta0.005") for p in ("", "eval_"))),
     Claim("rloo", "Ahmadian et al. 2024 (RLOO), Fig. 2",
           "at equal samples, RLOO k=4 > RLOO k=2 > REINFORCE with a baseline > vanilla PG",
           ("rloo4", "rloo2", "reinforce_baseline", "vanilla_pg")),
@@ -164,6 +167,11 @@ def arm_configs(s, d: Callable[[str], str]) -> dict[str, tuple[object, tuple[str
       "dpo": (chain.dpo(s, d("sft"), prefs, beta=0.1), ("sft", "preferences")),
       "kto": (chain.dpo(s, d("sft"), prefs, name="kto", beta=0.1), ("sft", "preferences")),
       "ppo": (chain.rlhf(s, d("sft"), d("reward"), kl={"beta": 0.1}), ("sft", "reward")),
+      # Smaller KL penalties travel further on the learned reward (Gao et al.'s RL half).
+      "ppo_beta0.02": (chain.rlhf(s, d("sft"), d("reward"), kl={"beta": 0.02}),
+                       ("sft", "reward")),
+      "ppo_beta0.005": (chain.rlhf(s, d("sft"), d("reward"), kl={"beta": 0.005}),
+                        ("sft", "reward")),
       "ppo_gt": (ptx_arm(s, d("sft"), 0.0), ("sft",)),
       "ppo_ptx": (ptx_arm(s, d("sft"), 1.0), ("sft",)),
       "grpo": (rlvr(s, d("arith_sft")), ("arith_sft",)),
@@ -186,7 +194,7 @@ def arm_configs(s, d: Callable[[str], str]) -> dict[str, tuple[object, tuple[str
         "objective.name": "reinforce", "objective.advantage": advantage,
         "objective.score_norm": norm, "ppo.epochs": 1, "rollout.samples_per_prompt": group,
         "data.batch_size": 64 // group}), ("arith_sft",))
-  for name in ("dpo", "kto", "ppo"):
+  for name in ("dpo", "kto", "ppo", "ppo_beta0.02", "ppo_beta0.005"):
     arms[f"eval_{name}"] = ev(name)
   for name in ("rft", "online_rft", "grpo"):
     arms[f"eval_{name}"] = arith_ev(name)

@@ -94,19 +94,38 @@ def dpo_frontier(data):
                        ("ground truth gained per nat", slope)]
 
 
-def overoptimisation(data):
-  best_of = sorted(int(a[len("eval_bon"):]) for a in data if a.startswith("eval_bon"))
-  gts = [arm(data, f"eval_bon{n}", "ground_truth", f"N={n}") for n in best_of]
+def rises_then_falls(points: list[tuple[v.Arm, str]], what: str) -> list[v.Comparison]:
+  """`points`: (ground truth, label) in order of growing KL; the peak must exceed both
+  the first point and the last, each beyond the spread."""
+  gts = [g for g, _ in points]
   peak = max(range(len(gts)), key=lambda i: gts[i].mean)
   comps = [v.greater(gts[peak], gts[0])]
   if peak < len(gts) - 1:
     comps.append(v.greater(gts[peak], gts[-1]))
   else:
-    comps.append(v.Comparison(f"a fall after the peak: none, the ground truth still rises at "
-                              f"{gts[-1].label}", False, 0.0))
-  text = "; ".join(f"{g.text()} (KL {kl_bound(n):.2f})" for g, n in zip(gts, best_of))
-  text += f"; peak at {gts[peak].label}"
-  return text, comps, [("ground truth of the best of N", gts)]
+    comps.append(v.Comparison(f"{what}: a fall after the peak: none, the ground truth still "
+                              f"rises at {gts[-1].label}", False, 0.0))
+  return comps
+
+
+def overoptimisation(data):
+  best_of = sorted(int(a[len("eval_bon"):]) for a in data if a.startswith("eval_bon"))
+  bon = [arm(data, f"eval_bon{n}", "ground_truth", f"N={n}") for n in best_of]
+  rl = [arm(data, "eval_bon1", "ground_truth", "SFT")]
+  kls = [0.0]
+  for name, label in (("eval_ppo", "PPO beta 0.1"), ("eval_ppo_beta0.02", "PPO beta 0.02"),
+                      ("eval_ppo_beta0.005", "PPO beta 0.005")):
+    if name in data:
+      rl.append(arm(data, name, "ground_truth", label))
+      kls.append(arm(data, name, "kl", label).mean)
+  order = sorted(range(len(rl)), key=lambda i: kls[i])
+  rl, kls = [rl[i] for i in order], [kls[i] for i in order]
+  comps = (rises_then_falls([(g, g.label) for g in bon], "best-of-N")
+           + rises_then_falls([(g, g.label) for g in rl], "PPO"))
+  text = ("best-of-N: " + "; ".join(f"{g.text()} (KL {kl_bound(n):.2f})"
+                                    for g, n in zip(bon, best_of))
+          + ". PPO: " + "; ".join(f"{g.text()} (KL {k:.1f})" for g, k in zip(rl, kls)))
+  return text, comps, [("best-of-N: ground truth", bon), ("PPO: ground truth (by KL)", rl)]
 
 
 def rloo(data):

@@ -63,7 +63,8 @@ CASES = [
     (("--config=configs/nope.py",), "--config=configs/nope.py: no such file"),
     (("--config=README.md",), "README.md is not a config file"),
     (("--config=configs/dpo.py:smoke", "--config.data.field_map.answer=x"),
-     "config.data.field_map has no key 'answer'; valid keys: chosen, margin, prompt"),
+     "config.data.field_map has no key 'answer'; valid keys: chosen, completion, label, margin, "
+     "prompt"),
     ((SMOKE, "--workdir="), "--workdir is empty"),
     ((SMOKE, "--workdir=README.md"), "--workdir='README.md' is a file"),
     ((SMOKE, "--workdir=README.md/run"), "README.md/run"),

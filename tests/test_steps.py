@@ -7,7 +7,7 @@ step that moves them fails here; if the change is intended, regenerate with
 `GOLDEN_UPDATE=1 python -m pytest tests/test_steps.py` and say why in the commit.
 
 The same two steps on 8 simulated devices as (data, fsdp, tensor) = (2, 2, 2)
-must match one device: SFT, reward model, DPO (CLM: test_sharding.py; PPO, A2C,
+must match one device: SFT, reward model, DPO, KTO (CLM: test_sharding.py; PPO, A2C,
 GRPO: test_policy_gradient.py).
 """
 
@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from configs import clm as clm_config, common as config_common, dpo as dpo_config
+from configs import kto as kto_config
 from configs import reward as reward_config, sft as sft_config
 from research import objectives
 from research.models import config as model_config
@@ -74,6 +75,13 @@ def _dpo_batch(seed, b=8):
           "ref_logps": rng.uniform(-140, -60, (b, 2)).astype(np.float32)}
 
 
+def _kto_batch(seed, b=8):
+  """Rows (completion, another example's completion), half of them desirable."""
+  batch = _dpo_batch(seed, b)
+  batch["label"] = (np.arange(b) % 2).astype(np.float32)
+  return batch
+
+
 # name -> (module, stage config, batch(seed))
 CASES = {
     "clm": (lambda: Decoder(TINY), lambda: clm_config.get_config("tiny"),
@@ -83,6 +91,8 @@ CASES = {
     "reward": (lambda: ScalarModel(TINY, head_init="reward"),
                lambda: reward_config.get_config("tiny"), _reward_batch),
     "dpo": (lambda: Decoder(TINY), lambda: dpo_config.get_config("tiny"), _dpo_batch),
+    # KTO's reference point is a mean over the whole batch: global when sharded.
+    "kto": (lambda: Decoder(TINY), lambda: kto_config.get_config("tiny"), _kto_batch),
 }
 
 
@@ -135,7 +145,7 @@ def test_step_metrics_match_the_golden_values(single):
   assert all(golden[n][1]["param_norm"] != golden[n][0]["param_norm"] for n in CASES)
 
 
-@pytest.mark.parametrize("name", ["sft", "reward", "dpo"])  # CLM: test_sharding.py
+@pytest.mark.parametrize("name", ["sft", "reward", "dpo", "kto"])  # CLM: test_sharding.py
 def test_step_on_the_2x2x2_mesh_matches_one_device(devices, single, name):
   ref, ref_params, _ = single[name]
   got, params, step = run_steps(name, (2, 2, 2), devices)

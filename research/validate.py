@@ -75,6 +75,18 @@ def _lookup(config, dotted: str):
   return node, True
 
 
+def _ints(config, *keys: str) -> tuple[int, ...] | None:
+  """The values of `keys` when every one is present and an int (not a bool), else None:
+  what a check between two fields reads."""
+  values = []
+  for key in keys:
+    value, found = _lookup(config, key)
+    if not found or not isinstance(value, int) or isinstance(value, bool):
+      return None
+    values.append(value)
+  return tuple(values)
+
+
 def problems(config) -> list[str]:
   """Every failed check, as 'config.KEY=VALUE: must be ...'."""
   out = []
@@ -82,25 +94,23 @@ def problems(config) -> list[str]:
     value, found = _lookup(config, key)
     if found and not ok(value):
       out.append(f"config.{key}={value!r} must be {allowed}")
-  buffer, found = _lookup(config, "objective.overlong_buffer")
-  new_tokens, has_rollout = _lookup(config, "rollout.max_new_tokens")
-  if found and has_rollout and isinstance(buffer, int) and isinstance(new_tokens, int) \
-      and buffer > new_tokens:
-    out.append(f"config.objective.overlong_buffer={buffer} must be at most "
-               f"config.rollout.max_new_tokens={new_tokens} (it would punish every response)")
-  warmup, found = _lookup(config, "optimizer.warmup_steps")
-  steps, has_steps = _lookup(config, "train.steps")
-  if found and has_steps and config.get("stage") != "rlhf" and all(
-      isinstance(v, int) and not isinstance(v, bool) for v in (warmup, steps)) \
-      and 0 < steps <= warmup:  # RL counts optimizer updates instead (stages/rlhf.py)
-    out.append(f"config.optimizer.warmup_steps={warmup} must be below the number of training "
-               f"steps (config.train.steps={steps})")
-  seq_len, found = _lookup(config, "data.seq_len")
-  max_len, has_model = _lookup(config, "model.max_len")
-  if found and has_model and isinstance(seq_len, int) and isinstance(max_len, int) \
-      and seq_len > max_len:
-    out.append(f"config.data.seq_len={seq_len} must be at most config.model.max_len={max_len} "
-               f"(the longest sequence the model is built for)")
+  if pair := _ints(config, "objective.overlong_buffer", "rollout.max_new_tokens"):
+    buffer, new_tokens = pair
+    if buffer > new_tokens:
+      out.append(f"config.objective.overlong_buffer={buffer} must be at most "
+                 f"config.rollout.max_new_tokens={new_tokens} (it would punish every response)")
+  # RL counts optimizer updates instead of train.steps (stages/rlhf.py).
+  if (pair := _ints(config, "optimizer.warmup_steps", "train.steps")) \
+      and config.get("stage") != "rlhf":
+    warmup, steps = pair
+    if 0 < steps <= warmup:
+      out.append(f"config.optimizer.warmup_steps={warmup} must be below the number of "
+                 f"training steps (config.train.steps={steps})")
+  if pair := _ints(config, "data.seq_len", "model.max_len"):
+    seq_len, max_len = pair
+    if seq_len > max_len:
+      out.append(f"config.data.seq_len={seq_len} must be at most config.model.max_len="
+                 f"{max_len} (the longest sequence the model is built for)")
   tensor, found = _lookup(config, "mesh.tensor")
   if found and isinstance(tensor, int) and tensor > 1 and "model" in config:
     for key in ("num_heads", "num_kv_heads"):

@@ -317,8 +317,7 @@ def prompt_record(record: dict, where: str) -> dict:
 
 def prompt_layout(record: dict) -> str | None:
   """`unpaired_layout` (pairs, rankings, unpaired), else `sft_layout`, else the task
-  layout (a prompt with an
-  answer and one with tests may mix: a math-and-code set)."""
+  layout (a prompt with an answer and one with tests may mix: a math-and-code set)."""
   from research.data import tasks  # pylint: disable=g-import-not-at-top
   task = tasks.task_layout(record)
   return (unpaired_layout(record) or sft_layout(record) or

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from research.models.logprobs import sequence_token_logprobs
+from research.objectives.advantages import masked_mean
 
 
 def policy_logps(params, batch, model):
@@ -172,7 +173,6 @@ def kto_fn(params, batch, rng, *, model, config):
   losses, rewards, z0 = kto_loss(sums[:, 0], ref[:, 0], sums[:, 1], ref[:, 1], desirable,
                                  o.beta, o.desirable_weight, o.undesirable_weight)
   nll = -sums[:, 0] / lengths[:, 0]
-  masked_mean = lambda x, m: jnp.where(m, x, 0.0).sum() / jnp.maximum(m.sum(), 1)
   good, bad = masked_mean(rewards, desirable), masked_mean(rewards, ~desirable)
   loss = losses.mean() + o.nll_coef * masked_mean(nll, desirable)
   return loss, {"rewards/chosen": good, "rewards/rejected": bad, "rewards/margins": good - bad,

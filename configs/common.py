@@ -83,6 +83,7 @@ def preference_data(**overrides) -> ml_collections.ConfigDict:
       "prompt_format": "instruction",  # embedded: instruction | prefix
       "num_responses": 2,            # K responses per prompt (pairs: 2)
       "label_noise": 0.0,            # probability of flipping a training label
+      "max_train_records": 0,        # > 0: only the first N training records (data scaling)
       # Record field <- the source's field (or '=literal'), for any source, e.g.
       # --config.data.field_map.prompt=question; "" leaves a field as it is.
       "field_map": field_map("prompt", "chosen", "rejected", "responses", "ranking", "margin",
@@ -97,8 +98,11 @@ def reward(source: str = "model", model: str = "runs/reward",
   """Where RL, best-of-n and preference labelling get their scores
   (`research/rlhf/rewards.py`), and the reward functions' settings."""
   return ml_collections.ConfigDict({
-      "source": source,         # model | ground_truth | functions
+      "source": source,         # model | ground_truth | functions | judge
       "model": model,           # source 'model': a reward-model workdir (normalised scores)
+      # source 'judge': a language-model run asked "A or B?" (research/judge.py); a
+      # response scores its mean P(win) against the other samples of its prompt.
+      "judge": "", "judge_question": "Which response is better?",
       # source 'functions': registered reward functions and their weights
       # (research/rewards/): math, exact, regex, format, code, remote, or your own
       # (config.imports), e.g. "math:1.0,format:0.1".

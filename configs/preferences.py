@@ -26,6 +26,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # Drop prompts with a truncated sample (smoke models never stop).
       "require_eos": run["name"] != "smoke",
       "sample_batch": 64,
+      "prompt_offset": 0,      # the first training prompt used
+      # An earlier preferences run whose records this file starts with (iterated RLHF).
+      "accumulate": "",
   })
   # Prompts: the embedded set's ("Write a review of <film>.").
   c.data = common.preference_data()

@@ -5,6 +5,9 @@
   python -m research.main --config=configs/reward.py --config.data.label_noise=0.3
   python -m research.main --config=configs/reward.py --config.data.source=prefs.jsonl \
       --config.data.num_responses=2
+  # preference-model pretraining: a reward run continued (trunk and head) on other data
+  python -m research.main --config=configs/reward.py --config.init_from=runs/pmp \
+      --config.init_head=True --config.data.source=human.jsonl --workdir=runs/reward_ft
 """
 
 import ml_collections
@@ -19,6 +22,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   preset = run["model"]
   c = common.base("reward", run)
   c.init_from = "runs/sft"
+  # False: init_from is a language-model run (SFT, CLM); its trunk, a fresh head.
+  # True: init_from is a reward run, continued trunk and head on this run's data:
+  # preference-model pretraining (Askell et al. 2021, sec. 4; Bai et al. 2022).
+  c.init_head = False
   c.model = common.model(preset)
   c.objective = ml_collections.ConfigDict({
       "name": "reward",

@@ -71,3 +71,31 @@ def arms(panels: list[tuple[str, list]], path: str, title: str = "") -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def curves_with_spread(curves: dict[str, list[tuple[float, object]]], path: str, *,
+                       xlabel: str, ylabel: str, logx: bool = False, title: str = "") -> None:
+  """One line per curve through each x's mean over seeds, a band of ± one standard
+  deviation and the seeds as dots. `curves`: name -> [(x, verdicts.Arm)]."""
+  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  for i, (name, points) in enumerate(curves.items()):
+    color = f"C{i}"
+    xs = [x for x, _ in points]
+    means = [arm.mean for _, arm in points]
+    sds = [arm.sd if len(arm.values) > 1 else 0.0 for _, arm in points]
+    ax.plot(xs, means, marker="o", color=color, label=name)
+    ax.fill_between(xs, [m - s for m, s in zip(means, sds)], [m + s for m, s in zip(means, sds)],
+                    color=color, alpha=0.15)
+    for x, arm in points:
+      ax.scatter([x] * len(arm.values), arm.values, color=color, s=8, alpha=0.6)
+  if logx:
+    ax.set_xscale("log")
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  if title:
+    ax.set_title(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=130)
+  plt.close(fig)

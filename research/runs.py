@@ -43,7 +43,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 # Stages that read `init_from` through `load_policy` (any run's language model);
 # the others restore its checkpoint's parameters as a plain decoder.
-POLICY_READERS = ("evaluate", "preferences")
+POLICY_READERS = ("evaluate", "preferences", "rlhf")
 
 
 def check_init_from(config) -> None:
@@ -56,6 +56,16 @@ def check_init_from(config) -> None:
   upstream = load_config(source).get("stage", "")
   where = policy_location(source)
   key = f"config.init_from={source!r}"
+  if config.stage == "reward" and config.get("init_head"):
+    if upstream != "reward":
+      raise validate.ConfigError(f"config.init_head=True continues a reward model's trunk and "
+                                 f"head, but {key} is a {upstream or 'unknown'} run; name a "
+                                 f"reward run, or set config.init_head=False")
+    return
+  if upstream == "reward" and config.stage == "reward":
+    raise validate.ConfigError(f"{key} is a reward-model run: set config.init_head=True to "
+                               f"continue its trunk and head on this data (preference-model "
+                               f"pretraining), or start from a language-model run")
   if upstream == "reward":
     raise validate.ConfigError(f"{key} is a reward-model run (a scalar head on the decoder); "
                                f"stage {config.stage!r} starts from a language-model run "
@@ -239,6 +249,11 @@ def save_config(config, workdir: str) -> None:
   validate.check(config)  # after inheriting: the architecture against this mesh
   if config.get("reward") and config.reward.get("source", "model") == "model":
     check_reward_run(config.reward.get("model", ""), "config.reward.model")
+  if config.get("reward") and config.reward.get("source") == "judge":
+    judge = config.reward.get("judge", "")
+    if not judge or not os.path.exists(os.path.join(judge, CONFIG_FILE)):
+      raise validate.ConfigError(f"config.reward.judge={judge!r} is not the workdir of a run; "
+                                 f"the judge is a language-model run (research/judge.py)")
   if config.get("evaluate"):
     check_reward_run(config.evaluate.get("reward_model", ""), "config.evaluate.reward_model")
   if os.path.isfile(workdir):
@@ -332,6 +347,21 @@ def tokenizer_for(config, workdir: str, texts_fn: Callable):
     if trained:  # the workdir's own tokenizer is damaged: the error names it
       raise
     raise DataError(f"config.data.source={config.data.source!r}: {e}") from None  # too little text
+
+
+def lineage(config) -> list[dict]:
+  """The runs this config starts from, nearest first: [{run, stage, init_head?}, ...],
+  following each run's `init_from` (a PMP reward run: reward <- sft <- clm)."""
+  chain, source, seen = [], config.get("init_from", ""), set()
+  while source and source not in seen and os.path.exists(os.path.join(source, CONFIG_FILE)):
+    seen.add(source)
+    upstream = load_config(source)
+    entry = {"run": source, "stage": upstream.get("stage", "")}
+    if upstream.get("init_head"):
+      entry["init_head"] = True
+    chain.append(entry)
+    source = upstream.get("init_from", "")
+  return chain
 
 
 # --- parameters ------------------------------------------------------------------

@@ -226,3 +226,40 @@ def test_reward_model_learns_the_ground_truth(tiny_base, tmp_path, label_noise, 
     np.testing.assert_allclose(fn(tokens, tokens > 0),
                                (fn.raw(tokens, tokens > 0) - norm["offset"]) / norm["scale"],
                                rtol=1e-6)
+
+
+def test_max_train_records_keeps_the_first_n_and_all_held_out_records():
+  full = preferences.preference_records(_data(corpus_size=400), "train")
+  cut = preferences.preference_records(_data(corpus_size=400, max_train_records=25), "train")
+  assert [r["prompt"] for r in cut] == [r["prompt"] for r in full[:25]]
+  assert len(preferences.preference_records(_data(corpus_size=400, max_train_records=25),
+                                            "validation")) == 20
+
+
+def _short_reward(init_from: str, workdir: str, **overrides):
+  config = reward_config.get_config("smoke")
+  config.init_from = init_from
+  config.data.update(num_responses=2, corpus_size=400)
+  config.train.update(steps=10, eval_every=10, eval_batches=2, checkpoint_every=10)
+  for key, value in overrides.items():
+    config[key] = value
+  return reward_stage.run(config, workdir)
+
+
+def test_preference_model_pretraining_continues_trunk_and_head(tiny_base, tmp_path):
+  """PMP: a reward run started from a reward run with init_head=True continues its
+  head: its held-out loss before any step is the first run's after training (same
+  data), not a fresh head's; the summary records both runs it descends from."""
+  from research.validate import ConfigError  # pylint: disable=g-import-not-at-top
+  first = _short_reward(tiny_base, str(tmp_path / "pmp"))
+  second = _short_reward(str(tmp_path / "pmp"), str(tmp_path / "ft"), init_head=True)
+  np.testing.assert_allclose(second["eval_at_start"]["loss"], first["eval"]["loss"], rtol=1e-5)
+  assert abs(second["eval_at_start"]["loss"] - first["eval_at_start"]["loss"]) > 1e-3
+  assert second["init_head"] and not first["init_head"]
+  assert [(e["run"], e["stage"]) for e in second["lineage"]] == [
+      (str(tmp_path / "pmp"), "reward"), (tiny_base, "clm")]
+  with pytest.raises(ConfigError, match="config.init_head=True"):  # a reward run, no flag
+    _short_reward(str(tmp_path / "pmp"), str(tmp_path / "bad1"))
+  with pytest.raises(ConfigError, match="is a clm run"):  # the flag on a language model
+    _short_reward(tiny_base, str(tmp_path / "bad2"), init_head=True)
+  assert not (tmp_path / "bad1").exists() and not (tmp_path / "bad2").exists()

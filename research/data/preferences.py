@@ -15,7 +15,8 @@ Prompt formats for the embedded set (`config.data.prompt_format`):
   instruction      "Write a review of <title>." -> the whole review
   prefix           the review's first 2-8 words -> the rest (the DPO paper's IMDb task)
 
-`config.data.label_noise` flips training labels to model annotators who
+`config.data.max_train_records` keeps the first N training records (a data-scaling
+axis; held-out records are unchanged). `config.data.label_noise` flips training labels to model annotators who
 disagree: a pair is swapped with that probability; a ranking gets one pass of
 adjacent swaps, each with that probability. Held-out labels stay clean.
 """
@@ -96,7 +97,10 @@ def preference_records(data_cfg, split: str, seed: int = 0) -> readers.Rows:
                         layout_of=layouts.preference_layout)
     records, holdout = [r for _, r in rows], rows.holdout
   if split == "train":
-    records = add_label_noise(records, data_cfg.label_noise, seed)
+    limit = data_cfg.get("max_train_records", 0)
+    if limit and limit < 0:
+      raise ConfigError(f"config.data.max_train_records={limit}; expected 0 (all) or a count")
+    records = add_label_noise(records[:limit] if limit else records, data_cfg.label_noise, seed)
   return readers.Rows(records, holdout)
 
 

@@ -12,6 +12,8 @@ reference answers, tests, ...):
                       (`research/rewards/`: math, code, format, remote, ...), with
                       the records; its `score` also gives each function's scores.
 
+  JudgeReward         a generative judge's pairwise preferences (`research/judge.py`).
+
 `from_config` builds the source `config.reward` names; `as_source` wraps a
 plain callable (text by default) so the RLHF stage accepts one directly.
 """
@@ -68,7 +70,8 @@ def as_source(fn):
   """A source as is; a `RewardFunction` on tokens; any other callable on texts."""
   from research.reward_fn import RewardFunction  # pylint: disable=g-import-not-at-top
   from research.rewards.scoring import FunctionReward  # pylint: disable=g-import-not-at-top
-  if isinstance(fn, (TextReward, TokenReward, FunctionReward)):
+  from research.judge import JudgeReward  # pylint: disable=g-import-not-at-top
+  if isinstance(fn, (TextReward, TokenReward, FunctionReward, JudgeReward)):
     return fn
   if isinstance(fn, RewardFunction):
     return TokenReward(fn)
@@ -77,12 +80,13 @@ def as_source(fn):
   raise TypeError(f"a reward must be callable, got {type(fn).__name__}")
 
 
-SOURCES = ("ground_truth", "model", "functions")
+SOURCES = ("ground_truth", "model", "functions", "judge")
 
 
 def from_config(config, mesh, rules):
-  """`config.reward.source`: 'ground_truth', 'model' (the run in `config.reward.model`)
-  or 'functions' (`config.reward.functions`, e.g. 'math:1.0,format:0.1')."""
+  """`config.reward.source`: 'ground_truth', 'model' (the run in `config.reward.model`),
+  'functions' (`config.reward.functions`, e.g. 'math:1.0,format:0.1') or 'judge'
+  (the run in `config.reward.judge`, asked `config.reward.judge_question`)."""
   source = config.reward.source
   if source == "functions":
     from research.rewards.scoring import FunctionReward  # pylint: disable=g-import-not-at-top
@@ -95,4 +99,12 @@ def from_config(config, mesh, rules):
       raise ConfigError("config.reward.source='model' needs config.reward.model (a reward-model "
                         "workdir)")
     return TokenReward(RewardFunction.load(config.reward.model, mesh, rules))
+  if source == "judge":
+    from research import judge  # pylint: disable=g-import-not-at-top
+    if not config.reward.get("judge"):
+      raise ConfigError("config.reward.source='judge' needs config.reward.judge (a language-model "
+                        "run to ask which response is better)")
+    return judge.JudgeReward(judge.GenerativeJudge.load(
+        config.reward.judge, question=config.reward.get("judge_question") or judge.QUESTION,
+        mesh=mesh, rules=rules))
   raise ConfigError(f"config.reward.source={source!r}; expected one of {SOURCES}")

@@ -1,6 +1,9 @@
 """Stage 3: a reward model fitted to preference pairs / K-way rankings.
 
-The trunk starts from `config.init_from` (an SFT or CLM run), the head fresh.
+The trunk starts from `config.init_from` (an SFT or CLM run), the head fresh; with
+`config.init_head`, `init_from` is a reward run whose trunk and head both continue
+(preference-model pretraining, then fine-tuning on this run's data). The summary
+records the chain of runs it descends from (`lineage`).
 After training, on held-out data (always with clean labels): pairwise accuracy,
 Spearman correlation with the ground-truth scorer (embedded data), and the
 normalisation (mean/std of held-out scores) that `RewardFunction` applies.
@@ -51,10 +54,12 @@ def run(config, workdir: str, hooks=()) -> dict:
       train=train)
   result, s, train_step = common.train(
       config, workdir, model, train_iter=iter(batches(train_ex, True)),
-      eval_batches=lambda: iter(batches(eval_ex, False)), hooks=hooks, init_subtree="decoder",
+      eval_batches=lambda: iter(batches(eval_ex, False)), hooks=hooks,
+      init_subtree=None if config.get("init_head") else "decoder",
       rows_per_example=d.num_responses)
 
   summary = {"step": result.step, "preempted": result.preempted,
+             "lineage": runs.lineage(config), "init_head": bool(config.get("init_head")),
              "data": {**data, "label_noise": d.label_noise},
              "train": result.train_metrics, "eval": result.eval_metrics,
              "eval_at_start": result.eval_history.get(0, {}),

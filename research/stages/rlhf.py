@@ -1,8 +1,8 @@
 """Stage: online RL on a KL-regularised reward: PPO, A2C, GRPO, Dr. GRPO, RLOO,
 REINFORCE++ (and any registered loss / advantage estimator), optionally PPO-ptx.
 
-The policy starts from `config.init_from` (the SFT run), which is also the
-frozen reference. Scores come from `config.reward` (a reward-model run or the
+The policy starts from `config.init_from` (the SFT run, or any run's policy: an
+earlier RL round's), which is also the frozen reference. Scores come from `config.reward` (a reward-model run or the
 embedded ground truth) or from the `reward` argument (any callable, see
 `rlhf/rewards.py`). The critic is a separate model initialised from the reward
 model (or the policy), a value head on the policy's trunk, or none (group
@@ -176,7 +176,7 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
   tok = runs.tokenizer_for(config, workdir, lambda: ())
   policy = Decoder(model_config.from_config(config.model))
   model = ActorCritic(policy, o.critic, _critic_cfg(config))
-  ref_params = runs.load_params(config.init_from, policy, mesh, rules)
+  _, ref_params = runs.load_policy(config.init_from, mesh, rules)  # any run's language model
   state, abstract, shardings, tx, schedule = build_state(config, model, ref_params, mesh, rules,
                                                          total_updates(config))
   loss = functools.partial(loss_obj, model=model, config=config)

@@ -26,6 +26,7 @@ the policy now samples, so later rounds improve on what one offline round reache
 from __future__ import annotations
 
 import copy
+import functools
 import os
 
 from configs import rate as rate_config
@@ -57,12 +58,24 @@ def ppo(s, policy: str, reward_model: str, iterations: int):
   return c
 
 
-def rating(s, d, seed: int):
+def reward_model(s, sft: str, prefs: str):
+  """A reward model on a round's file (trunk from SFT); smoke files are small, so half
+  of them is held out to fill one evaluation batch."""
+  c = chain.reward(s, sft, os.path.join(prefs, "preferences.jsonl"))
+  if s["name"] == "smoke":
+    c.data.holdout_every = 2
+  return c
+
+
+def names(rounds: int) -> list[str]:
+  return ["sft"] + [f"round{r}" for r in range(1, rounds + 1)] + ["single"]
+
+
+def rating(s, d, seed: int, rounds: int):
   c = rate_config.get_config(s["name"])
-  names = ["sft"] + [f"round{r}" for r in range(1, ROUNDS + 1)] + ["single"]
-  paths = [d("sft")] + [d(f"ppo_r{r}_s{seed}") for r in range(1, ROUNDS + 1)] + \
+  paths = [d("sft")] + [d(f"ppo_r{r}_s{seed}") for r in range(1, rounds + 1)] + \
       [d(f"single_ppo_s{seed}")]
-  c.runs, c.names, c.seed = ",".join(paths), ",".join(names), seed
+  c.runs, c.names, c.seed = ",".join(paths), ",".join(names(rounds)), seed
   return c
 
 
@@ -86,19 +99,20 @@ def _arms(rows: list[dict], key: str) -> dict[str, v.Arm]:
   return out
 
 
-def analyse(rows: list[dict], root: str) -> None:
+def analyse(rows: list[dict], root: str, rounds: int = ROUNDS) -> None:
   evals = [r for r in rows if r.get("stage") == "evaluate"]
   truth, kl = _arms(evals, "ground_truth"), _arms(evals, "kl")
   elo_rows = [r for r in rows if r.get("stage") == "rate"]
-  names = ["sft"] + [f"round{r}" for r in range(1, ROUNDS + 1)] + ["single"]
-  elo = {n: v.Arm(n, v.finite([r.get(f"elo_{n}") for r in elo_rows])) for n in names}
-  last, single = truth.get(f"round{ROUNDS}"), truth.get("single")
+  policies = names(rounds)
+  elo = {n: v.Arm(n, v.finite([r.get(f"elo_{n}") for r in elo_rows])) for n in policies}
+  last, single = truth.get(f"round{rounds}"), truth.get("single")
+  seeds = sorted({r.get("seed") for r in evals})
   lines = ["# Iterated online RLHF (Bai et al. 2022, sec. 4.5)", "",
-           f"{ROUNDS} rounds of {PROMPTS} newly labelled prompts and {ITERATIONS} PPO iterations "
-           f"against one round of {ROUNDS * PROMPTS} prompts and {ROUNDS * ITERATIONS} "
-           f"iterations; {len(SEEDS)} seeds; held-out prompts.", "",
+           f"{rounds} rounds of {PROMPTS} newly labelled prompts and {ITERATIONS} PPO iterations "
+           f"against one round of {rounds * PROMPTS} prompts and {rounds * ITERATIONS} "
+           f"iterations; {len(seeds)} seeds; held-out prompts.", "",
            "| policy | ground truth | KL to SFT | Elo (ground-truth judge) |", "|---|---|---|---|"]
-  for n in names:
+  for n in policies:
     t, k = truth.get(n), kl.get(n)
     lines.append(f"| {n} | {t.text().split(' ', 1)[1] if t else '-'} | "
                  f"{k.text().split(' ', 1)[1] if k else '-'} | "
@@ -107,23 +121,23 @@ def analyse(rows: list[dict], root: str) -> None:
     c = v.greater(last, single)
     lines += ["", f"Iterated beats one round of the same budget (ground truth): "
                   f"{c.text} -> {v.verdict([c])}"]
-  if elo[f"round{ROUNDS}"].values and elo["round1"].values:
-    c = v.greater(elo[f"round{ROUNDS}"], elo["round1"], digits=0)
+  if rounds > 1 and elo[f"round{rounds}"].values and elo["round1"].values:
+    c = v.greater(elo[f"round{rounds}"], elo["round1"], digits=0)
     lines += [f"Later rounds rate higher (Elo): {c.text} -> {v.verdict([c])}"]
   with open(os.path.join(root, "online_rlhf.md"), "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
-  rounds = [(r, truth[f"round{r}"]) for r in range(1, ROUNDS + 1) if f"round{r}" in truth]
-  if rounds:
-    curves = {"iterated (per round)": rounds}
+  per_round = [(r, truth[f"round{r}"]) for r in range(1, rounds + 1) if f"round{r}" in truth]
+  if per_round:
+    curves = {"iterated (per round)": per_round}
     if single:
-      curves[f"single round (same budget, at x={ROUNDS})"] = [(ROUNDS, single)]
+      curves[f"single round (same budget, at x={rounds})"] = [(rounds, single)]
     plots.curves_with_spread(curves, os.path.join(root, "online_rlhf.png"),
                              xlabel="round", ylabel="held-out ground truth (samples)",
                              title="Iterated online RLHF vs one round (mean ± sd over seeds)")
 
 
 def experiment(size: str = "tiny", root: str = "runs/online_rlhf",
-               seeds: tuple[int, ...] = SEEDS) -> Experiment:
+               seeds: tuple[int, ...] = SEEDS, rounds: int = ROUNDS) -> Experiment:
   s = chain.size(size)
   d = lambda name: os.path.join(root, name)
   prompts = PROMPTS if s["name"] != "smoke" else 16
@@ -132,26 +146,26 @@ def experiment(size: str = "tiny", root: str = "runs/online_rlhf",
       Point(name, seeded(config, seed), needs=needs, tags={**tags, "seed": seed}))
   for seed in seeds:
     policy = "sft"
-    for r in range(1, ROUNDS + 1):
+    for r in range(1, rounds + 1):
       prefs, rm, rl = f"prefs_r{r}_s{seed}", f"rm_r{r}_s{seed}", f"ppo_r{r}_s{seed}"
       earlier = f"prefs_r{r - 1}_s{seed}" if r > 1 else ""
       add(prefs, labels(s, d(policy), prompts, (r - 1) * prompts, d(earlier) if earlier else ""),
           (policy,) + ((earlier,) if earlier else ()), seed, round=r)
-      add(rm, chain.reward(s, d("sft"), os.path.join(d(prefs), "preferences.jsonl")),
-          ("sft", prefs), seed, round=r)
+      add(rm, reward_model(s, d("sft"), d(prefs)), ("sft", prefs), seed, round=r)
       add(rl, ppo(s, d(policy), d(rm), ITERATIONS), (policy, rm), seed, round=r)
       add(f"eval_r{r}_s{seed}", chain.evaluate(s, d(rl), d("sft"), d(rm)), (rl, "sft", rm),
           seed, arm=f"round{r}", round=r)
       policy = rl
-    add(f"single_prefs_s{seed}", labels(s, d("sft"), ROUNDS * prompts, 0), ("sft",), seed)
-    add(f"single_rm_s{seed}", chain.reward(s, d("sft"), os.path.join(
-        d(f"single_prefs_s{seed}"), "preferences.jsonl")), ("sft", f"single_prefs_s{seed}"), seed)
-    add(f"single_ppo_s{seed}", ppo(s, d("sft"), d(f"single_rm_s{seed}"), ROUNDS * ITERATIONS),
+    add(f"single_prefs_s{seed}", labels(s, d("sft"), rounds * prompts, 0), ("sft",), seed)
+    add(f"single_rm_s{seed}", reward_model(s, d("sft"), d(f"single_prefs_s{seed}")),
+        ("sft", f"single_prefs_s{seed}"), seed)
+    add(f"single_ppo_s{seed}", ppo(s, d("sft"), d(f"single_rm_s{seed}"), rounds * ITERATIONS),
         ("sft", f"single_rm_s{seed}"), seed)
     add(f"eval_single_s{seed}", chain.evaluate(s, d(f"single_ppo_s{seed}"), d("sft"),
                                                 d(f"single_rm_s{seed}")),
         (f"single_ppo_s{seed}", "sft", f"single_rm_s{seed}"), seed, arm="single")
-    add(f"elo_s{seed}", rating(s, d, seed),
-        ("sft", *(f"ppo_r{r}_s{seed}" for r in range(1, ROUNDS + 1)), f"single_ppo_s{seed}"),
+    add(f"elo_s{seed}", rating(s, d, seed, rounds),
+        ("sft", *(f"ppo_r{r}_s{seed}" for r in range(1, rounds + 1)), f"single_ppo_s{seed}"),
         seed)
-  return Experiment("online_rlhf", points, row=row, analyse=analyse)
+  return Experiment("online_rlhf", points, row=row,
+                    analyse=functools.partial(analyse, rounds=rounds))

@@ -90,6 +90,9 @@ def curves_with_spread(curves: dict[str, list[tuple[float, object]]], path: str,
       ax.scatter([x] * len(arm.values), arm.values, color=color, s=8, alpha=0.6)
   if logx:
     ax.set_xscale("log")
+    ticks = sorted({x for points in curves.values() for x, _ in points})
+    ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+    ax.minorticks_off()
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   ax.grid(alpha=0.3)

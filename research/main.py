@@ -34,14 +34,14 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.ini
 
 # Stages that only sample: on a CPU, keeping freed memory (research/host_memory.py)
 # speeds train steps ~12% but slows decoding ~10% (one malloc arena for all threads).
-SAMPLING_STAGES = ("evaluate", "preferences", "rate")
+SAMPLING_STAGES = ("evaluate", "preferences", "rate", "judge")
 EXIT_USAGE, EXIT_PREEMPTED = cli.EXIT_USAGE, cli.EXIT_PREEMPTED
 
 STAGES = {"clm": "research.stages.clm", "sft": "research.stages.sft",
           "reward": "research.stages.reward", "dpo": "research.stages.dpo",
           "rlhf": "research.stages.rlhf", "best_of_n": "research.stages.best_of_n",
           "preferences": "research.stages.preferences", "evaluate": "research.stages.evaluate",
-          "rate": "research.stages.rate"}
+          "rate": "research.stages.rate", "judge": "research.stages.judge"}
 
 
 def stage_module(name: str):

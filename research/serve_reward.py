@@ -2,6 +2,7 @@
 
   python -m research.serve_reward --functions="math:1.0,format:0.1" --port=8321
   python -m research.serve_reward --reward_model=runs/reward --port=8321
+  python -m research.serve_reward --judge=runs/judge_sft --question="Which review is more positive?"
 
   POST /        {"prompts": [...], "responses": [...], "records": [...]}
              -> {"scores": [...], "metrics": {...}}
@@ -10,7 +11,10 @@
 With `--functions`, any registered reward functions (`--imports` for a module
 that registers more); with `--reward_model`, a trained reward-model run scoring
 each prompt (rendered with that run's template) followed by the response,
-normalised as in RL. A bad request is answered 400 with the reason; the server
+normalised as in RL; with `--judge`, a language-model run asked "A or B?" in both
+orders (research/judge.py): each response scores its mean P(win) against the
+batch's other responses to its prompt, or against its record's `reference`
+(RLAIF with the judge on another machine). A bad request is answered 400 with the reason; the server
 keeps serving. It listens on 127.0.0.1 unless --host says otherwise: serving
 `code` on an open address runs strangers' programs (in the sandbox, but still). Requests are handled one at a time (a reward model keeps one
 compiled function; the checkers' timeouts need the main thread).
@@ -32,6 +36,9 @@ from research.errors import UserError
 
 _FUNCTIONS = flags.DEFINE_string("functions", "", "reward functions, e.g. 'math:1.0,format:0.1'")
 _REWARD_MODEL = flags.DEFINE_string("reward_model", "", "a reward-model workdir to serve instead")
+_JUDGE = flags.DEFINE_string("judge", "", "a language-model run to serve as a pairwise judge")
+_QUESTION = flags.DEFINE_string("question", "Which response is better?",
+                                "the judge's question (with --judge)")
 _IMPORTS = flags.DEFINE_string("imports", "", "modules that register reward functions, a,b")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "address to listen on")
 _PORT = flags.DEFINE_integer("port", 8321, "port to listen on (0: any free one, printed)")
@@ -63,12 +70,32 @@ class ModelScorer:
     return [float(s) for s in self.rm(tokens, mask)], {}
 
 
-def make_scorer(functions: str, reward_model: str, options: dict):
+class JudgeScorer:
+  """A generative judge's pairwise preferences as scores (`judge.JudgeReward`)."""
+
+  def __init__(self, workdir: str, question: str):
+    from research import judge  # pylint: disable=g-import-not-at-top  # JAX only when needed
+    self.reward = judge.JudgeReward(judge.GenerativeJudge.load(workdir, question=question))
+
+  def __call__(self, prompts, responses, records):
+    import types  # pylint: disable=g-import-not-at-top
+    try:
+      scores = self.reward(types.SimpleNamespace(texts=list(responses)), prompts, records)
+    except ValueError as e:  # a prompt with one response and no reference
+      raise UserError(str(e)) from None
+    return [float(s) for s in scores], {}
+
+
+def make_scorer(functions: str, reward_model: str, options: dict, judge: str = "",
+                question: str = ""):
   """(scorer(prompts, responses, records) -> (scores, metrics), what it serves)."""
-  if bool(functions) == bool(reward_model):
-    raise UserError("give exactly one of --functions=NAME:WEIGHT,... or --reward_model=DIR")
+  if sum(map(bool, (functions, reward_model, judge))) != 1:
+    raise UserError("give exactly one of --functions=NAME:WEIGHT,..., --reward_model=DIR or "
+                    "--judge=DIR")
   if reward_model:
     return ModelScorer(reward_model), f"reward model {reward_model}"
+  if judge:
+    return JudgeScorer(judge, question), f"judge {judge} ({question!r})"
   from research.rewards.scoring import FunctionReward  # pylint: disable=g-import-not-at-top
   reward = FunctionReward(functions, options)
 
@@ -134,7 +161,8 @@ def main(argv) -> None:
       options = json.loads(_OPTIONS.value)
     except json.JSONDecodeError as e:
       raise UserError(f"--options is not JSON ({e})") from None
-    scorer, serving = make_scorer(_FUNCTIONS.value, _REWARD_MODEL.value, options)
+    scorer, serving = make_scorer(_FUNCTIONS.value, _REWARD_MODEL.value, options, _JUDGE.value,
+                                  _QUESTION.value)
     server = http.server.HTTPServer((_HOST.value, _PORT.value), handler(scorer, serving))
   print(f"serving {serving} on http://{_HOST.value}:{server.server_port}/", flush=True)
   try:

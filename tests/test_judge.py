@@ -108,3 +108,34 @@ def test_judge_reward_from_config_names_a_missing_judge(tmp_path):
   c.reward.update(source="judge", judge=str(tmp_path / "nope"))
   with pytest.raises(ConfigError, match="config.reward.judge="):
     runs.save_config(c, str(tmp_path / "w"))
+
+
+def test_judge_stage_reports_agreement_and_position_bias(tiny_sft, tmp_path):
+  from configs import judge as judge_config  # pylint: disable=g-import-not-at-top
+  from research.stages import judge as judge_stage  # pylint: disable=g-import-not-at-top
+  c = judge_config.get_config("smoke")
+  c.judge, c.num_pairs = tiny_sft, 8
+  c.mesh.num_devices = 1
+  summary = judge_stage.run(c, str(tmp_path / "agree"))
+  assert summary["pairs"] == 8
+  for key in ("accuracy_one_order", "accuracy_both_orders", "share_answering_A",
+              "orders_agree", "mean_p_chosen"):
+    assert 0.0 <= summary[key] <= 1.0, key
+  assert (tmp_path / "agree" / "summary.json").exists()
+
+
+def test_served_judge_scores_as_the_local_reward_source(tiny_sft, tiny_judge):
+  """`serve_reward --judge` answers the remote protocol with JudgeReward's scores."""
+  from research.errors import UserError  # pylint: disable=g-import-not-at-top
+  from research.serve_reward import JudgeScorer  # pylint: disable=g-import-not-at-top
+  served = JudgeScorer(tiny_sft, judge_lib.SENTIMENT_QUESTION)
+  prompts = [PROMPTS[0]] * 3 + [PROMPTS[1]]
+  responses = [A[0], B[0], A[1], B[1]]
+  records = [{}, {}, {}, {"reference": A[1]}]
+  scores, _ = served(prompts, responses, records)
+  local = judge_lib.JudgeReward(tiny_judge)(types.SimpleNamespace(texts=responses), prompts,
+                                            records)
+  np.testing.assert_allclose(scores, local, atol=1e-5)
+  assert np.sum(scores[:3]) == pytest.approx(1.5, abs=1e-5)  # round-robin: wins sum to 3 x 0.5
+  with pytest.raises(UserError, match="no 'reference'"):
+    served([PROMPTS[1]], [B[1]], [{}])

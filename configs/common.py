@@ -100,7 +100,7 @@ def reward(source: str = "model", model: str = "runs/reward",
   return ml_collections.ConfigDict({
       "source": source,         # model | ground_truth | functions | judge
       "model": model,           # source 'model': a reward-model workdir (normalised scores)
-      # source 'judge': a language-model run asked "A or B?" (research/judge.py); a
+      # source 'judge': a language-model run asked "A or B?" (research/rlhf/judge.py); a
       # response scores its mean P(win) against the other samples of its prompt.
       "judge": "", "judge_question": "Which response is better?",
       # source 'functions': registered reward functions and their weights

@@ -11,7 +11,7 @@ Train a judge on the embedded task: configs/sft.py with data.source=embedded_jud
 import ml_collections
 
 from configs import common, presets
-from research import judge
+from research.data import judge_prompts as judge
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

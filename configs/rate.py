@@ -27,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "temperature": 1.0,
       # Who judges a game: ground_truth (the embedded scorer) | reward_model
       # (`reward_model`, a reward run) | generative (`judge`, a language-model run
-      # asked "A or B?" in both orders, research/judge.py).
+      # asked "A or B?" in both orders, research/rlhf/judge.py).
       "judge": "ground_truth",
       "reward_model": "",
       "judge_run": "",

@@ -253,7 +253,7 @@ def save_config(config, workdir: str) -> None:
     judge = config.reward.get("judge", "")
     if not judge or not os.path.exists(os.path.join(judge, CONFIG_FILE)):
       raise validate.ConfigError(f"config.reward.judge={judge!r} is not the workdir of a run; "
-                                 f"the judge is a language-model run (research/judge.py)")
+                                 f"the judge is a language-model run (research/rlhf/judge.py)")
   if config.get("evaluate"):
     check_reward_run(config.evaluate.get("reward_model", ""), "config.evaluate.reward_model")
   if os.path.isfile(workdir):

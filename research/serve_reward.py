@@ -12,7 +12,7 @@ With `--functions`, any registered reward functions (`--imports` for a module
 that registers more); with `--reward_model`, a trained reward-model run scoring
 each prompt (rendered with that run's template) followed by the response,
 normalised as in RL; with `--judge`, a language-model run asked "A or B?" in both
-orders (research/judge.py): each response scores its mean P(win) against the
+orders (research/rlhf/judge.py): each response scores its mean P(win) against the
 batch's other responses to its prompt, or against its record's `reference`
 (RLAIF with the judge on another machine). A bad request is answered 400 with the reason; the server
 keeps serving. It listens on 127.0.0.1 unless --host says otherwise: serving
@@ -74,7 +74,7 @@ class JudgeScorer:
   """A generative judge's pairwise preferences as scores (`judge.JudgeReward`)."""
 
   def __init__(self, workdir: str, question: str):
-    from research import judge  # pylint: disable=g-import-not-at-top  # JAX only when needed
+    from research.rlhf import judge  # pylint: disable=g-import-not-at-top  # JAX only when needed
     self.reward = judge.JudgeReward(judge.GenerativeJudge.load(workdir, question=question))
 
   def __call__(self, prompts, responses, records):

@@ -1,4 +1,4 @@
-"""The generative judge (research/judge.py): its probabilities against a plain forward
+"""The generative judge (research/rlhf/judge.py): its probabilities against a plain forward
 pass, symmetry under swapping, the position-bias report, and the reward source."""
 
 import types
@@ -6,7 +6,8 @@ import types
 import numpy as np
 import pytest
 
-from research import judge as judge_lib, runs
+from research import runs
+from research.rlhf import judge as judge_lib
 from research.data import templates
 
 PROMPTS = ["Write a review of The Last Harbor.", "Write a review of Cold Summer."]

@@ -13,13 +13,13 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 # Bottom to top. Each entry is a top-level module or package of `research`.
 LAYERS = (
-    ("data", "errors", "host_memory", "models", "rewards", "seeds",
+    ("data", "errors", "host_memory", "models", "ratings", "rewards", "seeds",
      "validate"),                                  # text, modules, checks, reward functions
     ("training", "objectives", "sampling"),        # steps, losses, the sampler
     ("runs",),                                     # a workdir: config, tokenizer, parameters
     ("reward_fn", "rlhf", "evaluation", "verifiable"),  # RL machinery over trained runs
     ("stages",),                                   # run(config, workdir) per stage
-    ("main", "cli", "convert", "generate", "serve_reward"),  # command lines
+    ("main", "cli", "convert", "generate", "serve_reward", "rate"),  # command lines
 )
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -3,7 +3,6 @@ exact, regex and format checkers, the weighted sum with its error policy, the
 code sandbox against hostile programs, and the remote protocol against a real
 server process on 127.0.0.1."""
 
-import json
 import os
 import re
 import socket

@@ -2,12 +2,10 @@
 soft overlong punishment and dynamic sampling's choice of groups, truncated
 importance sampling weights, GSPO's sequence ratio and its token-level gradient."""
 
-import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from research.objectives import advantages, policy_gradient
 

@@ -12,7 +12,7 @@ Embedded tasks, one per review (`task_of`):
 the model follows the format. Reviews held out from the corpus (every 20th)
 give the held-out split. `embedded_chat` asks the first two as a two-turn chat;
 `embedded_judge` is pairs of reviews in the generative judge's prompt, answered A or
-B by the ground truth (`research/judge.py`).
+B by the ground truth (`judge_prompts.py`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 from research.data import corpus, layouts, readers
 
 TASKS = ("sentiment", "title", "summary", "write")
-EXACT_MATCH_TASKS = ("sentiment", "title", "judge")  # judge: `embedded_judge` (research/judge.py)
+EXACT_MATCH_TASKS = ("sentiment", "title", "judge")  # judge: `embedded_judge` (research/rlhf/judge.py)
 SENTIMENT_QUESTION = "Is this movie review positive or negative?"
 TITLE_QUESTION = "What film is this review about?"
 
@@ -101,8 +101,8 @@ def instruction_records(data_cfg, split: str) -> readers.Rows:
   `.holdout` says how validation was cut from a source without that split."""
   spec = data_cfg.source
   if spec == "embedded_judge":  # comparisons in the generative judge's prompt
-    from research import judge  # pylint: disable=g-import-not-at-top
-    return readers.Rows(judge.embedded_records(data_cfg, split))
+    from research.data import judge_prompts  # pylint: disable=g-import-not-at-top
+    return readers.Rows(judge_prompts.embedded_records(data_cfg, split))
   if spec in ("embedded", "embedded_chat"):
     return readers.Rows(embedded(data_cfg, split, chat=spec == "embedded_chat"))
   rows = readers.rows(data_cfg, split, layouts.sft, layout_of=layouts.sft_layout)

@@ -12,7 +12,7 @@ reference answers, tests, ...):
                       (`research/rewards/`: math, code, format, remote, ...), with
                       the records; its `score` also gives each function's scores.
 
-  JudgeReward         a generative judge's pairwise preferences (`research/judge.py`).
+  JudgeReward         a generative judge's pairwise preferences (`research/rlhf/judge.py`).
 
 `from_config` builds the source `config.reward` names; `as_source` wraps a
 plain callable (text by default) so the RLHF stage accepts one directly.
@@ -70,7 +70,7 @@ def as_source(fn):
   """A source as is; a `RewardFunction` on tokens; any other callable on texts."""
   from research.reward_fn import RewardFunction  # pylint: disable=g-import-not-at-top
   from research.rewards.scoring import FunctionReward  # pylint: disable=g-import-not-at-top
-  from research.judge import JudgeReward  # pylint: disable=g-import-not-at-top
+  from research.rlhf.judge import JudgeReward  # pylint: disable=g-import-not-at-top
   if isinstance(fn, (TextReward, TokenReward, FunctionReward, JudgeReward)):
     return fn
   if isinstance(fn, RewardFunction):
@@ -100,7 +100,7 @@ def from_config(config, mesh, rules):
                         "workdir)")
     return TokenReward(RewardFunction.load(config.reward.model, mesh, rules))
   if source == "judge":
-    from research import judge  # pylint: disable=g-import-not-at-top
+    from research.rlhf import judge  # pylint: disable=g-import-not-at-top
     if not config.reward.get("judge"):
       raise ConfigError("config.reward.source='judge' needs config.reward.judge (a language-model "
                         "run to ask which response is better)")

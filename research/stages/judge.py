@@ -1,7 +1,7 @@
 """Stage: a generative judge's agreement with known labels, and its position bias.
 
 The held-out pairs of `config.data` (the embedded set's are labelled by the ground
-truth) are shown to the judge run (`research/judge.py`) in both orders; the
+truth) are shown to the judge run (`research/rlhf/judge.py`) in both orders; the
 summary reports the accuracy of one order (alternating which response comes
 first) and of both orders averaged, how often it answers "A", and how often the
 two orders agree (Lee et al. 2023, "RLAIF", sec. 4.4).
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 
-from research import judge as judge_lib, runs
+from research import runs
+from research.rlhf import judge as judge_lib
 from research.data import preferences
 from research.errors import ConfigError
 from research.training import partitioning

@@ -133,7 +133,7 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
       scores[name] = score(prompts, texts[name], roll, tok)
   judge = None
   if score is None:
-    from research.judge import GenerativeJudge  # pylint: disable=g-import-not-at-top
+    from research.rlhf.judge import GenerativeJudge  # pylint: disable=g-import-not-at-top
     judge = GenerativeJudge.load(r.judge_run, question=r.judge_question, mesh=mesh, rules=rules)
   games = play(names, texts, prompts, r.samples_per_prompt, scores=scores, judge=judge,
                tie_tolerance=r.tie_tolerance)

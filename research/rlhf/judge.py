@@ -14,7 +14,7 @@ favour a position, so each pair is judged in both orders and the two averaged
 
 Any policy run can judge (`GenerativeJudge.load(run)`); one trained for it does it
 better: `config.data.source='embedded_judge'` is the embedded task's comparisons in
-this very prompt, labelled by the ground truth (a distilled "generative reward
+this very prompt (`data/judge_prompts.py`), labelled by the ground truth (a distilled "generative reward
 model"). The judge serves three places: the preferences stage and RL as a reward
 source (`JudgeReward`, `config.reward.source='judge'`), and the Elo ratings between
 runs (`research/rate.py`).
@@ -24,43 +24,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from research.data import corpus, templates
+from research.data import judge_prompts, templates
 
-QUESTION = "Which response is better?"
-SENTIMENT_QUESTION = "Which review is more positive?"  # the embedded task's criterion
-ANSWERS = ("A", "B")
-
-
-def judge_prompt(prompt, a: str, b: str, question: str = QUESTION) -> dict:
-  """The comparison as an instruction record ({instruction, input}), rendered by the
-  run's template like any SFT prompt; the same text for training and judging."""
-  if isinstance(prompt, dict):
-    prompt = prompt["instruction"] + (f"\n{prompt['input']}" if prompt.get("input") else "")
-  elif isinstance(prompt, list):
-    prompt = "\n".join(m["content"] for m in prompt)
-  return {"instruction": f"{question} Answer A or B.",
-          "input": f"Request: {prompt}\n\nResponse A: {a}\n\nResponse B: {b}"}
-
-
-def embedded_records(data_cfg, split: str) -> list[dict]:
-  """SFT records that teach the judge's format on the embedded task: two reviews of a
-  film (`preferences.embedded_record`), the answer the more positive one by the
-  ground-truth scorer; the right answer alternates A, B so that position says nothing."""
-  from research.data import preferences  # pylint: disable=g-import-not-at-top
-  out = []
-  for i in range(data_cfg.corpus_size):
-    if (i % corpus.VALIDATION_EVERY == 0) != (split == "validation"):
-      continue
-    r = preferences.embedded_record(data_cfg.corpus_seed, i, 2, "instruction")
-    if r["ranks"][0] == r["ranks"][1]:
-      continue
-    better, worse = (0, 1) if r["ranks"][0] < r["ranks"][1] else (1, 0)
-    first_wins = len(out) % 2 == 0
-    a, b = (better, worse) if first_wins else (worse, better)
-    out.append({**judge_prompt(r["prompt"], r["responses"][a], r["responses"][b],
-                               SENTIMENT_QUESTION),
-                "output": ANSWERS[0] if first_wins else ANSWERS[1], "task": "judge"})
-  return out
+QUESTION, SENTIMENT_QUESTION, ANSWERS = (judge_prompts.QUESTION, judge_prompts.SENTIMENT_QUESTION,
+                                         judge_prompts.ANSWERS)
+judge_prompt, embedded_records = judge_prompts.judge_prompt, judge_prompts.embedded_records
 
 
 class GenerativeJudge:

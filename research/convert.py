@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 
 from research import cli, runs
+from research.errors import ConfigError
 from research.data import hf_tokenizer
 from research.models import config as model_config
 from research.models.decoder import Decoder, unstack_layer_params
@@ -69,7 +70,15 @@ def _mapping(cfg, reward: bool) -> dict:
 def import_hf(hf_dir: str, workdir: str | None, *, dtype: str = "float32",
               param_dtype: str = "float32", scan_layers: bool = False, fsdp: int = 1,
               tensor: int = 1, dry_run: bool = False) -> dict:
-  """Reads `hf_dir` into a workdir (see module doc); returns a summary."""
+  """Reads `hf_dir` into a workdir (see module doc); returns a summary. A workdir that
+  already holds anything is refused before anything is read or written: importing
+  over a run would replace its config.json and delete its checkpoints."""
+  if not dry_run and workdir and os.path.isdir(workdir) and os.listdir(workdir):
+    held = sorted(os.listdir(workdir))
+    raise ConfigError(f"--workdir={workdir!r} is not empty (it holds {', '.join(held[:4])}"
+                      f"{', ...' if len(held) > 4 else ''}); import into a new directory")
+  if not dry_run and workdir and os.path.isfile(workdir):
+    raise ConfigError(f"--workdir={workdir!r} is a file, not a directory")
   hf = hf_checkpoint.read_config(hf_dir)
   where = os.path.join(hf_dir, "config.json")
   fields = families.decoder_fields(hf, where)

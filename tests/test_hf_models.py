@@ -344,3 +344,37 @@ def test_logit_softcap_and_llama3_rope_frequencies_match_their_formulas():
       smooth = (8192 / wavelen - 1.0) / (4.0 - 1.0)
       want.append((1 - smooth) * f / 8.0 + smooth * f)
   np.testing.assert_allclose(np.asarray(rope_frequencies(c)), np.asarray(want), rtol=1e-5)
+
+
+def test_import_refuses_a_workdir_that_holds_anything(tmp_path):
+  """Importing over a run used to rewrite its config.json and delete its checkpoints;
+  now nothing is read or written."""
+  from research.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  run = tmp_path / "run"
+  (run / "checkpoints" / "300").mkdir(parents=True)
+  (run / "config.json").write_text('{"stage": "clm"}')
+  with pytest.raises(ConfigError, match="is not empty .*checkpoints, config.json"):
+    convert.import_hf(os.path.join(FIXTURES, "qwen2"), str(run))
+  assert sorted(os.listdir(run)) == ["checkpoints", "config.json"]
+  assert (run / "config.json").read_text() == '{"stage": "clm"}'
+  assert os.listdir(run / "checkpoints") == ["300"]
+
+
+def test_a_truncated_single_file_checkpoint_is_named(tmp_path):
+  from research.models.hf.families import CheckpointError  # pylint: disable=g-import-not-at-top
+  broken = tmp_path / "broken"
+  shutil.copytree(os.path.join(FIXTURES, "qwen2"), broken)
+  weights = broken / "model.safetensors"
+  weights.write_bytes(weights.read_bytes()[:100])
+  with pytest.raises(CheckpointError, match="model.safetensors: not a readable safetensors"):
+    convert.import_hf(str(broken), str(tmp_path / "out"))
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_truncated_tokenizer_json_is_named(tmp_path):
+  broken = tmp_path / "tok"
+  shutil.copytree(os.path.join(FIXTURES, "qwen2"), broken)
+  text = (broken / "tokenizer.json").read_text(encoding="utf-8")
+  (broken / "tokenizer.json").write_text(text[:len(text) // 2], encoding="utf-8")
+  with pytest.raises(hf_tokenizer.TokenizerError, match=r"tok/tokenizer.json: not a readable"):
+    hf_tokenizer.HFTokenizer.load(str(broken))

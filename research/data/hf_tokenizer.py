@@ -52,7 +52,11 @@ class HFTokenizer:
     token = lambda key: _content(config.get(key)) or _content(special_map.get(key))
     if "tokenizer.json" in self.files:
       import tokenizers  # pylint: disable=g-import-not-at-top
-      self._tok = tokenizers.Tokenizer.from_str(self.files["tokenizer.json"].decode("utf-8"))
+      try:
+        self._tok = tokenizers.Tokenizer.from_str(self.files["tokenizer.json"].decode("utf-8"))
+      except Exception as e:  # truncated or not a tokenizers file: name it, one line
+        raise TokenizerError(f"{os.path.join(where, 'tokenizer.json')}: not a readable "
+                             f"tokenizer ({str(e).splitlines()[0][:200]})") from e
       self._sp = None
       self._added: dict[str, int] = {}
       self._user_defined: dict[str, int] = {}

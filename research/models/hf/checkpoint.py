@@ -57,8 +57,13 @@ class SafetensorsDir:
                                 f"{directory}")
       self.files = dict(weight_map)
     elif os.path.exists(os.path.join(directory, SINGLE_FILE)):
-      with safe_open(os.path.join(directory, SINGLE_FILE), framework="numpy") as f:
-        self.files = {name: SINGLE_FILE for name in f.keys()}
+      path = os.path.join(directory, SINGLE_FILE)
+      try:
+        with safe_open(path, framework="numpy") as f:
+          self.files = {name: SINGLE_FILE for name in f.keys()}
+      except Exception as e:  # a truncated or corrupt file: its header does not parse
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or "
+                              f"corrupt?): {e}") from e
     else:
       found = sorted(n for n in os.listdir(directory) if n.endswith((".bin", ".pt", ".pth")))
       hint = f" (found {found}: torch pickles are not read; save with safetensors)" if found else ""

@@ -45,6 +45,8 @@ def user_errors():
   except UserError as e:
     fail(str(e))
   except OSError as e:  # FileNotFoundError, PermissionError, NotADirectoryError, ...
+    if e.errno is None and e.args:  # ours: FileNotFoundError("<path> not found: ...")
+      fail(str(e))
     if not e.filename:  # not about a path of the user's (EMFILE, EIO): a traceback
       raise
     fail(f"{e.filename}: {e.strerror}" if e.strerror else str(e))

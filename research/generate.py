@@ -74,7 +74,10 @@ def generate() -> None:
   mesh, rules = partitioning.mesh_and_rules(runs.load_config(workdir))
   model, params = runs.load_policy(workdir, mesh, rules, step=_STEP.value)
   sampler = sampling.Sampler(model, eos_id=tok.stop_ids, pad_id=tok.pad_id, mesh=mesh, rules=rules)
-  room = prompt_fit.generation_room(model.cfg.max_len, _MAX_NEW.value, sampler.bucket)
+  room = model.cfg.max_len - _MAX_NEW.value  # the sampler narrows its bucket to fit
+  if room < 1:
+    raise ConfigError(f"--max_new_tokens={_MAX_NEW.value} leaves no room for a prompt in the "
+                      f"model's {model.cfg.max_len} positions (model.max_len)")
   encoded = []
   for p in prompts:
     ids, status = prompt_fit.fit(tok.prefix_ids + tok.encode(p), room, "truncate_left")

@@ -321,6 +321,9 @@ class Sampler:
         raise ValueError(f"a prompt has {int(lengths.max())} tokens, more than the fixed "
                          f"prompt width {prompt_width}")
       width = prompt_width
+    room = self.model.cfg.max_len - cfg.max_new_tokens
+    if not prompt_width and width > room >= int(lengths.max()):
+      width = room  # the bucket would overflow the model; the exact room still fits
     if width + cfg.max_new_tokens > self.model.cfg.max_len:
       raise ValueError(f"prompt bucket {width} + max_new_tokens {cfg.max_new_tokens} exceeds "
                        f"model.max_len={self.model.cfg.max_len}")

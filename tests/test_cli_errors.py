@@ -134,3 +134,14 @@ def test_generate_names_its_user_errors(run, tmp_path):
       "error: give --prompt=... (repeatable) or --prompts_file=FILE"], err
   code, err = cli("research.generate")
   assert code == 2 and "--workdir" in message_lines(err)[0], err
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (("--to_hf={tmp}/out", "--workdir={tmp}/no_run"), "no_run/config.json not found"),
+    (("--from_hf={tmp}", "--workdir={tmp}/w"), "is not a Hugging Face checkpoint"),
+])
+def test_convert_user_errors_are_one_line_and_exit_2(tmp_path, args, fragment):
+  """A run that does not exist used to end export in a traceback, exit 1."""
+  code, err = cli("research.convert", *(a.format(tmp=tmp_path) for a in args))
+  lines = message_lines(err)
+  assert code == 2 and len(lines) == 1 and fragment in lines[0], err[-2000:]

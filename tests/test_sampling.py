@@ -312,3 +312,20 @@ def test_sharded_shared_prefill_matches_single_device(devices):
     np.testing.assert_allclose(np.asarray(got.model_logprobs), np.asarray(want.model_logprobs),
                                atol=1e-5, rtol=1e-5)
   assert set(sharded._fns) == {(cfg, 2), (cfg, 1)}  # shared for 4 prompts, repeated for 3
+
+
+def test_a_prompt_whose_bucket_overflows_the_model_still_generates():
+  """18 prompt tokens round up to a bucket of 32; 32 + 24 new tokens exceed max_len 48,
+  but 18 + 24 fit: the sampler narrows the width to the room left (it used to refuse)."""
+  model, params = make_model(2, max_len=48)
+  prompts = random_prompts(np.random.default_rng(1), [18, 5])
+  out = sampling.Sampler(model, eos_id=EOS, pad_id=PAD)(
+      params, prompts, jax.random.PRNGKey(0), sampling.SamplingConfig(24, greedy=True))
+  tokens, lengths = sampling.right_pad(prompts, PAD)
+  want, _ = sampling.greedy_uncached(lambda p, t: model.apply({"params": p}, t), params, tokens,
+                                     lengths, 24, EOS, PAD)
+  np.testing.assert_array_equal(np.asarray(out.tokens), want)
+  with pytest.raises(ValueError, match="exceeds model.max_len=48"):  # truly too long
+    sampling.Sampler(model, eos_id=EOS, pad_id=PAD)(
+        params, random_prompts(np.random.default_rng(1), [25]), jax.random.PRNGKey(0),
+        sampling.SamplingConfig(24, greedy=True))

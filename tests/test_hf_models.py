@@ -378,3 +378,23 @@ def test_a_truncated_tokenizer_json_is_named(tmp_path):
   (broken / "tokenizer.json").write_text(text[:len(text) // 2], encoding="utf-8")
   with pytest.raises(hf_tokenizer.TokenizerError, match=r"tok/tokenizer.json: not a readable"):
     hf_tokenizer.HFTokenizer.load(str(broken))
+
+
+@pytest.mark.parametrize("name,key,value", [
+    ("gpt2", "scale_attn_by_inverse_layer_idx", True),  # was ignored: logits off by 4.9
+    ("gpt2", "scale_attn_weights", False),
+    ("llama", "attn_logit_softcapping", 50.0),
+    ("gemma", "final_logit_softcapping", 30.0),
+])
+def test_a_config_key_that_changes_the_computation_is_refused_by_name(tmp_path, name, key, value):
+  from research.models.hf.families import CheckpointError  # pylint: disable=g-import-not-at-top
+  source = tmp_path / name
+  shutil.copytree(os.path.join(FIXTURES, name), source)
+  config = json.loads((source / "config.json").read_text())
+  config[key] = value
+  (source / "config.json").write_text(json.dumps(config))
+  with pytest.raises(CheckpointError, match=f"{key}={value!r} changes what a {name} model"):
+    convert.import_hf(str(source), str(tmp_path / "out"))
+  config[key] = None if name != "gpt2" else not value  # the supported value imports
+  (source / "config.json").write_text(json.dumps(config))
+  assert convert.import_hf(str(source), str(tmp_path / "ok"), dry_run=True)["parameters"] > 0

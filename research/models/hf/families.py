@@ -96,9 +96,32 @@ def _rope(hf: dict, where: str) -> dict[str, Any]:
                         f"linear, llama3")
 
 
+# config.json keys that change what a family computes, with the values this decoder
+# implements (absent keys read as their transformers default, which is supported).
+# A checkpoint setting one of them otherwise is refused by name, never ignored.
+_COMPUTATION_KEYS: dict[str, dict[str, tuple]] = {
+    "gpt2": {"scale_attn_by_inverse_layer_idx": (False,), "scale_attn_weights": (True,),
+             "add_cross_attention": (False,)},
+    **{family: {"attn_logit_softcapping": (None,), "final_logit_softcapping": (None,),
+                "query_pre_attn_scalar": (None,), "use_qk_norm": (None, False),
+                "is_decoder": (None, True)}
+       for family in ("llama", "mistral", "qwen2", "gemma")},
+}
+
+
+def check_computation_keys(hf: dict, family: str, where: str) -> None:
+  """Refuses a config.json key whose value this decoder would not compute (see above)."""
+  for key, supported in _COMPUTATION_KEYS.get(family, {}).items():
+    if key in hf and hf[key] not in supported:
+      raise CheckpointError(f"{where}: {key}={hf[key]!r} changes what a {family} model "
+                            f"computes and is not implemented (supported: "
+                            f"{', '.join(repr(v) for v in supported)})")
+
+
 def decoder_fields(hf: dict, where: str) -> dict[str, Any]:
   """transformers config.json -> `DecoderConfig` keyword arguments (architecture only)."""
   family = family_of(hf, where)
+  check_computation_keys(hf, family, where)
   try:
     if family == "gpt2":
       d = hf["n_embd"]

@@ -398,3 +398,17 @@ def test_a_config_key_that_changes_the_computation_is_refused_by_name(tmp_path, 
   config[key] = None if name != "gpt2" else not value  # the supported value imports
   (source / "config.json").write_text(json.dumps(config))
   assert convert.import_hf(str(source), str(tmp_path / "ok"), dry_run=True)["parameters"] > 0
+
+
+def test_a_sentencepiece_config_without_legacy_reads_as_transformers_5_does():
+  """transformers >= 5 reads a missing `legacy` as False (only the text's first piece
+  gets the dummy-prefix space); this read it as True (3 of 20 strings differed)."""
+  from research.data import corpus, tokenizer  # pylint: disable=g-import-not-at-top
+  sp = tokenizer.train([r.text for r in corpus.reviews(0, 300, "train")], 300)
+  load = lambda config: hf_tokenizer.HFTokenizer(
+      {"tokenizer.model": sp.model_proto, "tokenizer_config.json": json.dumps(
+          {"bos_token": "<s>", "eos_token": "</s>", **config}).encode()})
+  missing, new, old = load({}), load({"legacy": False}), load({"legacy": True})
+  texts = ["hello there", " a leading space", "two  spaces", "The film<s> again", " "]
+  assert [missing.encode(t) for t in texts] == [new.encode(t) for t in texts]
+  assert [missing.encode(t) for t in texts] != [old.encode(t) for t in texts]

@@ -111,7 +111,9 @@ class HFTokenizer:
                    if _content(v) not in self._user_defined}
     self._sp = spm.SentencePieceProcessor(model_proto=self.files["tokenizer.model"])
     self._dummy_prefix = proto.normalizer_spec.add_dummy_prefix
-    self._legacy = config.get("legacy", True)
+    # No `legacy` key reads as False, as transformers >= 5 (the fixtures were made with
+    # 5.24) reads it; 4.x read it as True. Exports of native runs write it explicitly.
+    self._legacy = config.get("legacy", False)
     proto.normalizer_spec.add_dummy_prefix = False
     self._sp_bare = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
 

@@ -140,3 +140,19 @@ def test_served_judge_scores_as_the_local_reward_source(tiny_sft, tiny_judge):
   assert np.sum(scores[:3]) == pytest.approx(1.5, abs=1e-5)  # round-robin: wins sum to 3 x 0.5
   with pytest.raises(UserError, match="no 'reference'"):
     served([PROMPTS[1]], [B[1]], [{}])
+
+
+def test_grpo_trains_on_a_generative_judges_reward(tiny_sft, tmp_path):
+  """RLAIF online: GRPO's group of samples per prompt is judged round-robin; the
+  scores are win probabilities (in [0, 1], a group's mean 0.5)."""
+  from configs import grpo as grpo_config  # pylint: disable=g-import-not-at-top
+  from research.stages import rlhf as rlhf_stage  # pylint: disable=g-import-not-at-top
+  c = grpo_config.get_config("smoke")
+  c.init_from = tiny_sft
+  c.mesh.num_devices = 1
+  c.reward.update(source="judge", judge=tiny_sft, judge_question=judge_lib.SENTIMENT_QUESTION)
+  c.evaluate.update(num_prompts=0, pretrain_batches=0)
+  summary = rlhf_stage.run(c, str(tmp_path / "grpo"))
+  raw = summary["curves"]["objective/raw_scores"]
+  assert summary["iteration"] == c.train.steps
+  assert raw["start"] == pytest.approx(0.5, abs=1e-5) and raw["end"] == pytest.approx(0.5, abs=1e-5)

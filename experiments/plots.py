@@ -93,6 +93,8 @@ def curves_with_spread(curves: dict[str, list[tuple[float, object]]], path: str,
     ticks = sorted({x for points in curves.values() for x, _ in points})
     ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
     ax.minorticks_off()
+  elif len({x for points in curves.values() for x, _ in points}) <= 12:
+    ax.set_xticks(sorted({x for points in curves.values() for x, _ in points}))
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   ax.grid(alpha=0.3)

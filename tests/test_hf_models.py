@@ -193,7 +193,10 @@ def test_reward_model_exports_and_reimports(tiny_base, tmp_path):
 
 
 def test_native_run_exports_as_llama_with_the_same_logits(tiny_base, tmp_path):
-  convert.export_hf(tiny_base, str(tmp_path / "hf"))
+  out = convert.export_hf(tiny_base, str(tmp_path / "hf"))
+  # What transformers would read differently is said at export time.
+  assert any("remove_extra_whitespaces" in d for d in out["tokenizer_differences"])
+  assert any("<unk>" in d for d in out["tokenizer_differences"])
   with open(tmp_path / "hf" / "config.json", encoding="utf-8") as f:
     assert json.load(f)["model_type"] == "llama"
   back = convert.import_hf(str(tmp_path / "hf"), str(tmp_path / "back"))["workdir"]

@@ -118,6 +118,14 @@ def check_model_overrides(config, keys) -> None:
         f"(only {', '.join(model_config.RUNTIME_FIELDS)} may differ)")
 
 
+def check_is_run(path: str, key: str, expected: str) -> None:
+  """`path` (named by the config key `key`) must be a run's workdir; `expected` says
+  which kind of run the key wants."""
+  if not path or not os.path.exists(os.path.join(path, CONFIG_FILE)):
+    raise validate.ConfigError(f"{key}={path!r} is not the workdir of a run (no {CONFIG_FILE}); "
+                               f"{expected}")
+
+
 def check_reward_run(path: str, key: str) -> None:
   """`path` (named by the config key `key`) must be a finished reward-model run."""
   if not path:
@@ -250,10 +258,8 @@ def save_config(config, workdir: str) -> None:
   if config.get("reward") and config.reward.get("source", "model") == "model":
     check_reward_run(config.reward.get("model", ""), "config.reward.model")
   if config.get("reward") and config.reward.get("source") == "judge":
-    judge = config.reward.get("judge", "")
-    if not judge or not os.path.exists(os.path.join(judge, CONFIG_FILE)):
-      raise validate.ConfigError(f"config.reward.judge={judge!r} is not the workdir of a run; "
-                                 f"the judge is a language-model run (research/rlhf/judge.py)")
+    check_is_run(config.reward.get("judge", ""), "config.reward.judge",
+                 "the judge is a language-model run (research/rlhf/judge.py)")
   if config.get("evaluate"):
     check_reward_run(config.evaluate.get("reward_model", ""), "config.evaluate.reward_model")
   if os.path.isfile(workdir):

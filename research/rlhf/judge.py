@@ -64,7 +64,7 @@ class GenerativeJudge:
     room = self.model.cfg.max_len - max(len(r) for r in self.replies)
     ids = templates.prompt_ids(judge_prompt(prompt, a, b, self.question), self.template,
                                self.tok)
-    budget = max(len(self.tok.encode(a)), len(self.tok.encode(b)))
+    budget = max(len(self.tok.encode(a)), len(self.tok.encode(b))) if len(ids) > room else 0
     while len(ids) > room and budget > 8:
       budget = budget * 3 // 4
       a_cut, b_cut = (self.tok.decode(self.tok.encode(t)[:budget]) for t in (a, b))

@@ -9,8 +9,6 @@ two orders agree (Lee et al. 2023, "RLAIF", sec. 4.4).
 
 from __future__ import annotations
 
-import os
-
 from research import runs
 from research.rlhf import judge as judge_lib
 from research.data import preferences
@@ -20,9 +18,7 @@ from research.training import partitioning
 
 def run(config, workdir: str, hooks=(), reward=None) -> dict:
   del hooks, reward
-  if not config.judge or not os.path.exists(os.path.join(config.judge, runs.CONFIG_FILE)):
-    raise ConfigError(f"config.judge={config.judge!r} is not the workdir of a run; name the "
-                      f"language-model run to ask")
+  runs.check_is_run(config.judge, "config.judge", "name the language-model run to ask")
   runs.save_config(config, workdir)
   pairs = preferences.pairs(preferences.preference_records(config.data, "validation"))
   if not pairs:

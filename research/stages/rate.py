@@ -34,9 +34,7 @@ def run_list(config) -> tuple[list[str], list[str]]:
     raise ConfigError(f"config.runs={config.runs!r}: name at least two runs to rate, "
                       f"comma-separated")
   for path in paths:
-    if not os.path.exists(os.path.join(path, runs.CONFIG_FILE)):
-      raise ConfigError(f"config.runs: {path!r} is not the workdir of a run (no "
-                        f"{runs.CONFIG_FILE})")
+    runs.check_is_run(path, "config.runs", "rate language-model runs")
     stage = runs.load_config(path).get("stage", "")
     if stage not in LANGUAGE_MODELS:
       raise ConfigError(f"config.runs: {path!r} is a {stage or 'unknown'} run; rate "

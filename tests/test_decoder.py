@@ -165,3 +165,89 @@ def test_query_blocks_give_the_same_logits_and_gradients():
   np.testing.assert_allclose(np.asarray(blocked), np.asarray(full), atol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5),
                g_blocked, g_full)
+
+
+# The Gemma 2/3, Qwen3, OLMo 2 and Mistral variants, each small enough to see.
+VARIANTS = {
+    "window": dict(sliding_window=3),
+    "local-global+local-rope": dict(sliding_window=3, attention_pattern="lg", rope_local_theta=100.0),
+    "gemma2": dict(norm_placement="sandwich", norm_offset=1.0, query_scale=24.0, attn_softcap=2.0,
+                   logit_softcap=5.0, sliding_window=2, attention_pattern="lg"),
+    "qk-norm-per-head": dict(qk_norm="head"),
+    "olmo2": dict(norm_placement="post", qk_norm="full"),
+}
+
+
+def _noisy_norms(params, seed=3):
+  """Norm scales drawn around their init, so a misplaced or mis-offset norm shows."""
+  rng = np.random.default_rng(seed)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: x + 0.3 * rng.standard_normal(x.shape).astype(x.dtype)
+      if path[-1].key == "scale" else x, params)
+
+
+@pytest.mark.parametrize("overrides", list(VARIANTS.values()), ids=list(VARIANTS))
+def test_variants_match_numpy_reference(overrides):
+  cfg = tiny(**overrides)
+  model, params = init(cfg)
+  params = _noisy_norms(params)
+  assert sum(x.size for x in jax.tree.leaves(params)) == cfg.num_params()
+  tokens = np.array([5, 17, 3, 99, 42, 7, 8, 11, 2, 0, 0], np.int32)
+  segments = np.array([1, 1, 1, 1, 1, 1, 2, 2, 2, 0, 0], np.int32)
+  positions = np.array([0, 1, 2, 3, 4, 5, 0, 1, 2, 0, 0], np.int32)
+  got = model.apply({"params": params}, tokens[None], positions[None], segments[None])[0]
+  want = reference.decoder_logits(jax.device_get(params), cfg, tokens, positions, segments)
+  real = segments != 0
+  np.testing.assert_allclose(np.asarray(got)[real], want[real], atol=2e-5, rtol=1e-4)
+
+
+def test_a_local_layer_sees_exactly_the_window():
+  cfg = tiny(num_layers=1, sliding_window=4)
+  model, params = init(cfg)
+  tokens = np.random.default_rng(4).integers(0, 512, (1, 10)).astype(np.int32)
+  changed = tokens.copy()
+  changed[0, 0] = (tokens[0, 0] + 1) % 512
+  a, b = (np.asarray(model.apply({"params": params}, t))[0] for t in (tokens, changed))
+  differs = np.abs(a - b).max(-1) > 1e-6
+  assert differs.tolist() == [True] * 4 + [False] * 6  # token 0 is in view up to position 3
+  assert cfg.flops_per_token(10) < tiny(num_layers=1).flops_per_token(10)
+
+
+def _decode_logits(model, params, tokens, positions, valid, cache, index):
+  def fn(m, *args):
+    hidden, new_cache = m.decode(*args)
+    return m.logits(hidden), new_cache
+  return model.apply({"params": params}, tokens, positions, valid, cache, index, method=fn)
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])
+def test_kv_cache_prefill_and_decode_past_the_window_match_the_forward(scan):
+  """Mixed local/global layers with their own RoPE base; row 1 is left-padded by 2
+  slots, as the sampler lays out prompts of different lengths."""
+  cfg = tiny(num_layers=3, sliding_window=3, attention_pattern="llg", rope_local_theta=500.0)
+  model, params = init(cfg)
+  params = _noisy_norms(params)
+  tokens = np.random.default_rng(5).integers(0, 512, (2, 12)).astype(np.int32)
+  full = np.asarray(model.apply({"params": params}, tokens))
+  if scan:
+    model = dec.Decoder(tiny(num_layers=3, sliding_window=3, attention_pattern="llg",
+                             rope_local_theta=500.0, scan_layers=True))
+    params = dec.stack_layer_params(params, 3)
+  pad = np.array([0, 2])
+  slots, prefill = 16, 6
+  cache = dec.init_cache(model.cfg, 2, slots)
+  # Prefill: row 0 holds tokens 0..5 at slots 0..5; row 1 tokens 0..3 at slots 2..5.
+  window_tokens = np.stack([tokens[0, :prefill], np.r_[[0, 0], tokens[1, :prefill - 2]]])
+  positions = np.maximum(np.arange(prefill)[None] - pad[:, None], 0)
+  valid = np.arange(slots)[None] < prefill
+  valid = valid & (np.arange(slots)[None] >= pad[:, None])
+  logits, cache = _decode_logits(model, params, window_tokens, positions, valid, cache, 0)
+  np.testing.assert_allclose(logits[0], full[0, :prefill], atol=1e-4)
+  np.testing.assert_allclose(logits[1, 2:], full[1, :prefill - 2], atol=1e-4)
+  step = jax.jit(lambda *a: _decode_logits(model, params, *a))
+  for i in range(prefill, 12):  # one token a step, well past the window of 3
+    next_tokens = np.array([[tokens[0, i]], [tokens[1, i - 2]]])
+    valid = valid | (np.arange(slots)[None] == i)
+    logits, cache = step(next_tokens, (i - pad)[:, None], valid, cache, i)
+    np.testing.assert_allclose(logits[0, 0], full[0, i], atol=1e-4)
+    np.testing.assert_allclose(logits[1, 0], full[1, i - 2], atol=1e-4)

@@ -24,7 +24,11 @@ from research.models.hf.families import CheckpointError
 from research.training import partitioning
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hf")
-FAMILIES = ["llama", "qwen2", "gemma", "mistral", "gpt2"]
+FAMILIES = ["llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "olmo2", "mistral", "phi3",
+            "gpt2"]
+# Fixtures with sliding-window layers, windows of 4-6 tokens: their 11-token logits
+# and greedy continuations run past the window.
+WINDOWED = ["qwen2", "gemma2", "gemma3", "mistral", "phi3"]
 
 
 def expected(name):
@@ -81,10 +85,15 @@ def test_export_round_trips_bit_exactly(imported, name, tmp_path):
     config = json.load(f)
   with open(os.path.join(FIXTURES, name, "config.json"), encoding="utf-8") as f:
     original = json.load(f)
-  for key in ("architectures", "vocab_size", "tie_word_embeddings", "hidden_size", "n_embd",
-              "num_key_value_heads", "head_dim", "intermediate_size", "rms_norm_eps"):
-    if key in original:
+  for key in ("architectures", "model_type", "vocab_size", "tie_word_embeddings", "hidden_size",
+              "n_embd", "num_key_value_heads", "head_dim", "intermediate_size", "rms_norm_eps",
+              "sliding_window", "layer_types", "use_sliding_window", "query_pre_attn_scalar",
+              "attn_logit_softcapping", "final_logit_softcapping", "attention_bias"):
+    if key in original and (key != "sliding_window" or original.get("layer_types") or
+                            name in ("mistral", "phi3")):
       assert config[key] == original[key], key
+  if name in ("gemma3", "qwen2", "gemma2"):  # per-layer RoPE and window layouts
+    assert config["rope_parameters"] == original["rope_parameters"]
   again = convert.import_hf(str(out), str(tmp_path / "again"))["workdir"]
   first = runs.load_policy(imported[name])[1]
   second = runs.load_policy(again)[1]
@@ -92,8 +101,8 @@ def test_export_round_trips_bit_exactly(imported, name, tmp_path):
                first, second)
 
 
-def test_scanned_import_on_an_8_device_mesh_matches(devices, tmp_path):
-  name = "llama"
+@pytest.mark.parametrize("name", ["llama", "qwen3", "gemma2", "gemma3", "olmo2", "phi3"])
+def test_scanned_import_on_an_8_device_mesh_matches(devices, tmp_path, name):
   workdir = convert.import_hf(os.path.join(FIXTURES, name), str(tmp_path / "scan"),
                               scan_layers=True, fsdp=2, tensor=2)["workdir"]
   config = runs.load_config(workdir)
@@ -101,7 +110,7 @@ def test_scanned_import_on_an_8_device_mesh_matches(devices, tmp_path):
   mesh, rules = partitioning.mesh_and_rules(config)
   model, params = runs.load_policy(workdir, mesh, rules)
   kernel = params["layers"]["attention"]["query"]["kernel"]
-  assert kernel.shape[0] == 2 and len(kernel.sharding.device_set) == 8
+  assert kernel.shape[0] == model.cfg.num_layers and len(kernel.sharding.device_set) == 8
   want = expected(name)
   got = np.asarray(model.apply({"params": params}, jnp.asarray(want["input_ids"])))
   np.testing.assert_allclose(got, np.asarray(want["logits"]), atol=1e-4, rtol=0)
@@ -132,7 +141,8 @@ def test_tokenizer_matches_transformers(name):
       assert tok.render_chat(chat["messages"][:-1], add_generation_prompt=True) == chat["prompt"]
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2", "gemma", "mistral"])
+@pytest.mark.parametrize("name", ["llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "olmo2",
+                                  "mistral", "phi3"])
 def test_hf_chat_loss_mask_covers_exactly_the_replies(name):
   tok = hf_tokenizer.HFTokenizer.load(os.path.join(FIXTURES, name))
   messages = expected(name)["chats"][1]["messages"]
@@ -388,6 +398,8 @@ def test_a_truncated_tokenizer_json_is_named(tmp_path):
     ("gpt2", "scale_attn_weights", False),
     ("llama", "attn_logit_softcapping", 50.0),
     ("gemma", "final_logit_softcapping", 30.0),
+    ("qwen3", "attn_logit_softcapping", 50.0),
+    ("gemma2", "use_bidirectional_attention", True),
 ])
 def test_a_config_key_that_changes_the_computation_is_refused_by_name(tmp_path, name, key, value):
   from research.models.hf.families import CheckpointError  # pylint: disable=g-import-not-at-top
@@ -415,3 +427,60 @@ def test_a_sentencepiece_config_without_legacy_reads_as_transformers_5_does():
   texts = ["hello there", " a leading space", "two  spaces", "The film<s> again", " "]
   assert [missing.encode(t) for t in texts] == [new.encode(t) for t in texts]
   assert [missing.encode(t) for t in texts] != [old.encode(t) for t in texts]
+
+
+def _fields(name, **changes):
+  from research.models.hf import families  # pylint: disable=g-import-not-at-top
+  config = {**json.loads(open(os.path.join(FIXTURES, name, "config.json"), encoding="utf-8").read()),
+            **changes}
+  return families.decoder_fields({k: v for k, v in config.items() if v != "DROP"}, "config.json")
+
+
+def test_windows_follow_each_familys_rule_without_layer_types():
+  """Configs written before transformers 5 carry no `layer_types`: each family's
+  own rule (Gemma 2 alternates from a local layer 0, Gemma 3 has a global layer
+  every `sliding_window_pattern`-th, Qwen2/3 window the layers from
+  `max_window_layers` on, Mistral and Phi-3 every layer)."""
+  assert _fields("gemma2", layer_types="DROP", num_hidden_layers=4)["attention_pattern"] == "lglg"
+  gemma3 = _fields("gemma3", layer_types="DROP", num_hidden_layers=7, sliding_window_pattern=3)
+  assert gemma3["attention_pattern"] == "llgllgl" and gemma3["sliding_window"] == 5
+  qwen2 = _fields("qwen2", layer_types="DROP", num_hidden_layers=3, max_window_layers=2)
+  assert qwen2["attention_pattern"] == "ggl"
+  assert _fields("qwen2", use_sliding_window=False)["sliding_window"] == 0
+  assert _fields("mistral")["attention_pattern"] == "ll"
+  assert _fields("phi3")["sliding_window"] == 6
+  assert _fields("llama", sliding_window=4)["sliding_window"] == 0  # Llama has no window
+  # Gemma 3 configs of transformers 4: rope_theta, rope_local_base_freq, rope_scaling.
+  old = _fields("gemma3", rope_parameters="DROP", rope_theta=1e6, rope_local_base_freq=1e4,
+                rope_scaling={"rope_type": "linear", "factor": 8.0})
+  assert (old["rope_theta"], old["rope_local_theta"], old["rope_factor"]) == (1e6, 1e4, 8.0)
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"architectures": ["Qwen3MoeForCausalLM"]}, "mixture-of-experts models are not supported"),
+    ({"architectures": ["Gemma3ForConditionalGeneration"]}, "multimodal checkpoint"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}},
+     "partial_rotary_factor=0.5 is not implemented"),
+    ({"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4}}, "rope type 'longrope'"),
+    ({"layer_types": ["chunked_attention", "full_attention"], "sliding_window": 4},
+     "layer_types .*chunked_attention.* is not implemented"),
+])
+def test_what_the_decoder_cannot_compute_is_refused_by_name(changes, match):
+  name = "gemma2" if "layer_types" in changes else "phi3"
+  with pytest.raises(CheckpointError, match=match):
+    _fields(name, **changes)
+
+
+@pytest.mark.parametrize("family,changes,match", [
+    ("llama", dict(qk_norm="head"), "model.qk_norm='head' .*has 'none'"),
+    ("llama", dict(sliding_window=4), "model.sliding_window=4"),
+    ("mistral", dict(sliding_window=4, attention_pattern="lg"), "model.attention_pattern='lg'"),
+    ("gemma2", dict(norm_placement="pre"), "model.norm_placement='pre'"),
+])
+def test_export_refuses_what_the_family_cannot_express(family, changes, match):
+  from research.models.hf import families  # pylint: disable=g-import-not-at-top
+  cfg = model_config.DecoderConfig(**{**model_config.defaults(), **_fields(family), **changes})
+  with pytest.raises(CheckpointError, match=match):
+    families.check_exportable(cfg)
+  families.check_exportable(model_config.DecoderConfig(**{**model_config.defaults(),
+                                                          **_fields(family)}))

@@ -236,8 +236,12 @@ class HFTokenizer:
     if self._tok is not None:
       atomic.update(t.content and self._tok.token_to_id(t.content)
                     for t in self._tok.get_added_tokens_decoder().values())
+    # Encoded after the probe's content, so that a sentencepiece dummy prefix ("▁")
+    # lands on the content, not before the end token.
+    content, encoded = self.encode("PROBE"), self.encode("PROBE" + tail)
+    encoded = encoded[len(content):] if encoded[:len(content)] == content else self.encode(tail)
     ids = []
-    for i in self.encode(tail):
+    for i in encoded:
       if i not in atomic:
         break
       ids.append(i)

@@ -20,7 +20,10 @@ import jax.numpy as jnp
 from research.errors import ConfigError
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-_CHOICES = {"family": ("native", "llama", "mistral", "qwen2", "gemma", "gpt2"), "norm": ("rms", "layer"),
+FAMILIES = ("native", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "olmo2",
+            "phi3", "gpt2")
+_CHOICES = {"family": FAMILIES, "norm": ("rms", "layer"),
+            "norm_placement": ("pre", "sandwich", "post"), "qk_norm": ("none", "head", "full"),
             "mlp": ("gated", "plain"), "activation": ("silu", "gelu_tanh", "gelu"),
             "positions": ("rope", "learned"), "rope_scaling": ("none", "llama3", "linear")}
 # How the model computes, not what: a stage started from another run keeps its
@@ -46,9 +49,24 @@ class DecoderConfig:
   # in Llama) starts at ~ln(vocab).
   tie_embeddings: bool = False
   # --- architecture variants (defaults: this project's native decoder) ---
-  family: str = "native"       # native | llama | mistral | qwen2 | gemma | gpt2
+  family: str = "native"       # native or a Hugging Face family (FAMILIES)
   norm: str = "rms"            # rms | layer (LayerNorm with bias, GPT-2)
   norm_offset: float = 0.0     # scale = offset + w; Gemma stores w with offset 1
+  # pre: x + f(norm(x)) (Llama) | sandwich: x + norm(f(norm(x))) (Gemma 2/3) |
+  # post: x + norm(f(x)) (OLMo 2)
+  norm_placement: str = "pre"
+  # RMSNorm of queries and keys before RoPE: none | head (over each head's E:
+  # Qwen3, Gemma 3) | full (over all heads' H*E at once: OLMo 2)
+  qk_norm: str = "none"
+  query_scale: float = 0.0     # attention logits * query_scale^-1/2 (Gemma's query_pre_attn_scalar); 0: head_dim
+  attn_softcap: float = 0.0    # attention logits = c * tanh(logits / c) (Gemma 2); 0 = off
+  # Sliding-window attention: a local layer's query sees the last `sliding_window`
+  # tokens, itself included (HF's `kv_idx > q_idx - window`); 0 = every layer global.
+  sliding_window: int = 0
+  # Which layers are local: 'l' (local) / 'g' (global) per layer, repeated
+  # cyclically ("lg": Gemma 2, "llllllg": Gemma 3's 5:1); "" = all local.
+  attention_pattern: str = ""
+  rope_local_theta: float = 0.0  # RoPE base of local layers, unscaled (Gemma 3); 0 = as global
   mlp: str = "gated"           # gated: act(x Wg) * (x Wu) Wd (SwiGLU / GeGLU) | plain: act(x Wu) Wd
   activation: str = "silu"     # silu | gelu_tanh | gelu
   mlp_bias: bool = False
@@ -81,6 +99,11 @@ class DecoderConfig:
     for key, allowed in _CHOICES.items():
       if getattr(self, key) not in allowed:
         raise ConfigError(f"model.{key}={getattr(self, key)!r}; expected one of {list(allowed)}")
+    if self.sliding_window < 0:
+      raise ConfigError(f"model.sliding_window={self.sliding_window} must be >= 0 (0: off)")
+    if set(self.attention_pattern) - set("lg"):
+      raise ConfigError(f"model.attention_pattern={self.attention_pattern!r}: one letter per "
+                        "layer, 'l' (local, windowed) or 'g' (global), repeated cyclically")
     for key in ("dtype", "param_dtype"):
       if getattr(self, key) not in _DTYPES:
         raise ConfigError(f"model.{key}={getattr(self, key)!r}; expected one of {sorted(_DTYPES)}")
@@ -92,6 +115,13 @@ class DecoderConfig:
   @property
   def weight_dtype(self) -> Any:
     return _DTYPES[self.param_dtype]
+
+  def local_layers(self) -> tuple[bool, ...]:
+    """Per layer: does it attend within the sliding window?"""
+    if not self.sliding_window:
+      return (False,) * self.num_layers
+    pattern = self.attention_pattern or "l"
+    return tuple(pattern[i % len(pattern)] == "l" for i in range(self.num_layers))
 
   @property
   def out_init_scale(self) -> float:
@@ -105,7 +135,8 @@ class DecoderConfig:
     attn = d * e * (2 * h + 2 * k) + self.qkv_bias * e * (h + 2 * k) + self.out_bias * d
     mlp = (3 if self.mlp == "gated" else 2) * d * f + self.mlp_bias * (
         f * (2 if self.mlp == "gated" else 1) + d)
-    per_layer = attn + mlp + 2 * norm
+    attn += {"none": 0, "head": 2 * e, "full": (h + k) * e}[self.qk_norm]
+    per_layer = attn + mlp + (4 if self.norm_placement == "sandwich" else 2) * norm
     emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
     if self.positions == "learned":
       emb += self.max_len * d
@@ -115,10 +146,14 @@ class DecoderConfig:
     """Training FLOPs per token (forward + backward = 3x forward), PaLM appendix B.
 
     Matmul parameters count 6 FLOPs per token (the input embedding lookup is not
-    a matmul, the unembedding is), attention scores and values 12 * L * T * H * E.
+    a matmul, the unembedding is), attention scores and values 12 * L * T * H * E
+    (T: the keys a query sees, capped at the window in local layers).
     """
     matmul_params = self.num_params(include_embedding=False) + self.vocab_size * self.d_model
-    attention = 12 * self.num_layers * seq_len * self.num_heads * self.head_dim
+    # A local layer's query sees at most `sliding_window` keys.
+    keys = sum(min(seq_len, self.sliding_window) if local else seq_len
+               for local in self.local_layers())
+    attention = 12 * keys * self.num_heads * self.head_dim
     return 6 * matmul_params + attention
 
 

@@ -1,9 +1,12 @@
 """Decoder-only transformer: Llama-style by default (RMSNorm, RoPE, GQA, SwiGLU).
 
-The config selects the variants of the Llama 2/3, Mistral, Qwen2, Gemma and
-GPT-2 families: LayerNorm with bias or Gemma's (1 + w) RMSNorm, GeGLU or a plain
-GELU MLP with biases, q/k/v biases, Llama-3 RoPE scaling or learned absolute
-positions, the sqrt(d) embedding scale, tied unembedding, logit soft-capping.
+The config selects the variants of the Llama 2/3, Mistral, Qwen2/3, Gemma 1-3,
+OLMo 2, Phi-3 and GPT-2 families: LayerNorm with bias or Gemma's (1 + w) RMSNorm,
+norms before, around (Gemma 2/3) or after (OLMo 2) each sub-block, q/k RMSNorm,
+GeGLU or a plain GELU MLP with biases, q/k/v biases, Llama-3 RoPE scaling or
+learned absolute positions, the sqrt(d) embedding scale, tied unembedding,
+attention- and final-logit soft-capping, and sliding-window (local) layers
+mixed with global ones, each with its own RoPE base.
 
 Every parameter is created with logical axis names (`vocab`, `embed`, `heads`,
 `kv_heads`, `kv`, `mlp`, `norm`, `layers`) and the main activations carry
@@ -16,12 +19,14 @@ heads, K kv heads, G = H // K, E head dim, F mlp dim, V vocab.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from research.errors import ConfigError
 from research.models.config import DecoderConfig
@@ -142,7 +147,8 @@ class RMSNorm(nn.Module):
                        (x_BxLxD.shape[-1],), self.param_dtype)
     x = x_BxLxD.astype(jnp.float32)
     x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
-    return (x * (self.offset + scale.astype(jnp.float32))[None, None, :]).astype(self.dtype)
+    scale = (self.offset + scale.astype(jnp.float32)).reshape((1,) * (x.ndim - 1) + (-1,))
+    return (x * scale).astype(self.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -218,24 +224,36 @@ def apply_rope(x_BxLxNxE, positions_BxL, theta: float | None = None, inv_freq=No
   return out.astype(x_BxLxNxE.dtype)
 
 
-def attention_mask(q_segment_BxL, kv_segment_BxS, q_index_BxL, kv_index_BxS):
-  """Causal mask within a segment; segment id 0 marks padding (never attended)."""
+def attention_mask(q_segment_BxL, kv_segment_BxS, q_index_BxL, kv_index_BxS, window: int = 0):
+  """Causal mask within a segment; segment id 0 marks padding (never attended).
+
+  With `window` > 0, a query sees only the keys less than `window` indices back
+  (itself included): sliding-window attention, HF's `kv_idx > q_idx - window`.
+  Indices are positions in the row or cache slots; within a segment (and for a
+  left-padded row's real tokens) their differences are token distances.
+  """
   same_segment = q_segment_BxL[:, :, None] == kv_segment_BxS[:, None, :]
-  causal = q_index_BxL[:, :, None] >= kv_index_BxS[:, None, :]
+  distance_BxLxS = q_index_BxL[:, :, None] - kv_index_BxS[:, None, :]
   real_key = (kv_segment_BxS != 0)[:, None, :]
-  return same_segment & causal & real_key  # BxLxS
+  mask = same_segment & (distance_BxLxS >= 0) & real_key  # BxLxS
+  return mask & (distance_BxLxS < window) if window else mask
 
 
-def _attention_probs(logits_BxKxGxLxS, mask_BxLxS, head_dim: int, dtype):
-  """Scaled, masked softmax in float32; a row with no visible key gets a finite
-  large negative everywhere (a finite average, not NaN)."""
-  logits = logits_BxKxGxLxS / jnp.sqrt(head_dim).astype(jnp.float32)
+def _attention_probs(logits_BxKxGxLxS, mask_BxLxS, scale: float, softcap: float, dtype):
+  """Scaled (and soft-capped, Gemma 2), masked softmax in float32; a row with no
+  visible key gets a finite large negative everywhere (a finite average, not NaN)."""
+  logits = logits_BxKxGxLxS * jnp.float32(scale)
+  if softcap:
+    logits = softcap * jnp.tanh(logits / softcap)
   logits = jnp.where(mask_BxLxS[:, None, None], logits, jnp.finfo(jnp.float32).min)
   return jax.nn.softmax(logits, axis=-1).astype(dtype)
 
 
-def grouped_query_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, mask_BxLxS, block: int = 0):
+def grouped_query_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, mask_BxLxS, block: int = 0, *,
+                            scale: float | None = None, softcap: float = 0.0):
   """Softmax attention with K kv heads shared by groups of H // K query heads.
+
+  Logits are q.k * `scale` (default E^-1/2), then soft-capped if `softcap`.
 
   Logits and softmax run in float32. A query row with no visible key (a padding
   position) gets a finite large negative everywhere, so its output is a finite
@@ -250,38 +268,79 @@ def grouped_query_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, mask_BxLxS, block: 
   if 0 < block < l and l % block == 0 and s == l:
     return jnp.concatenate([
         grouped_query_attention(q_BxLxHxE[:, i:i + block], k_BxSxKxE[:, :i + block],
-                                v_BxSxKxE[:, :i + block], mask_BxLxS[:, i:i + block, :i + block])
+                                v_BxSxKxE[:, :i + block], mask_BxLxS[:, i:i + block, :i + block],
+                                scale=scale, softcap=softcap)
         for i in range(0, l, block)], axis=1)
   b, l, h, e = q_BxLxHxE.shape
   k = k_BxSxKxE.shape[2]
   q_BxLxKxGxE = q_BxLxHxE.reshape(b, l, k, h // k, e)
   logits_BxKxGxLxS = jnp.einsum("blkge,bske->bkgls", q_BxLxKxGxE, k_BxSxKxE,
                                 preferred_element_type=jnp.float32)
-  probs = _attention_probs(logits_BxKxGxLxS, mask_BxLxS, e, v_BxSxKxE.dtype)
+  probs = _attention_probs(logits_BxKxGxLxS, mask_BxLxS, e ** -0.5 if scale is None else scale,
+                           softcap, v_BxSxKxE.dtype)
   out_BxLxKxGxE = jnp.einsum("bkgls,bske->blkge", probs, v_BxSxKxE)
   return out_BxLxKxGxE.reshape(b, l, h, e)
 
 
-def cached_attention(q_BxLxHxE, k_BxKxExS, v_BxKxSxE, mask_BxLxS):
+def cached_attention(q_BxLxHxE, k_BxKxExS, v_BxKxSxE, mask_BxLxS, *,
+                     scale: float | None = None, softcap: float = 0.0):
   """`grouped_query_attention` against the KV cache's layout (`init_cache`)."""
   b, l, h, e = q_BxLxHxE.shape
   k = k_BxKxExS.shape[1]
   q_BxKxGxLxE = q_BxLxHxE.reshape(b, l, k, h // k, e).transpose(0, 2, 3, 1, 4)
   logits_BxKxGxLxS = jnp.einsum("bkgle,bkes->bkgls", q_BxKxGxLxE, k_BxKxExS,
                                 preferred_element_type=jnp.float32)
-  probs = _attention_probs(logits_BxKxGxLxS, mask_BxLxS, e, v_BxKxSxE.dtype)
+  probs = _attention_probs(logits_BxKxGxLxS, mask_BxLxS, e ** -0.5 if scale is None else scale,
+                           softcap, v_BxKxSxE.dtype)
   out_BxKxGxLxE = jnp.einsum("bkgls,bkse->bkgle", probs, v_BxKxSxE)
   return out_BxKxGxLxE.transpose(0, 3, 1, 2, 4).reshape(b, l, h, e)
+
+
+def pick(local, local_value, global_value):
+  """A local layer's value or a global one's. `local` is a Python bool in an
+  unscanned stack, a traced per-layer flag under nn.scan (then both are computed
+  and one selected); a None `local_value` means no layer differs."""
+  if local_value is None:
+    return global_value
+  if isinstance(local, (bool, np.bool_)):
+    return local_value if local else global_value
+  return jax.tree.map(lambda a, b: jnp.where(local, a, b), local_value, global_value)
+
+
+def local_rope_frequencies(cfg: DecoderConfig):
+  """Local layers' own unscaled RoPE base (Gemma 3), or None: the same as global."""
+  if not cfg.rope_local_theta or not any(cfg.local_layers()):
+    return None
+  return rope_frequencies(dataclasses.replace(cfg, rope_theta=cfg.rope_local_theta,
+                                              rope_scaling="none"))
+
+
+class QKNorm(nn.Module):
+  """RMSNorm of queries or keys (BxLxNxE): over each head's E (Qwen3, Gemma 3),
+  or over all N*E at once (OLMo 2's norm of the whole projection)."""
+
+  cfg: DecoderConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxNxE):
+    c = self.cfg
+    norm = RMSNorm(c.norm_eps, c.compute_dtype, c.weight_dtype, c.norm_offset, name="norm")
+    if c.qk_norm == "head":
+      return norm(x_BxLxNxE)
+    b, l, n, e = x_BxLxNxE.shape
+    return norm(x_BxLxNxE.reshape(b, l, n * e)).reshape(b, l, n, e)
 
 
 class Attention(nn.Module):
   cfg: DecoderConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache=None, cache_index=None):
+  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache=None, cache_index=None,
+               inv_freq=None):
     """With `cache` ({'k', 'v'}: BxKxSxE), writes this call's keys and values at
     slots [cache_index, cache_index + L) and attends over all S slots; returns
-    (output, updated cache). Without, attends within x; returns (output, None)."""
+    (output, updated cache). Without, attends within x; returns (output, None).
+    `inv_freq`: this layer's RoPE frequencies (default: `rope_frequencies`)."""
     c = self.cfg
     dt, pdt = c.compute_dtype, c.weight_dtype
     d, h, k, e = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
@@ -292,12 +351,15 @@ class Attention(nn.Module):
                     name="key")(x_BxLxD)
     v = Projection((d,), (k, e), ("embed", "kv_heads", "kv"), dt, pdt, use_bias=bias,
                    name="value")(x_BxLxD)
+    if c.qk_norm != "none":
+      q, kk = QKNorm(c, name="query_norm")(q), QKNorm(c, name="key_norm")(kk)
     if c.positions == "rope":
-      inv_freq = rope_frequencies(c)
+      inv_freq = rope_frequencies(c) if inv_freq is None else inv_freq
       q = apply_rope(q, positions_BxL, inv_freq=inv_freq)
       kk = apply_rope(kk, positions_BxL, inv_freq=inv_freq)
     q, kk = _constrain(q, ACT_BxLxHxE), _constrain(kk, ACT_BxLxKxE)
     v = _constrain(v, ACT_BxLxKxE)
+    scale = (c.query_scale or e) ** -0.5
     if cache is not None:
       # Laid out for the two batched matmuls over (batch, kv head): keys as E x S
       # (q k^T is then a plain GEMM per head; measured 3.4x faster on CPU than
@@ -308,9 +370,11 @@ class Attention(nn.Module):
                    cache["k"], k_BxKxExL, cache_index, axis=3), CACHE_K_BxKxExS),
                "v": _constrain(jax.lax.dynamic_update_slice_in_dim(
                    cache["v"], v_BxKxLxE, cache_index, axis=2), CACHE_V_BxKxSxE)}
-      out_BxLxHxE = cached_attention(q, cache["k"], cache["v"], mask_BxLxS)
+      out_BxLxHxE = cached_attention(q, cache["k"], cache["v"], mask_BxLxS, scale=scale,
+                                     softcap=c.attn_softcap)
     else:
-      out_BxLxHxE = grouped_query_attention(q, kk, v, mask_BxLxS, c.attention_block)
+      out_BxLxHxE = grouped_query_attention(q, kk, v, mask_BxLxS, c.attention_block,
+                                            scale=scale, softcap=c.attn_softcap)
     out_BxLxHxE = _constrain(out_BxLxHxE, ACT_BxLxHxE)
     out = Projection((h, e), (d,), ("heads", "kv", "embed"), dt, pdt,
                      init_scale=c.out_init_scale, use_bias=c.out_bias, name="out")(out_BxLxHxE)
@@ -348,19 +412,33 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm transformer block. Returns (x, this layer's cache or None), the
-  carry/output shape nn.scan stacks over layers."""
+  """Transformer block, norms placed by `norm_placement`. Returns (x, this
+  layer's cache or None), the carry/output shape nn.scan stacks over layers.
+
+  `masks` and `inv_freqs` are (global, local) pairs (local None: as global);
+  `local` says which this layer uses (a bool, or a traced flag under nn.scan).
+  """
 
   cfg: DecoderConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache=None, cache_index=None):
+  def __call__(self, x_BxLxD, positions_BxL, masks, cache=None, cache_index=None, local=False,
+               inv_freqs=(None, None)):
     c = self.cfg
-    attended, cache = Attention(c, name="attention")(
-        make_norm(c, "attention_norm")(x_BxLxD), positions_BxL, mask_BxLxS, cache, cache_index)
+    pre, post = c.norm_placement != "post", c.norm_placement != "pre"
+    mask_BxLxS = pick(local, masks[1], masks[0])
+    inv_freq = pick(local, inv_freqs[1], inv_freqs[0])
+    h_BxLxD = make_norm(c, "attention_norm")(x_BxLxD) if pre else x_BxLxD
+    attended, cache = Attention(c, name="attention")(h_BxLxD, positions_BxL, mask_BxLxS, cache,
+                                                     cache_index, inv_freq)
+    if post:
+      attended = make_norm(c, "attention_post_norm")(attended)
     x_BxLxD = x_BxLxD + attended
-    x_BxLxD = x_BxLxD + MLP(c, name="mlp")(make_norm(c, "mlp_norm")(x_BxLxD))
-    return _constrain(x_BxLxD, ACT_BxLxD), cache
+    h_BxLxD = make_norm(c, "mlp_norm")(x_BxLxD) if pre else x_BxLxD
+    out_BxLxD = MLP(c, name="mlp")(h_BxLxD)
+    if post:
+      out_BxLxD = make_norm(c, "mlp_post_norm")(out_BxLxD)
+    return _constrain(x_BxLxD + out_BxLxD, ACT_BxLxD), cache
 
 
 def _block_class(cfg: DecoderConfig):
@@ -400,7 +478,8 @@ class Decoder(nn.Module):
     if c.scan_layers:
       self.layers = nn.scan(
           block, variable_axes={"params": 0}, split_rngs={"params": True},
-          in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast), length=c.num_layers,
+          in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, 0, nn.broadcast),
+          length=c.num_layers,
           metadata_params={nn.PARTITION_NAME: "layers"})(c, name="layers")
     else:
       self.layers = [block(c, name=f"layer_{i}") for i in range(c.num_layers)]
@@ -422,16 +501,32 @@ class Decoder(nn.Module):
       x_BxLxD = x_BxLxD + jnp.take(table_PxD, positions_BxL, axis=0).astype(c.compute_dtype)
     return _constrain(x_BxLxD, ACT_BxLxD)
 
-  def _layers(self, x_BxLxD, positions_BxL, mask_BxLxS, cache, cache_index):
-    if self.cfg.scan_layers:
-      return self.layers(x_BxLxD, positions_BxL, mask_BxLxS, cache, cache_index)
+  def _masks(self, q_segment_BxL, kv_segment_BxS, q_index_BxL, kv_index_BxS):
+    """(global mask, local mask or None when no layer is local)."""
+    c = self.cfg
+    full = attention_mask(q_segment_BxL, kv_segment_BxS, q_index_BxL, kv_index_BxS)
+    if not any(c.local_layers()):
+      return full, None
+    return full, attention_mask(q_segment_BxL, kv_segment_BxS, q_index_BxL, kv_index_BxS,
+                                c.sliding_window)
+
+  def _layers(self, x_BxLxD, positions_BxL, masks, cache, cache_index):
+    c = self.cfg
+    local_layers = c.local_layers()
+    inv_freqs = (None, None)
+    if c.positions == "rope":
+      inv_freqs = (rope_frequencies(c), local_rope_frequencies(c))
+    if c.scan_layers:
+      return self.layers(x_BxLxD, positions_BxL, masks, cache, cache_index,
+                         jnp.asarray(local_layers), inv_freqs)
     # Unscanned, the cache is one buffer per layer (`init_cache`): each step's
     # write is an in-place update of that buffer, where slicing a stacked cache
     # and stacking it back copied the whole cache on every decoded token.
     new_caches = []
     for i, layer in enumerate(self.layers):
       layer_cache = None if cache is None else cache[i]
-      x_BxLxD, layer_cache = layer(x_BxLxD, positions_BxL, mask_BxLxS, layer_cache, cache_index)
+      x_BxLxD, layer_cache = layer(x_BxLxD, positions_BxL, masks, layer_cache, cache_index,
+                                   local_layers[i], inv_freqs)
       new_caches.append(layer_cache)
     return x_BxLxD, (None if cache is None else tuple(new_caches))
 
@@ -443,8 +538,8 @@ class Decoder(nn.Module):
     if positions_BxL is None:
       positions_BxL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
     index_BxL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
-    mask_BxLxL = attention_mask(segment_ids_BxL, segment_ids_BxL, index_BxL, index_BxL)
-    x_BxLxD, _ = self._layers(self._embed(tokens_BxL, positions_BxL), positions_BxL, mask_BxLxL,
+    masks = self._masks(segment_ids_BxL, segment_ids_BxL, index_BxL, index_BxL)
+    x_BxLxD, _ = self._layers(self._embed(tokens_BxL, positions_BxL), positions_BxL, masks,
                               None, None)
     return self.final_norm(x_BxLxD)
 
@@ -452,17 +547,18 @@ class Decoder(nn.Module):
     """Runs T new tokens against a KV cache (prefill: T = prompt width; decode: 1).
 
     The tokens occupy cache slots [cache_index, cache_index + T); each attends to
-    every valid slot at or before its own. `kv_valid_BxS` marks the slots that
-    hold real tokens (after this call's writes). Returns (hidden_BxTxD, cache).
+    every valid slot at or before its own (within the window in local layers).
+    `kv_valid_BxS` marks the slots that hold real tokens (after this call's
+    writes). Returns (hidden_BxTxD, cache).
     """
     b, t = tokens_BxT.shape
     slots_BxT = jnp.broadcast_to(cache_index + jnp.arange(t, dtype=jnp.int32), (b, t))
     s = kv_valid_BxS.shape[1]
     kv_slots_BxS = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
     valid = kv_valid_BxS.astype(jnp.int32)
-    mask_BxTxS = attention_mask(jnp.ones((b, t), jnp.int32), valid, slots_BxT, kv_slots_BxS)
+    masks = self._masks(jnp.ones((b, t), jnp.int32), valid, slots_BxT, kv_slots_BxS)
     x_BxTxD, cache = self._layers(self._embed(tokens_BxT, positions_BxT), positions_BxT,
-                                  mask_BxTxS, cache, cache_index)
+                                  masks, cache, cache_index)
     return self.final_norm(x_BxTxD), cache
 
   def logits(self, hidden_BxLxD):

@@ -95,20 +95,31 @@ class SafetensorsDir:
                             f"{name!r}: {e}") from e
 
 
+def _fused_size(spec: Tensor, part_size: int) -> int:
+  """The fused tensor's output size, from one part's."""
+  return sum(spec.sizes) if spec.sizes else part_size * spec.parts
+
+
+def _output_axis(spec: Tensor) -> int:
+  return 0 if spec.layout == "linear" else -1  # torch Linear is [out, in]
+
+
 def hf_shape(spec: Tensor, ours: tuple[int, ...]) -> tuple[int, ...]:
   n_in, n_out = math.prod(ours[:spec.in_dims]), math.prod(ours[spec.in_dims:])
   if spec.layout == "linear":
-    return (n_out, n_in)
+    return (_fused_size(spec, n_out), n_in)
   if spec.layout == "conv1d":
-    return (n_in, n_out * spec.parts)
+    return (n_in, _fused_size(spec, n_out))
   if spec.layout == "table":
     return ours
-  return (math.prod(ours) * spec.parts,)
+  return (_fused_size(spec, math.prod(ours)),)
 
 
 def to_ours(spec: Tensor, arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
   if spec.parts > 1:
-    arr = np.split(arr, spec.parts, axis=-1)[spec.part]
+    sizes = spec.sizes or (arr.shape[_output_axis(spec)] // spec.parts,) * spec.parts
+    start = sum(sizes[:spec.part])
+    arr = np.take(arr, np.arange(start, start + sizes[spec.part]), axis=_output_axis(spec))
   if spec.layout == "linear":
     arr = arr.T
   return arr.reshape(shape)
@@ -200,7 +211,8 @@ def hf_tensors(params, mapping: dict[tuple[str, ...], Tensor]):
   for name, entries in by_name.items():
     entries.sort(key=lambda e: e[0].part)
     parts = [to_hf(spec, np.asarray(jax.device_get(leaves[path]))) for spec, path in entries]
-    yield name, parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+    yield name, (parts[0] if len(parts) == 1
+                 else np.concatenate(parts, axis=_output_axis(entries[0][0])))
 
 
 def save_tensors(directory: str, tensors: Callable, max_shard_bytes: int = 2 << 30) -> list[str]:

@@ -8,7 +8,9 @@ parameters lives in the checkpoint (`tensor_map`). Layouts:
   so the kernel is the transpose, reshaped (q: [H*E, D] -> [D, H, E]).
 * `conv1d`: GPT-2's `Conv1D`, already [in, out]; only reshaped.
 * `vector`: biases and norms, flat in HF ([H*E] -> [H, E]); `table`: embeddings, as is.
-* `parts`: GPT-2's fused `c_attn` holds q, k, v side by side on its last axis.
+* `parts`: a fused tensor split along its output axis: GPT-2's `c_attn` (q, k, v
+  in equal thirds), Phi-3's `qkv_proj` (q, k, v of `sizes` rows) and
+  `gate_up_proj` (gate, up halves).
 
 RoPE: HF's Llama-family q/k weights are stored for the rotate-half convention
 (permuted from Meta's interleaved checkpoints by HF's own conversion script),
@@ -33,22 +35,32 @@ class Tensor:
   name: str              # HF tensor name
   layout: str            # linear | conv1d | vector | table
   in_dims: int = 1       # how many leading dims of our kernel are its input
-  part: int = 0          # index into a fused tensor's last axis ...
-  parts: int = 1         # ... split into this many equal parts
+  part: int = 0          # index into a fused tensor's output axis ...
+  parts: int = 1         # ... split into this many parts,
+  sizes: tuple[int, ...] = ()  # of these sizes (default: equal)
 
 
-ARCHITECTURES = {
-    "LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
-    "Qwen2ForCausalLM": "qwen2", "GemmaForCausalLM": "gemma", "GPT2LMHeadModel": "gpt2",
+CAUSAL_LM = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+             "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM",
+             "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM",
+             "olmo2": "Olmo2ForCausalLM", "phi3": "Phi3ForCausalLM", "gpt2": "GPT2LMHeadModel"}
+SEQUENCE_CLASSIFIER = {family: arch.replace("ForCausalLM", "ForSequenceClassification")
+                       for family, arch in CAUSAL_LM.items()}
+SEQUENCE_CLASSIFIER.update(gpt2="GPT2ForSequenceClassification",
+                           gemma3="Gemma3TextForSequenceClassification")
+ARCHITECTURES = {arch: family for table in (CAUSAL_LM, SEQUENCE_CLASSIFIER)
+                 for family, arch in table.items()}
+MODEL_TYPE = {**{f: f for f in CAUSAL_LM}, "gemma3": "gemma3_text"}
+# Refused with a reason rather than as merely unknown.
+_REFUSED = {
+    "mixture-of-experts models are not supported (one dense MLP per layer)": (
+        "MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM", "OlmoeForCausalLM",
+        "DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM", "PhimoeForCausalLM",
+        "GptOssForCausalLM", "Llama4ForCausalLM", "Llama4ForConditionalGeneration"),
+    "a multimodal checkpoint; import a text-only one (e.g. Gemma3ForCausalLM)": (
+        "Gemma3ForConditionalGeneration", "LlavaForConditionalGeneration",
+        "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"),
 }
-CAUSAL_LM = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-             "gemma": "GemmaForCausalLM", "gpt2": "GPT2LMHeadModel"}
-SEQUENCE_CLASSIFIER = {"llama": "LlamaForSequenceClassification",
-                       "mistral": "MistralForSequenceClassification",
-                       "qwen2": "Qwen2ForSequenceClassification",
-                       "gemma": "GemmaForSequenceClassification",
-                       "gpt2": "GPT2ForSequenceClassification"}
-MODEL_TYPE = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "gemma": "gemma", "gpt2": "gpt2"}
 # Buffers some checkpoints carry that are not parameters.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
 
@@ -59,11 +71,11 @@ _ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh
 def family_of(hf_config: dict, where: str) -> str:
   archs = hf_config.get("architectures") or []
   for arch in archs:
-    base = arch.replace("ForSequenceClassification", "ForCausalLM")
-    if arch == "GPT2ForSequenceClassification":
-      base = "GPT2LMHeadModel"
-    if base in ARCHITECTURES:
-      return ARCHITECTURES[base]
+    if arch in ARCHITECTURES:
+      return ARCHITECTURES[arch]
+    for reason, refused in _REFUSED.items():
+      if arch in refused:
+        raise CheckpointError(f"{where}: {arch}: {reason}")
   raise CheckpointError(f"{where}: unsupported architecture {archs or '(none given)'}; "
                         f"supported: {sorted(ARCHITECTURES)}")
 
@@ -76,10 +88,30 @@ def _activation(name: str, where: str) -> str:
 
 
 def _rope(hf: dict, where: str) -> dict[str, Any]:
-  """RoPE fields from `rope_parameters` (transformers >= 5) or `rope_scaling` + `rope_theta`."""
-  params = dict(hf.get("rope_parameters") or {})
-  scaling = dict(hf.get("rope_scaling") or {})
-  params = {**scaling, **params}
+  """RoPE fields from `rope_parameters` (transformers >= 5) or `rope_scaling` + `rope_theta`.
+
+  Gemma 3's are per layer type: the global layers' (possibly scaled) and the
+  local layers' own unscaled base (`rope_local_base_freq` before transformers 5).
+  """
+  params = {**dict(hf.get("rope_scaling") or {}), **dict(hf.get("rope_parameters") or {})}
+  if "full_attention" in params or "sliding_attention" in params:
+    local = dict(params.get("sliding_attention") or {})
+    if local.get("rope_type", "default") != "default":
+      raise CheckpointError(f"{where}: rope type {local['rope_type']!r} on the sliding-window "
+                            "layers is not implemented (supported: default)")
+    out = _rope_fields(dict(params.get("full_attention") or {}), hf, where)
+    return {**out, "rope_local_theta": float(local.get("rope_theta", 10_000.0))}
+  out = _rope_fields(params, hf, where)
+  if "rope_local_base_freq" in hf:
+    out["rope_local_theta"] = float(hf["rope_local_base_freq"])
+  return out
+
+
+def _rope_fields(params: dict, hf: dict, where: str) -> dict[str, Any]:
+  partial = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+  if partial != 1.0:
+    raise CheckpointError(f"{where}: partial_rotary_factor={partial} is not implemented (RoPE "
+                          "over a part of each head); supported: 1.0")
   theta = params.get("rope_theta", hf.get("rope_theta", 10_000.0))
   kind = params.get("rope_type", params.get("type", "default"))
   out: dict[str, Any] = {"rope_theta": float(theta)}
@@ -96,6 +128,39 @@ def _rope(hf: dict, where: str) -> dict[str, Any]:
                         f"linear, llama3")
 
 
+# The HF model reads `layer_types` (transformers >= 5); otherwise each family's rule.
+_READS_LAYER_TYPES = ("qwen2", "qwen3", "gemma2", "gemma3")
+_ALL_LOCAL = ("mistral", "phi3")
+
+
+def _window(hf: dict, family: str, num_layers: int, where: str) -> dict[str, Any]:
+  """`sliding_window` and the per-layer `attention_pattern` (see DecoderConfig)."""
+  window = hf.get("sliding_window")
+  if family in ("qwen2", "qwen3") and not hf.get("use_sliding_window"):
+    window = None
+  if not window or family not in _READS_LAYER_TYPES + _ALL_LOCAL:
+    return {"sliding_window": 0, "attention_pattern": ""}
+  types = hf.get("layer_types") if family in _READS_LAYER_TYPES else None
+  if types is None:
+    if family in _ALL_LOCAL:
+      types = ["sliding_attention"] * num_layers
+    elif family in ("qwen2", "qwen3"):
+      first = hf.get("max_window_layers", 28)
+      types = ["sliding_attention" if i >= first else "full_attention" for i in range(num_layers)]
+    else:  # Gemma 2 alternates from a local layer 0; Gemma 3 has a global layer every 6th
+      every = 2 if family == "gemma2" else hf.get("sliding_window_pattern", 6)
+      types = ["sliding_attention" if (i + 1) % every else "full_attention"
+               for i in range(num_layers)]
+  unknown = sorted(set(types) - {"sliding_attention", "full_attention"})
+  if unknown or len(types) != num_layers:
+    raise CheckpointError(f"{where}: layer_types {unknown or types} is not implemented "
+                          f"(supported: {num_layers} of sliding_attention, full_attention)")
+  pattern = "".join("l" if t == "sliding_attention" else "g" for t in types)
+  if "l" not in pattern:
+    return {"sliding_window": 0, "attention_pattern": ""}
+  return {"sliding_window": int(window), "attention_pattern": pattern}
+
+
 # config.json keys that change what a family computes, with the values this decoder
 # implements (absent keys read as their transformers default, which is supported).
 # A checkpoint setting one of them otherwise is refused by name, never ignored.
@@ -105,7 +170,9 @@ _COMPUTATION_KEYS: dict[str, dict[str, tuple]] = {
     **{family: {"attn_logit_softcapping": (None,), "final_logit_softcapping": (None,),
                 "query_pre_attn_scalar": (None,), "use_qk_norm": (None, False),
                 "is_decoder": (None, True)}
-       for family in ("llama", "mistral", "qwen2", "gemma")},
+       for family in ("llama", "mistral", "qwen2", "qwen3", "gemma", "olmo2", "phi3")},
+    **{family: {"use_bidirectional_attention": (None, False), "is_decoder": (None, True)}
+       for family in ("gemma2", "gemma3")},
 }
 
 
@@ -118,6 +185,14 @@ def check_computation_keys(hf: dict, family: str, where: str) -> None:
                             f"{', '.join(repr(v) for v in supported)})")
 
 
+# The plain (Llama) value of every architecture field a family may change.
+_PLAIN: dict[str, Any] = dict(
+    norm="rms", norm_offset=0.0, norm_placement="pre", qk_norm="none", query_scale=0.0,
+    attn_softcap=0.0, logit_softcap=0.0, mlp="gated", embed_scale=False, positions="rope",
+    qkv_bias=False, out_bias=False, mlp_bias=False, rope_local_theta=0.0, rope_scaling="none",
+    sliding_window=0, attention_pattern="")
+
+
 def decoder_fields(hf: dict, where: str) -> dict[str, Any]:
   """transformers config.json -> `DecoderConfig` keyword arguments (architecture only)."""
   family = family_of(hf, where)
@@ -125,14 +200,14 @@ def decoder_fields(hf: dict, where: str) -> dict[str, Any]:
   try:
     if family == "gpt2":
       d = hf["n_embd"]
-      return dict(family="gpt2", vocab_size=hf["vocab_size"], d_model=d,
+      return {**_PLAIN, **dict(family="gpt2", vocab_size=hf["vocab_size"], d_model=d,
                   num_layers=hf["n_layer"], num_heads=hf["n_head"], num_kv_heads=hf["n_head"],
                   head_dim=d // hf["n_head"], mlp_dim=hf.get("n_inner") or 4 * d,
                   max_len=hf["n_positions"], norm="layer",
                   norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)), mlp="plain",
                   activation=_activation(hf.get("activation_function", "gelu_new"), where),
                   mlp_bias=True, qkv_bias=True, out_bias=True, positions="learned",
-                  embed_scale=False, tie_embeddings=hf.get("tie_word_embeddings", True))
+                  embed_scale=False, tie_embeddings=hf.get("tie_word_embeddings", True))}
     d, heads = hf["hidden_size"], hf["num_attention_heads"]
     fields = dict(family=family, vocab_size=hf["vocab_size"], d_model=d,
                   num_layers=hf["num_hidden_layers"], num_heads=heads,
@@ -143,22 +218,33 @@ def decoder_fields(hf: dict, where: str) -> dict[str, Any]:
   except KeyError as e:
     raise CheckpointError(f"{where}: missing key {e.args[0]!r} for a {family} config") from e
   act = hf.get("hidden_activation") or hf.get("hidden_act") or "silu"
-  fields["activation"] = _activation(act, where)
-  window = hf.get("sliding_window")
-  if window and (family != "qwen2" or hf.get("use_sliding_window")) and window < fields["max_len"]:
-    # Sliding-window attention equals full attention on sequences within the
-    # window; beyond it this decoder would differ, so the window caps max_len.
-    fields["max_len"] = int(window)
-  if family in ("llama", "mistral"):
-    bias = bool(hf.get("attention_bias", False))
-    fields.update(qkv_bias=bias, out_bias=bias, mlp_bias=bool(hf.get("mlp_bias", False)),
-                  embed_scale=False, tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
-  elif family == "qwen2":
-    fields.update(qkv_bias=True, embed_scale=False,
-                  tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
-  elif family == "gemma":
-    fields.update(norm_offset=1.0, embed_scale=True,
-                  tie_embeddings=bool(hf.get("tie_word_embeddings", True)))
+  # Every architecture field, so that `check_exportable` sees what a family lacks.
+  fields = {**_PLAIN, **fields, "activation": _activation(act, where),
+            "tie_embeddings": bool(hf.get("tie_word_embeddings", family.startswith("gemma"))),
+            **_window(hf, family, fields["num_layers"], where)}
+  bias = bool(hf.get("attention_bias", False))
+  if family in ("llama", "mistral", "qwen3", "olmo2", "phi3"):
+    fields.update(qkv_bias=bias, out_bias=bias, mlp_bias=bool(hf.get("mlp_bias", False)))
+  if family == "qwen2":
+    fields.update(qkv_bias=True)
+  if family == "qwen3":
+    fields.update(qk_norm="head")
+  if family == "olmo2":
+    fields.update(qk_norm="full", norm_placement="post")
+  if family.startswith("gemma"):
+    fields.update(norm_offset=1.0, embed_scale=True)
+  if family == "gemma":
+    fields.update(qkv_bias=bias, out_bias=bias)
+  if family in ("gemma2", "gemma3"):
+    gemma2 = family == "gemma2"  # transformers' defaults where config.json is silent
+    fields.update(norm_placement="sandwich", query_scale=float(hf.get("query_pre_attn_scalar", 256)),
+                  attn_softcap=float(hf.get("attn_logit_softcapping", 50.0 if gemma2 else None) or 0),
+                  logit_softcap=float(hf.get("final_logit_softcapping", 30.0 if gemma2 else None) or 0),
+                  qkv_bias=bias, out_bias=bias)
+  if family == "gemma3":
+    fields.update(qk_norm="head")
+    if not fields["rope_local_theta"]:  # no rope_parameters at all: transformers' defaults
+      fields.update(rope_theta=1_000_000.0, rope_local_theta=10_000.0)
   return fields
 
 
@@ -193,19 +279,52 @@ def hf_config(cfg, *, dtype: str = "float32", special: dict | None = None,
              rope_theta=cfg.rope_theta, rope_parameters=rope, hidden_act=act)
   if cfg.rope_scaling != "none":
     out["rope_scaling"] = rope
-  if family == "llama":
-    out.update(attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias)
-  if family == "mistral":
-    out["sliding_window"] = None  # max_len was capped at the window on import
-  if family == "gemma":
+  if family not in ("qwen2", "gpt2"):
+    out.update(attention_bias=cfg.qkv_bias)
+  if family in ("llama", "mistral", "olmo2", "phi3"):
+    out.update(mlp_bias=cfg.mlp_bias)
+  if family.startswith("gemma"):
     out["hidden_activation"] = act
+  if family in ("gemma2", "gemma3"):
+    scalar = cfg.query_scale or cfg.head_dim  # transformers' config validates an int
+    out.update(query_pre_attn_scalar=int(scalar) if float(scalar).is_integer() else scalar,
+               attn_logit_softcapping=cfg.attn_softcap or None,
+               final_logit_softcapping=cfg.logit_softcap or None)
+  if family == "gemma3":  # per layer type; the local layers' base unscaled
+    out["rope_parameters"] = {"full_attention": rope, "sliding_attention": {
+        "rope_type": "default", "rope_theta": cfg.rope_local_theta or cfg.rope_theta}}
+    out.pop("rope_theta")
+    out.pop("rope_scaling", None)
+  return {**out, **_window_config(cfg)}
+
+
+def _window_config(cfg) -> dict[str, Any]:
+  """The sliding-window keys of `cfg.family`'s config.json (the inverse of `_window`)."""
+  local = cfg.local_layers()
+  window = cfg.sliding_window if any(local) else None
+  out: dict[str, Any] = {}
+  if cfg.family in _READS_LAYER_TYPES + _ALL_LOCAL:
+    out["sliding_window"] = window
+  if cfg.family in _READS_LAYER_TYPES:
+    out["layer_types"] = ["sliding_attention" if x else "full_attention" for x in local]
+  if cfg.family in ("qwen2", "qwen3"):  # read by transformers < 5, which has no layer_types
+    out.update(use_sliding_window=window is not None,
+               max_window_layers=local.index(True) if window else cfg.num_layers)
   return out
 
 
 def check_exportable(cfg) -> None:
   """What a family's HF model cannot express fails here, before anything is written."""
   expect = decoder_fields(hf_config(cfg), "export")
-  differs = {k: (getattr(cfg, k), v) for k, v in expect.items() if getattr(cfg, k) != v}
+  # The pattern is compared layer by layer ("lg" == "lglg"), the window where it is used.
+  theirs = dataclasses.replace(cfg, sliding_window=expect["sliding_window"],
+                               attention_pattern=expect["attention_pattern"]).local_layers()
+  skip = {"attention_pattern"} | (set() if any(theirs) or any(cfg.local_layers())
+                                  else {"sliding_window"})
+  differs = {k: (getattr(cfg, k), v) for k, v in expect.items()
+             if getattr(cfg, k) != v and k not in skip}
+  if cfg.local_layers() != theirs:
+    differs["attention_pattern"] = (cfg.attention_pattern, expect["attention_pattern"])
   if differs:
     raise CheckpointError(f"model.family={cfg.family!r} cannot express this decoder: "
                           + ", ".join(f"model.{k}={a!r} (the HF model has {b!r})"
@@ -216,7 +335,7 @@ def tensor_map(cfg, prefix: str = "") -> dict[tuple[str, ...], Tensor]:
   """Our parameter path (unscanned: `layer_i`) -> the HF tensor it comes from."""
   if cfg.family == "gpt2":
     return _gpt2_map(cfg, prefix or "transformer.")
-  if cfg.family not in ("llama", "mistral", "qwen2", "gemma"):
+  if cfg.family not in CAUSAL_LM:
     raise CheckpointError(f"model.family={cfg.family!r} has no Hugging Face layout")
   p = prefix or "model."
   m: dict[tuple[str, ...], Tensor] = {("embedding",): Tensor(f"{p}embed_tokens.weight", "table"),
@@ -225,17 +344,37 @@ def tensor_map(cfg, prefix: str = "") -> dict[tuple[str, ...], Tensor]:
     m[("unembed", "kernel")] = Tensor("lm_head.weight", "linear")
   for i in range(cfg.num_layers):
     layer, hf = f"layer_{i}", f"{p}layers.{i}."
-    m[(layer, "attention_norm", "scale")] = Tensor(f"{hf}input_layernorm.weight", "vector")
-    m[(layer, "mlp_norm", "scale")] = Tensor(f"{hf}post_attention_layernorm.weight", "vector")
-    for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
-      m[(layer, "attention", ours, "kernel")] = Tensor(f"{hf}self_attn.{theirs}.weight", "linear")
+    norms = {"pre": (("attention_norm", "input_layernorm"), ("mlp_norm", "post_attention_layernorm")),
+             "sandwich": (("attention_norm", "input_layernorm"),
+                          ("attention_post_norm", "post_attention_layernorm"),
+                          ("mlp_norm", "pre_feedforward_layernorm"),
+                          ("mlp_post_norm", "post_feedforward_layernorm")),
+             "post": (("attention_post_norm", "post_attention_layernorm"),
+                      ("mlp_post_norm", "post_feedforward_layernorm"))}[cfg.norm_placement]
+    for ours, theirs in norms:
+      m[(layer, ours, "scale")] = Tensor(f"{hf}{theirs}.weight", "vector")
+    qkv_rows = (cfg.num_heads * cfg.head_dim,) + (cfg.num_kv_heads * cfg.head_dim,) * 2
+    for j, (ours, theirs) in enumerate((("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj"))):
+      if cfg.family == "phi3":  # one fused qkv_proj
+        m[(layer, "attention", ours, "kernel")] = Tensor(f"{hf}self_attn.qkv_proj.weight", "linear",
+                                                         part=j, parts=3, sizes=qkv_rows)
+      else:
+        m[(layer, "attention", ours, "kernel")] = Tensor(f"{hf}self_attn.{theirs}.weight", "linear")
       if cfg.qkv_bias:
         m[(layer, "attention", ours, "bias")] = Tensor(f"{hf}self_attn.{theirs}.bias", "vector")
+    if cfg.qk_norm != "none":
+      for ours, theirs in (("query_norm", "q_norm"), ("key_norm", "k_norm")):
+        m[(layer, "attention", ours, "norm", "scale")] = Tensor(f"{hf}self_attn.{theirs}.weight",
+                                                                "vector")
     m[(layer, "attention", "out", "kernel")] = Tensor(f"{hf}self_attn.o_proj.weight", "linear",
                                                       in_dims=2)
     if cfg.out_bias:
       m[(layer, "attention", "out", "bias")] = Tensor(f"{hf}self_attn.o_proj.bias", "vector")
-    for ours in ("gate", "up", "down"):
+    for j, ours in enumerate(("gate", "up", "down")):
+      if cfg.family == "phi3" and ours != "down":  # one fused gate_up_proj
+        m[(layer, "mlp", ours, "kernel")] = Tensor(f"{hf}mlp.gate_up_proj.weight", "linear",
+                                                   part=j, parts=2)
+        continue
       m[(layer, "mlp", ours, "kernel")] = Tensor(f"{hf}mlp.{ours}_proj.weight", "linear")
       if cfg.mlp_bias:
         m[(layer, "mlp", ours, "bias")] = Tensor(f"{hf}mlp.{ours}_proj.bias", "vector")

@@ -159,31 +159,6 @@ def _as_hf_family(cfg, params, reward: bool):
   return cfg, ({**params, "decoder": decoder} if reward else decoder)
 
 
-def _native_tokenizer_config() -> dict:
-  """transformers' reading of this project's sentencepiece model (research.data.tokenizer)."""
-  return {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
-          "pad_token": "<pad>", "unk_token": "<unk>", "add_bos_token": True,
-          "add_eos_token": False, "legacy": True}
-
-
-def native_tokenizer_differences(model_proto: bytes) -> list[str]:
-  """What transformers' reading of this sentencepiece model (its Llama conversion,
-  `_native_tokenizer_config`) does differently, as measured with transformers 5.25:
-  HF's files cannot express these settings, so the export says so."""
-  from sentencepiece import sentencepiece_model_pb2  # pylint: disable=g-import-not-at-top
-  proto = sentencepiece_model_pb2.ModelProto()
-  proto.ParseFromString(model_proto)
-  out = []
-  if proto.normalizer_spec.remove_extra_whitespaces:
-    out.append("runs of spaces, and leading/trailing spaces, collapse here (sentencepiece's "
-               "remove_extra_whitespaces) but not in transformers")
-  if not proto.trainer_spec.byte_fallback:
-    out.append("characters outside the vocabulary become <unk> here; transformers drops them")
-  out.append("control tokens written as text (<s>, </s>) stay text here; transformers reads "
-             "them as the special tokens")
-  return out
-
-
 def write_hf_model(cfg, params, directory: str, *, dtype: str = "float32",
                    special: dict | None = None, reward: bool = False) -> list[str]:
   """config.json and safetensors of (unscanned) `params` in `directory`, as the
@@ -208,19 +183,18 @@ def export_hf(workdir: str, out_dir: str, *, dtype: str = "float32") -> dict:
   tmp = f"{out_dir.rstrip('/')}.tmp{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
-  special, differences = {}, []
+  special = {}
   if tok_path and os.path.isdir(tok_path):
     tok = hf_tokenizer.HFTokenizer.load(tok_path)
     tok.save(tmp)
-  elif tok_path:
-    from research.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  elif tok_path:  # this project's sentencepiece model, as a tokenizer.json that reads alike
+    from research.data import sentencepiece_hf, tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
     tok = tokenizer_lib.Tokenizer.load(tok_path)
-    shutil.copy(tok_path, os.path.join(tmp, "tokenizer.model"))
-    with open(os.path.join(tmp, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-      json.dump(_native_tokenizer_config(), f, indent=2)
-    differences = native_tokenizer_differences(tok.model_proto)
-    for line in differences:
-      logging.warning("exported tokenizer: %s", line)
+    for name, text in (("tokenizer.json", sentencepiece_hf.tokenizer_json(tok.model_proto)),
+                       ("tokenizer_config.json", sentencepiece_hf.dumps(
+                           sentencepiece_hf.tokenizer_config(tok.model_proto)))):
+      with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
+        f.write(text)
   else:
     tok = None
   if tok is not None:
@@ -230,8 +204,7 @@ def export_hf(workdir: str, out_dir: str, *, dtype: str = "float32") -> dict:
   files = write_hf_model(cfg, params, tmp, dtype=dtype, special=special, reward=reward)
   shutil.rmtree(out_dir, ignore_errors=True)
   os.replace(tmp, out_dir)
-  return {"exported": out_dir, "family": cfg.family, "reward_model": reward, "files": files,
-          **({"tokenizer_differences": differences} if differences else {})}
+  return {"exported": out_dir, "family": cfg.family, "reward_model": reward, "files": files}
 
 
 def _define_flags() -> None:

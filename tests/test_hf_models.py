@@ -203,10 +203,8 @@ def test_reward_model_exports_and_reimports(tiny_base, tmp_path):
 
 
 def test_native_run_exports_as_llama_with_the_same_logits(tiny_base, tmp_path):
-  out = convert.export_hf(tiny_base, str(tmp_path / "hf"))
-  # What transformers would read differently is said at export time.
-  assert any("remove_extra_whitespaces" in d for d in out["tokenizer_differences"])
-  assert any("<unk>" in d for d in out["tokenizer_differences"])
+  convert.export_hf(tiny_base, str(tmp_path / "hf"))
+  assert (tmp_path / "hf" / "tokenizer.json").exists()
   with open(tmp_path / "hf" / "config.json", encoding="utf-8") as f:
     assert json.load(f)["model_type"] == "llama"
   back = convert.import_hf(str(tmp_path / "hf"), str(tmp_path / "back"))["workdir"]
@@ -215,8 +213,47 @@ def test_native_run_exports_as_llama_with_the_same_logits(tiny_base, tmp_path):
   # The exported tokenizer reads back with the same ids as ours.
   ours = runs.load_tokenizer(os.path.join(tiny_base, runs.TOKENIZER_FILE))
   theirs = runs.load_tokenizer(os.path.join(back, hf_tokenizer.DIRNAME))
-  text = "A great film, 10/10 <|assistant|> would watch again."
-  assert theirs.encode(text) == ours.encode(text)
+  for text in VARIED_TEXTS:
+    assert theirs.encode(text) == ours.encode(text), text
+  assert theirs.prefix_ids == ours.prefix_ids
+
+
+# Whitespace runs, leading/trailing spaces, tabs, newlines, accents, emoji, CJK,
+# digits, role markers and control tokens written as text.
+VARIED_TEXTS = [
+    "A great film, 10/10 <|assistant|> would watch again.", "  leading and trailing  ",
+    "runs   of    spaces", "tabs\there\tand\nnewlines\n\nok", "Café naïve résumé Ærø straße",
+    "emoji 😀🎬 👍🏽", "日本語 中文 русский ελληνικά", "digits 1234567890 3.14159 -42",
+    "<s> literal </s> and <pad> <unk>", "<|user|>hi<|assistant|>", "<|user|>\nIs it good?",
+    "", " ", "\t", "x", "end with space ", "The movie was great.",
+]
+
+
+@pytest.mark.parametrize("model_type,byte_fallback", [("bpe", False), ("bpe", True),
+                                                      ("unigram", False), ("unigram", True)])
+def test_sentencepiece_as_tokenizer_json_reads_alike(model_type, byte_fallback):
+  """Our sentencepiece models as tokenizer.json (research/data/sentencepiece_hf.py):
+  the same ids as sentencepiece on every varied text, read with `tokenizers`."""
+  from research.data import corpus, sentencepiece_hf, tokenizer  # pylint: disable=g-import-not-at-top
+  texts = [r.text for r in corpus.reviews(0, 300)] + VARIED_TEXTS * 3
+  sp = tokenizer.train(texts, 400, model_type=model_type, byte_fallback=byte_fallback)
+  files = {"tokenizer.json": sentencepiece_hf.tokenizer_json(sp.model_proto).encode(),
+           "tokenizer_config.json": sentencepiece_hf.dumps(
+               sentencepiece_hf.tokenizer_config(sp.model_proto)).encode()}
+  hf = hf_tokenizer.HFTokenizer(files)
+  try:
+    lt_is_a_piece = sp.piece_id("<") >= 0
+  except KeyError:
+    lt_is_a_piece = False
+  # The one case a Unigram lattice reads differently (sentencepiece_hf.py).
+  texts = [t for t in VARIED_TEXTS
+           if not (model_type == "unigram" and "<s>" in t and not lt_is_a_piece)]
+  for text in texts:
+    assert hf.encode(text) == sp.encode(text), text
+  assert hf.prefix_ids == sp.prefix_ids and hf.eos_id == sp.eos_id and hf.pad_id == sp.pad_id
+  readable = [t for t in texts if byte_fallback or sp.unk_id not in sp.encode(t)]
+  for text in readable:  # decoding gives sentencepiece's text back
+    assert hf.decode(hf.encode(text)) == sp.decode(sp.encode(text)), text
 
 
 def _copy_fixture(tmp_path, name="llama"):
@@ -302,8 +339,9 @@ def test_native_run_and_reward_model_load_in_transformers(tiny_base, tmp_path):
   np.testing.assert_allclose(theirs, logits_of(tiny_base, ids), atol=1e-4)
   tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "lm"))
   ours = runs.load_tokenizer(os.path.join(tiny_base, runs.TOKENIZER_FILE))
-  text = "A great film, 10/10 <|assistant|> would watch again."
-  assert tok(text, add_special_tokens=False)["input_ids"] == ours.encode(text)
+  for text in VARIED_TEXTS:  # transformers' ids are ours, with and without BOS
+    assert tok(text, add_special_tokens=False)["input_ids"] == ours.encode(text), text
+    assert tok(text)["input_ids"] == ours.prefix_ids + ours.encode(text), text
 
   # A reward model: transformers' score is ours minus the head's bias.
   config = runs.load_config(tiny_base)

@@ -57,6 +57,8 @@ class HFTokenizer:
       except Exception as e:  # truncated or not a tokenizers file: name it, one line
         raise TokenizerError(f"{os.path.join(where, 'tokenizer.json')}: not a readable "
                              f"tokenizer ({str(e).splitlines()[0][:200]})") from e
+      # A special token written in a text is text (as sentencepiece reads `<s>`).
+      self._tok.encode_special_tokens = bool(config.get("split_special_tokens", False))
       self._sp = None
       self._added: dict[str, int] = {}
       self._user_defined: dict[str, int] = {}

@@ -150,15 +150,17 @@ def test_dense_gradients_are_the_matrix_products(num_in_dims):
     np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-5, atol=1e-5)
 
 
-def test_query_blocks_give_the_same_logits_and_gradients():
-  """Causal attention in query blocks (skipping the masked key blocks) against one
-  block: the same logits and parameter gradients, packed documents included."""
+@pytest.mark.parametrize("window", [0, 3, 6], ids=["global", "window-3", "window-6"])
+def test_query_blocks_give_the_same_logits_and_gradients(window):
+  """Causal attention in query blocks (skipping the masked key blocks, and in local
+  layers the keys before the window) against one block: the same logits and
+  parameter gradients, packed documents included."""
   tokens = np.random.default_rng(2).integers(0, 512, (2, 16)).astype(np.int32)
   segments = np.array([[1] * 16, [1] * 5 + [2] * 11], np.int32)
   positions = np.array([list(range(16)), list(range(5)) + list(range(11))], np.int32)
   results = []
   for block in (0, 4):
-    model, params = init(tiny(attention_block=block))
+    model, params = init(tiny(attention_block=block, sliding_window=window, attention_pattern="lg"))
     fn = lambda p, m=model: m.apply({"params": p}, tokens, positions, segments)
     results.append((fn(params), jax.grad(lambda p, fn=fn: jnp.mean(fn(p) ** 2))(params)))
   (full, g_full), (blocked, g_blocked) = results

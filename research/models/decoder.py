@@ -250,7 +250,7 @@ def _attention_probs(logits_BxKxGxLxS, mask_BxLxS, scale: float, softcap: float,
 
 
 def grouped_query_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, mask_BxLxS, block: int = 0, *,
-                            scale: float | None = None, softcap: float = 0.0):
+                            scale: float | None = None, softcap: float = 0.0, window: int = 0):
   """Softmax attention with K kv heads shared by groups of H // K query heads.
 
   Logits are q.k * `scale` (default E^-1/2), then soft-capped if `softcap`.
@@ -263,14 +263,19 @@ def grouped_query_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, mask_BxLxS, block: 
   query is always masked) the queries run in blocks of `block`, block i against
   keys [0, (i + 1) * block): the masked blocks above the diagonal are skipped,
   (C + 1) / 2C of the work for C blocks, and every real row's output is the same.
+  With a sliding `window` (the mask already holds it) block i also skips the keys
+  before i - window + 1, which no query of the block sees: local layers cost
+  O(L * window), not O(L^2).
   """
   l, s = q_BxLxHxE.shape[1], k_BxSxKxE.shape[1]
   if 0 < block < l and l % block == 0 and s == l:
     return jnp.concatenate([
-        grouped_query_attention(q_BxLxHxE[:, i:i + block], k_BxSxKxE[:, :i + block],
-                                v_BxSxKxE[:, :i + block], mask_BxLxS[:, i:i + block, :i + block],
+        grouped_query_attention(q_BxLxHxE[:, i:i + block], k_BxSxKxE[:, start:i + block],
+                                v_BxSxKxE[:, start:i + block],
+                                mask_BxLxS[:, i:i + block, start:i + block],
                                 scale=scale, softcap=softcap)
-        for i in range(0, l, block)], axis=1)
+        for i in range(0, l, block)
+        for start in [max(0, i - window + 1) if window else 0]], axis=1)
   b, l, h, e = q_BxLxHxE.shape
   k = k_BxSxKxE.shape[2]
   q_BxLxKxGxE = q_BxLxHxE.reshape(b, l, k, h // k, e)
@@ -336,11 +341,13 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache=None, cache_index=None,
-               inv_freq=None):
+               inv_freq=None, window: int = 0):
     """With `cache` ({'k', 'v'}: BxKxSxE), writes this call's keys and values at
     slots [cache_index, cache_index + L) and attends over all S slots; returns
     (output, updated cache). Without, attends within x; returns (output, None).
-    `inv_freq`: this layer's RoPE frequencies (default: `rope_frequencies`)."""
+    `inv_freq`: this layer's RoPE frequencies (default: `rope_frequencies`);
+    `window`: this layer's sliding window when known statically (query blocks skip
+    the keys outside it; the mask holds it either way)."""
     c = self.cfg
     dt, pdt = c.compute_dtype, c.weight_dtype
     d, h, k, e = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
@@ -374,7 +381,7 @@ class Attention(nn.Module):
                                      softcap=c.attn_softcap)
     else:
       out_BxLxHxE = grouped_query_attention(q, kk, v, mask_BxLxS, c.attention_block,
-                                            scale=scale, softcap=c.attn_softcap)
+                                            scale=scale, softcap=c.attn_softcap, window=window)
     out_BxLxHxE = _constrain(out_BxLxHxE, ACT_BxLxHxE)
     out = Projection((h, e), (d,), ("heads", "kv", "embed"), dt, pdt,
                      init_scale=c.out_init_scale, use_bias=c.out_bias, name="out")(out_BxLxHxE)
@@ -429,8 +436,10 @@ class Block(nn.Module):
     mask_BxLxS = pick(local, masks[1], masks[0])
     inv_freq = pick(local, inv_freqs[1], inv_freqs[0])
     h_BxLxD = make_norm(c, "attention_norm")(x_BxLxD) if pre else x_BxLxD
+    # Unrolled, a layer knows statically whether it is local; scanned, it is traced.
+    window = c.sliding_window if isinstance(local, (bool, np.bool_)) and local else 0
     attended, cache = Attention(c, name="attention")(h_BxLxD, positions_BxL, mask_BxLxS, cache,
-                                                     cache_index, inv_freq)
+                                                     cache_index, inv_freq, window)
     if post:
       attended = make_norm(c, "attention_post_norm")(attended)
     x_BxLxD = x_BxLxD + attended

@@ -1,6 +1,12 @@
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import pytest
 
+from research.models import config as model_config
+from research.models.decoder import Decoder
 from research.objectives import clm
 from tests import reference
 
@@ -76,3 +82,56 @@ def test_sequence_normalisation_matches_numpy():
   np.testing.assert_allclose(loss, np.mean(per_example), rtol=1e-5)
   # nll stays the token mean whatever the normalisation.
   np.testing.assert_allclose(metrics["nll"], nll[mask == 1].mean(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("tie,softcap,chunk", [(False, 0.0, 4), (True, 3.0, 3), (False, 0.0, 64)],
+                         ids=["untied-4", "tied-softcap-3", "chunk-past-length"])
+def test_vocab_chunks_give_the_same_loss_and_gradients(tie, softcap, chunk):
+  """`model.vocab_chunk`: the CLM loss, its metrics and its gradients as with the
+  whole logits at once, for chunks that do not divide the length (10)."""
+  base = {**model_config.preset("tiny"), "tie_embeddings": tie, "logit_softcap": softcap}
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, 1024, (2, 11)).astype(np.int32)
+  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+           "segment_ids": np.array([[1] * 6 + [2] * 4, [1] * 8 + [0] * 2], np.int32),
+           "positions": np.array([list(range(6)) + list(range(4)), list(range(8)) + [0, 0]]),
+           "loss_mask": np.array([[1] * 10, [1] * 8 + [0] * 2], np.int32)}
+  config = ml_collections.ConfigDict({"objective": {"z_loss": 1e-3}})
+  params = None
+  results = []
+  for vocab_chunk in (0, chunk):
+    model = Decoder(model_config.DecoderConfig(**{**base, "vocab_chunk": vocab_chunk}))
+    if params is None:
+      params = nn.unbox(model.init(jax.random.PRNGKey(0), tokens[:, :4])["params"])
+    fn = lambda p, m=model: clm.loss_fn(p, batch, None, model=m, config=config)
+    (loss, metrics), grads = jax.value_and_grad(fn, has_aux=True)(params)
+    results.append((loss, metrics, grads))
+  (loss0, m0, g0), (loss1, m1, g1) = results
+  np.testing.assert_allclose(loss1, loss0, rtol=1e-6)
+  for key in m0:
+    np.testing.assert_allclose(m1[key], m0[key], rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), g1, g0)
+
+
+def test_vocab_chunks_cut_the_compiled_steps_memory():
+  """What the chunks are for: XLA's own memory analysis of the compiled gradient
+  (a vocabulary-heavy model: the logits are most of the step's temporaries)."""
+  config = ml_collections.ConfigDict({"objective": {"z_loss": 0.0}})
+  b, l = 4, 256
+  batch = {"inputs": np.zeros((b, l), np.int32), "targets": np.zeros((b, l), np.int32),
+           "segment_ids": np.ones((b, l), np.int32),
+           "positions": np.tile(np.arange(l, dtype=np.int32), (b, 1)),
+           "loss_mask": np.ones((b, l), np.int32)}
+  temp = {}
+  for chunk in (0, 32):
+    cfg = model_config.DecoderConfig(**{**model_config.preset("tiny"), "vocab_size": 16384,
+                                        "vocab_chunk": chunk})
+    model = Decoder(cfg)
+    params = jax.eval_shape(lambda m=model: m.init(jax.random.PRNGKey(0), batch["inputs"]))
+    grad = jax.jit(jax.grad(lambda p, m=model: clm.loss_fn(p, batch, None, model=m,
+                                                           config=config)[0]))
+    compiled = grad.lower(nn.unbox(params["params"])).compile()
+    temp[chunk] = compiled.memory_analysis().temp_size_in_bytes
+  logits_bytes = b * l * 16384 * 4
+  assert temp[0] > logits_bytes  # the whole logits (and their gradient) live at once
+  assert temp[32] < temp[0] / 3, temp  # 161 MB -> 44 MB when written

@@ -17,8 +17,9 @@ from research.training import optimizer, partitioning, state as state_lib, step 
 RULES = partitioning.DEFAULT_RULES
 
 
-def _setup(mesh_shape, devices, microbatches=1, scan=False):
-  cfg = model_config.DecoderConfig(**{**model_config.preset("tiny"), "scan_layers": scan})
+def _setup(mesh_shape, devices, microbatches=1, scan=False, **model_overrides):
+  cfg = model_config.DecoderConfig(**{**model_config.preset("tiny"), "scan_layers": scan,
+                                      **model_overrides})
   model = Decoder(cfg)
   config = ml_collections.ConfigDict({"objective": {"z_loss": 1e-4}})
   # eps=1e-3 makes Adam's update a smooth function of the gradient. With the
@@ -98,6 +99,17 @@ def test_scanned_layers_shard_and_match(devices):
   assert_params_close(state.params, ref_state.params)
   kernel = state.params["layers"]["mlp"]["up"]["kernel"]  # (layers, embed, mlp)
   assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+
+
+def test_windowed_qk_norm_chunked_vocab_step_shards_and_matches(devices):
+  """Gemma-style layers (local/global, sandwich norms, q/k norms) and the chunked
+  vocabulary loss, scanned, on a (2, 2, 2) mesh against one device."""
+  model = dict(sliding_window=6, attention_pattern="lg", norm_placement="sandwich",
+               qk_norm="head", vocab_chunk=12, scan=True)
+  losses, state, _ = _run((2, 2, 2), devices, **model)
+  ref_losses, ref_state, _ = _run((1, 1, 1), devices[:1], **model)
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+  assert_params_close(state.params, ref_state.params)
 
 
 def test_gradient_accumulation_matches_full_batch(devices, single):

@@ -28,7 +28,7 @@ _CHOICES = {"family": FAMILIES, "norm": ("rms", "layer"),
             "positions": ("rope", "learned"), "rope_scaling": ("none", "llama3", "linear")}
 # How the model computes, not what: a stage started from another run keeps its
 # own; every other field comes from that run (see `architecture`).
-RUNTIME_FIELDS = ("dtype", "remat", "attention_block")
+RUNTIME_FIELDS = ("dtype", "remat", "attention_block", "vocab_chunk")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,11 +87,17 @@ class DecoderConfig:
   # Causal self-attention in query blocks of this many tokens, each against the
   # keys up to its end (the masked upper triangle's blocks are skipped); 0 = one block.
   attention_block: int = 128
+  # Log-probs of the targets from the logits of this many positions at a time,
+  # recomputed in the backward: a step never holds B x L x V logits (a 150k-260k
+  # vocabulary's logits dominate an SFT or DPO step's memory); 0 = all at once.
+  vocab_chunk: int = 0
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
       raise ConfigError(f"model.num_heads={self.num_heads} must be a multiple of "
                         f"model.num_kv_heads={self.num_kv_heads}")
+    if self.vocab_chunk < 0:
+      raise ConfigError(f"model.vocab_chunk={self.vocab_chunk} must be >= 0 (0: off)")
     if self.attention_block < 0:
       raise ConfigError(f"model.attention_block={self.attention_block} must be >= 0 (0: off)")
     if self.head_dim % 2 and self.positions == "rope":

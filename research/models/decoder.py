@@ -570,6 +570,21 @@ class Decoder(nn.Module):
                                   masks, cache, cache_index)
     return self.final_norm(x_BxTxD), cache
 
+  def unembedding(self):
+    """The D x V unembedding matrix, in the compute dtype."""
+    c = self.cfg
+    if c.tie_embeddings:
+      return self.embedding.astype(c.compute_dtype).T
+    return self.unembed.kernel.astype(c.compute_dtype)
+
+  def target_logprobs(self, tokens_BxL, targets_BxL, positions_BxL=None, segment_ids_BxL=None,
+                      temperature: float = 1.0):
+    """log p(target), log Z and the largest logit per position (`target_logprobs`),
+    `cfg.vocab_chunk` positions at a time."""
+    hidden_BxLxD = self.trunk(tokens_BxL, positions_BxL, segment_ids_BxL)
+    return target_logprobs(hidden_BxLxD, self.unembedding(), targets_BxL, self.cfg.vocab_chunk,
+                           self.cfg.logit_softcap, temperature)
+
   def logits(self, hidden_BxLxD):
     """Unembedding; logits are returned in float32 for a stable softmax."""
     c = self.cfg
@@ -586,6 +601,38 @@ class Decoder(nn.Module):
 
   def __call__(self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None):
     return self.logits(self.trunk(tokens_BxL, positions_BxL, segment_ids_BxL))
+
+
+def target_logprobs(hidden_BxLxD, unembed_DxV, targets_BxL, chunk: int = 0, softcap: float = 0.0,
+                    temperature: float = 1.0):
+  """(log p(target), log Z, max logit), each BxL, from hidden states: the logits
+  (soft-capped, then divided by `temperature`) in float32.
+
+  With `chunk` > 0 the positions go `chunk` at a time through a loop whose body
+  is rematerialised: the forward keeps only each chunk's three outputs and the
+  backward recomputes one chunk's logits at a time, so peak memory holds
+  B x chunk x V logits instead of B x L x V (Liger / Cut-Cross-Entropy style,
+  Wijmans et al. 2024, on sequence chunks). The values are the same.
+  """
+  def head(h_BxCxD, t_BxC):
+    logits = dense(h_BxCxD, unembed_DxV, 1).astype(jnp.float32)
+    if softcap:
+      logits = softcap * jnp.tanh(logits / softcap)
+    logits = logits / temperature
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    target = jnp.take_along_axis(logits, t_BxC[..., None], axis=-1)[..., 0]
+    return target - log_z, log_z, jnp.max(logits, axis=-1)
+
+  b, l, d = hidden_BxLxD.shape
+  if not chunk or chunk >= l:
+    return head(hidden_BxLxD, targets_BxL)
+  pad = (-l) % chunk
+  n = (l + pad) // chunk
+  h_NxBxCxD = jnp.pad(hidden_BxLxD, ((0, 0), (0, pad), (0, 0))).reshape(
+      b, n, chunk, d).swapaxes(0, 1)
+  t_NxBxC = jnp.pad(targets_BxL, ((0, 0), (0, pad))).reshape(b, n, chunk).swapaxes(0, 1)
+  outs = jax.lax.map(jax.checkpoint(lambda xs: head(*xs)), (h_NxBxCxD, t_NxBxC))
+  return tuple(o.swapaxes(0, 1).reshape(b, n * chunk)[:, :l] for o in outs)
 
 
 def init_cache(cfg: DecoderConfig, batch: int, length: int):

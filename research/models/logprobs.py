@@ -24,16 +24,21 @@ def positions_from_mask(mask_BxT):
 
 
 def sequence_token_logprobs(model, params, tokens_BxT, mask_BxT, temperature: float = 1.0):
-  """log p(token_t | tokens_<t) at index t (0 at t = 0 and at padding), and logits.
+  """log p(token_t | tokens_<t) at index t (0 at t = 0 and at padding), and log Z
+  of the distribution that predicts it (`Decoder.target_logprobs`: the logits in
+  `model.cfg.vocab_chunk` chunks, never all at once when that is set).
 
   `temperature` divides the logits first: PPO's ratio and KL must use the
   sampling temperature (RLHF_DETAILS.md).
   """
-  logits_BxTxV = model.apply({"params": params}, tokens_BxT, positions_from_mask(mask_BxT),
-                             mask_BxT.astype(jnp.int32))
-  logp_BxT1, _ = token_logprobs(logits_BxTxV[:, :-1] / temperature, tokens_BxT[:, 1:])
-  logp_BxT = jnp.pad(logp_BxT1, ((0, 0), (1, 0)))
-  return jnp.where(mask_BxT.astype(bool), logp_BxT, 0.0), logits_BxTxV
+  # The target at t is token t + 1; the last position predicts nothing kept.
+  targets_BxT = jnp.pad(tokens_BxT[:, 1:], ((0, 0), (0, 1)))
+  logp_BxT, log_z_BxT, _ = model.apply(
+      {"params": params}, tokens_BxT, targets_BxT, positions_from_mask(mask_BxT),
+      mask_BxT.astype(jnp.int32), temperature, method="target_logprobs")
+  shift = lambda x: jnp.pad(x[:, :-1], ((0, 0), (1, 0)))
+  real = mask_BxT.astype(bool)
+  return jnp.where(real, shift(logp_BxT), 0.0), jnp.where(real, shift(log_z_BxT), 0.0)
 
 
 def response_logprob_sums(model, params, tokens_BxT, mask_BxT, response_mask_BxT):

@@ -47,8 +47,16 @@ def cross_entropy(logits_BxLxV, targets_BxL, mask_BxL, z_loss_coef: float = 0.0,
   `jnp.where`, so a non-finite logit at a padding position cannot leak into the
   loss (NaN * 0 = NaN).
   """
-  mask = mask_BxL.astype(bool)
   logp_BxL, log_z_BxL = token_logprobs(logits_BxLxV, targets_BxL)
+  return cross_entropy_of(logp_BxL, log_z_BxL, jnp.max(logits_BxLxV, axis=-1), mask_BxL,
+                          z_loss_coef, segment_ids_BxL, normalization)
+
+
+def cross_entropy_of(logp_BxL, log_z_BxL, max_logit_BxL, mask_BxL, z_loss_coef: float = 0.0,
+                     segment_ids_BxL=None, normalization: str = "token"):
+  """`cross_entropy` from the targets' log-probs, log Z and the largest logit per
+  position (what `Decoder.target_logprobs` returns, chunk by chunk)."""
+  mask = mask_BxL.astype(bool)
   num_tokens = mask.sum()
   denom = jnp.maximum(num_tokens, 1).astype(jnp.float32)
   nll = jnp.where(mask, -logp_BxL, 0.0).sum() / denom
@@ -63,7 +71,7 @@ def cross_entropy(logits_BxLxV, targets_BxL, mask_BxL, z_loss_coef: float = 0.0,
                       f"expected 'token' or 'sequence'")
   # Reuses the max that logsumexp computes (an argmax is a separate full pass
   # over BxLxV on CPU); ties count as correct.
-  correct = logp_BxL >= jnp.max(logits_BxLxV, axis=-1) - log_z_BxL
+  correct = logp_BxL >= max_logit_BxL - log_z_BxL
   accuracy = jnp.where(mask, correct, False).sum() / denom
   metrics = {"nll": nll, "perplexity": jnp.exp(nll), "accuracy": accuracy,
              "z_loss": z_loss, "num_tokens": num_tokens}
@@ -73,8 +81,8 @@ def cross_entropy(logits_BxLxV, targets_BxL, mask_BxL, z_loss_coef: float = 0.0,
 def loss_fn(params, batch, rng, *, model, config):
   """CLM/SFT loss on a packed batch (`BATCH_KEYS`); `rng` is unused (no dropout)."""
   del rng
-  logits_BxLxV = model.apply({"params": params}, batch["inputs"], batch["positions"],
-                             batch["segment_ids"])
-  return cross_entropy(logits_BxLxV, batch["targets"], batch["loss_mask"],
-                       config.objective.z_loss, batch["segment_ids"],
-                       config.objective.get("loss_normalization", "token"))
+  logp, log_z, max_logit = model.apply({"params": params}, batch["inputs"], batch["targets"],
+                                       batch["positions"], batch["segment_ids"],
+                                       method="target_logprobs")
+  return cross_entropy_of(logp, log_z, max_logit, batch["loss_mask"], config.objective.z_loss,
+                          batch["segment_ids"], config.objective.get("loss_normalization", "token"))

@@ -86,8 +86,13 @@ def evaluate(eval_step, params, batches: Iterable[dict], mesh, rules,
   """Token-weighted means over up to `max_batches` held-out batches."""
   sums: dict[str, float] = {}
   total_weight, n = 0.0, 0
-  for batch in batches:
-    if n >= max_batches:
+  batches = iter(batches)
+  while n < max_batches:
+    batch = next(batches, None)
+    # Each process reads its own part of the held-out data, which may give it one
+    # batch fewer: every process stops at the first batch one of them lacks, or
+    # the others would wait in a collective forever.
+    if not partitioning.all_processes(batch is not None):
       break
     metrics = jax.device_get(eval_step(params, partitioning.shard_batch(batch, mesh, rules)))
     weight = float(metrics.get("num_tokens", metrics.get("num_examples", 1.0)))

@@ -24,7 +24,7 @@ GIB = 2 ** 30
 def available_bytes() -> tuple[int, str]:
   """(bytes, what): an accelerator's memory limit per device, or on a CPU the host's
   memory shared by all of its (simulated) devices, per device."""
-  device = jax.devices()[0]
+  device = jax.local_devices()[0]  # another process's devices have no stats here
   stats = device.memory_stats() if hasattr(device, "memory_stats") else None
   if stats and stats.get("bytes_limit"):
     return int(stats["bytes_limit"]), f"the {device.device_kind} memory per device"

@@ -178,6 +178,14 @@ def shard_batch(batch: dict, mesh, rules) -> dict:
   return jax.tree.map(put, batch)
 
 
+def all_processes(flag: bool) -> bool:
+  """True where `flag` holds on every process (one tiny collective when there are several)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.all(multihost_utils.process_allgather(np.int32(flag))))
+
+
 def pad_rows(arrays: dict, mesh, rules, fill: dict | None = None) -> tuple[dict, int]:
   """Pads the leading axis to a multiple of the mesh's batch split.
 

@@ -15,7 +15,6 @@ example (K = config.data.num_responses, L = config.data.seq_len):
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 
 from research.data import pipeline, prompt_fit, templates
@@ -82,6 +81,5 @@ def encode(records, tok: Tokenizer, template: str, seq_len: int, k: int, *,
 
 def batches(examples, *, global_batch_size: int, seed: int, train: bool):
   """Shuffled (train) or in-order batches of whole examples; no packing."""
-  per_process = global_batch_size // jax.process_count()
   ds = pipeline.examples(ListSource(examples), lambda x: x, seed=seed, train=train)
-  return ds.batch(per_process, drop_remainder=True)
+  return pipeline.own_rows(ds.batch(global_batch_size, drop_remainder=True))

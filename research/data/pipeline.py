@@ -43,10 +43,15 @@ def _finalize(example: dict) -> dict:
 
 
 def examples(source, to_example: Callable[[dict], dict], *, seed: int, train: bool):
-  """Per-process shard of `source` -> examples; train shuffles anew each epoch and repeats."""
+  """`source` -> examples; train shuffles anew each epoch and repeats.
+
+  Every process reads the same stream (the same seed); `own_rows` keeps each
+  process's rows of each global batch. The batches are then the one-process
+  run's whatever the process count, and so is the iterator state every process
+  checkpoints: a run resumes exactly on another process count. (The price: each
+  host tokenizes and packs every example, not a stride of them.)
+  """
   ds = grain.MapDataset.source(source)
-  if jax.process_count() > 1:
-    ds = ds[jax.process_index()::jax.process_count()]
   if train:
     ds = ds.shuffle(seed=seed).repeat(None)
   return ds.map(to_example).to_iter_dataset()
@@ -61,13 +66,24 @@ def packed_batches(example_ds: grain.IterDataset, *, seq_len: int, global_batch_
   first-fit and never splits one (fine-tuning: examples must fit).
   """
   lengths = {k: seq_len for k in SEQUENCE_FEATURES}
-  per_process = global_batch_size // jax.process_count()
   if split_long:
     packed = ge.ConcatThenSplitIterDataset(example_ds, length_struct=lengths)
   else:
     packed = ge.FirstFitPackIterDataset(example_ds, length_struct=lengths,
-                                        num_packing_bins=per_process, shuffle_bins=False)
-  return packed.map(_finalize).batch(per_process, drop_remainder=True)
+                                        num_packing_bins=global_batch_size, shuffle_bins=False)
+  return own_rows(packed.map(_finalize).batch(global_batch_size, drop_remainder=True))
+
+
+def own_rows(global_batches: grain.IterDataset) -> grain.IterDataset:
+  """This process's block of rows of each global batch (all of it in one process),
+  what `partitioning.shard_batch` assembles the global arrays from."""
+  if jax.process_count() == 1:
+    return global_batches
+  def rows(batch):
+    per_process = len(next(iter(jax.tree.leaves(batch)))) // jax.process_count()
+    lo = jax.process_index() * per_process
+    return jax.tree.map(lambda x: x[lo:lo + per_process], batch)
+  return global_batches.map(rows)
 
 
 def clm_batches(source, tokenizer: Tokenizer, *, seq_len: int, global_batch_size: int,

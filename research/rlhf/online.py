@@ -285,11 +285,17 @@ class RolloutSource:
             "scores": scores, "sampler_logp": rollout_lib.sampler_logp(roll)}
     beta = self.kl_ctl.value
     with _Timer() as t_score:
+      # Every process holds the whole rollout; each scores its block of rows, and
+      # the blocks are gathered back so that every process builds the same
+      # minibatches (`_minibatches` then feeds each process its block of each).
+      own = partitioning.process_block(self.rows)
       with partitioning.activate(self.mesh, self.rules):
         arrays, stats = self.score_fn(
-            state.params, self.ref_params, partitioning.shard_batch(host, self.mesh, self.rules),
-            jnp.float32(beta))
-      arrays, stats = jax.device_get((arrays, stats))
+            state.params, self.ref_params,
+            partitioning.shard_batch({k: v[own] for k, v in host.items()}, self.mesh,
+                                     self.rules), jnp.float32(beta))
+      arrays = partitioning.gather_rows(partitioning.local_rows(arrays, self.mesh, self.rules))
+      stats = jax.device_get(stats)  # scalars, the same on every process
     data = {**host, **arrays, "kl_beta": np.full(self.rows, beta, np.float32)}
     if o.get("overlong_filter", False):  # DAPO: truncated responses are left out of the loss
       data["response_mask"] = roll.response_mask & roll.ended[:, None]
@@ -319,7 +325,7 @@ class RolloutSource:
     for _ in range(self.config.ppo.epochs):
       order = shuffle.permutation(self.rows)
       for lo in range(0, self.rows, size):
-        rows = order[lo:lo + size]
+        rows = order[lo:lo + size][partitioning.process_block(size)]
         batch = {k: data[k][rows] for k in self.keys}
         if self.ptx_iter is not None:
           batch["ptx"] = next(self.ptx_iter)

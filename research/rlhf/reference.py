@@ -28,15 +28,18 @@ class ReferenceScorer:
 
   def __init__(self, model, params, mesh, rules):
     self.params, self.mesh, self.rules = params, mesh, rules
-    self._fn = jax.jit(lambda p, t, m, r: logprobs.response_logprob_sums(model, p, t, m, r)[0])
+    self._fn = jax.jit(lambda p, t, m, r: logprobs.response_logprob_sums(model, p, t, m, r)[0],
+                       out_shardings=partitioning.data_sharding(mesh, rules, 1))
 
   def __call__(self, tokens_NxL, mask_NxL, response_mask_NxL) -> np.ndarray:
+    """This process's rows in, their scores out (with several processes, each
+    passes its own rows, and the scores of its own come back)."""
     padded, n = partitioning.pad_rows({"tokens": tokens_NxL, "mask": mask_NxL,
                                        "response_mask": response_mask_NxL}, self.mesh, self.rules)
     batch = partitioning.shard_batch(padded, self.mesh, self.rules)
     with partitioning.activate(self.mesh, self.rules):
-      return np.asarray(self._fn(self.params, batch["tokens"], batch["mask"],
-                                 batch["response_mask"]))[:n]
+      scores = self._fn(self.params, batch["tokens"], batch["mask"], batch["response_mask"])
+    return partitioning.local_rows(scores, self.mesh, self.rules)[:n]
 
   def pairs(self, batch: dict) -> np.ndarray:
     """Bx2 for a batch whose tokens are BxKxL."""

@@ -178,6 +178,37 @@ def shard_batch(batch: dict, mesh, rules) -> dict:
   return jax.tree.map(put, batch)
 
 
+def local_rows(tree, mesh, rules):
+  """The inverse of `shard_batch`: this process's rows of batch-sharded global
+  arrays, as numpy (all of them in one process). Outputs of a computation on a
+  sharded batch must come back this way: another process's rows cannot be read."""
+  if jax.process_count() == 1:
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  def get(x):
+    spec = data_sharding(mesh, rules, x.ndim).spec
+    return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, spec))
+  return jax.tree.map(get, tree)
+
+
+def process_block(rows: int) -> slice:
+  """This process's block of `rows` host rows that every process holds alike."""
+  if rows % jax.process_count():
+    raise ConfigError(f"{rows} rows do not split evenly over {jax.process_count()} processes")
+  per = rows // jax.process_count()
+  return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
+
+
+def gather_rows(tree):
+  """Every process's rows (numpy, a `process_block` each) concatenated in process
+  order, on every process: the inverse of taking `process_block`."""
+  if jax.process_count() == 1:
+    return tree
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)),
+                      tree)
+
+
 def all_processes(flag: bool) -> bool:
   """True where `flag` holds on every process (one tiny collective when there are several)."""
   if jax.process_count() == 1:

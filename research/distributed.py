@@ -3,13 +3,18 @@ group of simulated CPU devices), one global mesh over all their devices."""
 
 from __future__ import annotations
 
+import hashlib
+import socket
+import time
+
 import jax
+import numpy as np
 
 from research.errors import ConfigError
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, timeout_s: int = 60) -> None:
+               process_id: int | None = None, timeout_s: int = 300) -> None:
   """`jax.distributed.initialize`: auto-detected (TPU, SLURM, MPI) without
   arguments, else the coordinator's host:port, the process count and this id.
   On CPU the processes' collectives go through gloo."""
@@ -20,6 +25,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   if jax.config.jax_platforms in (None, "", "cpu") or jax.config.jax_platforms.startswith("cpu"):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   kwargs = {}
+  if coordinator is not None and process_id != 0:
+    _wait_for(coordinator, timeout_s)  # JAX aborts the process on a timeout
   if coordinator is not None:
     kwargs = dict(coordinator_address=coordinator, num_processes=num_processes,
                   process_id=process_id, initialization_timeout=timeout_s)
@@ -29,3 +36,38 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise ConfigError(f"--distributed: could not join the coordinator "
                       f"{coordinator or '(auto-detected)'}: {first[:300]}") from None
+
+
+def _wait_for(address: str, timeout_s: int) -> None:
+  """Returns once something listens at host:port, or fails in one line after `timeout_s`."""
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit():
+    raise ConfigError(f"--coordinator={address!r}: expected host:port")
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      socket.create_connection((host, int(port)), timeout=2).close()
+      return
+    except OSError as e:
+      if time.monotonic() > deadline:
+        raise ConfigError(f"--distributed: could not join the coordinator {address}: nothing "
+                          f"answered within {timeout_s} s ({e.strerror or e}); is process 0 "
+                          f"running there?") from None
+      time.sleep(0.5)
+
+
+def check_same_config(config, workdir: str) -> None:
+  """Refuses, on every process, a run whose processes were given different configs
+  or workdirs (a flag missing on one host): they would run different programs and
+  hang in the first collective that differs."""
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  text = config.to_json(sort_keys=True) + "\n" + workdir
+  digest = np.frombuffer(hashlib.sha256(text.encode()).digest()[:8], np.int64)[0]
+  digests = np.asarray(multihost_utils.process_allgather(np.int64(digest))).reshape(-1)
+  differ = [i for i, d in enumerate(digests) if d != digests[0]]
+  if differ:
+    raise ConfigError(f"process {jax.process_index()} of {jax.process_count()}: processes "
+                      f"{differ} were given another config or --workdir than process 0; give "
+                      f"every process the same flags")

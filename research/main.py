@@ -34,6 +34,8 @@ _COORDINATOR = flags.DEFINE_string("coordinator", None, "with --distributed: the
                                    "host:port (process 0's), where it is not auto-detected")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "with --coordinator: processes")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "with --coordinator: this process's id")
+_COORDINATOR_TIMEOUT = flags.DEFINE_integer("coordinator_timeout_s", 300, "with --distributed: "
+                                            "how long to wait for every process to join")
 
 # Stages that only sample: on a CPU, keeping freed memory (research/host_memory.py)
 # speeds train steps ~12% but slows decoding ~10% (one malloc arena for all threads).
@@ -55,6 +57,7 @@ def stage_module(name: str):
 
 def _run(config, workdir: str) -> dict | None:
   from research import objectives, runs
+  distributed.check_same_config(config, workdir)
   objectives.import_modules(config)  # config.imports: modules that register objectives
   runs.check_model_overrides(config, cli.explicit_overrides(sys.argv[1:], "model."))
   if _DRY_RUN.value:
@@ -82,7 +85,8 @@ def main(argv) -> None:
     host_memory.keep_freed_memory()
   if _DISTRIBUTED.value:
     with cli.user_errors():  # half-given flags, an unreachable coordinator: one line
-      distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+      distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                             _COORDINATOR_TIMEOUT.value)
   workdir = _WORKDIR.value or os.path.join("runs", config.stage)
   from research.training.loop import NonFiniteLossError
   try:

@@ -139,3 +139,28 @@ def test_half_given_coordinator_flags_are_one_clear_line(tmp_path):
   assert out.returncode == 2
   assert "give all of --coordinator, --num_processes and --process_id" in out.stderr
   assert "Traceback" not in out.stderr
+
+
+def test_processes_given_different_configs_are_refused_on_every_process(tmp_path):
+  port = _free_port()
+  procs = [subprocess.Popen(
+      _command("configs/clm.py:smoke", tmp_path / "run", f"--config.train.steps={20 + i}",
+               "--distributed", f"--coordinator=127.0.0.1:{port}", "--num_processes=2",
+               f"--process_id={i}"),
+      cwd=ROOT, env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 2, err[-2000:]
+    assert "processes [1] were given another config or --workdir than process 0" in err
+  assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_an_unreachable_coordinator_is_one_line_within_the_timeout(tmp_path):
+  port = _free_port()  # nobody listens there
+  out = subprocess.run(_command("configs/clm.py:smoke", tmp_path / "x", "--distributed",
+                                f"--coordinator=127.0.0.1:{port}", "--num_processes=2",
+                                "--process_id=1", "--coordinator_timeout_s=5"),
+                       cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert f"could not join the coordinator 127.0.0.1:{port}" in out.stderr

@@ -13,9 +13,11 @@ the RL scores were read back whole, which a process cannot do with another's row
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -164,3 +166,25 @@ def test_an_unreachable_coordinator_is_one_line_within_the_timeout(tmp_path):
                        cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=120)
   assert out.returncode == 2, out.stderr[-2000:]
   assert f"could not join the coordinator 127.0.0.1:{port}" in out.stderr
+
+
+def test_sigterm_to_one_process_stops_both_at_one_saved_step(tmp_path):
+  from research import cli  # pylint: disable=g-import-not-at-top
+  workdir, port = tmp_path / "run", _free_port()
+  procs = [subprocess.Popen(
+      _command("configs/clm.py:smoke", workdir, "--config.train.steps=2000",
+               "--config.train.log_every=1", "--distributed", f"--coordinator=127.0.0.1:{port}",
+               "--num_processes=2", f"--process_id={i}"),
+      cwd=ROOT, env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  metrics = workdir / "metrics.jsonl"
+  deadline = time.monotonic() + 300
+  while not (metrics.exists() and '"train"' in metrics.read_text()):
+    assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+    time.sleep(0.5)
+  procs[1].send_signal(signal.SIGTERM)  # the other process is not told
+  for p in procs:
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == cli.EXIT_PREEMPTED, err[-3000:]
+  saved = os.listdir(workdir / "checkpoints")
+  assert len(saved) == 1 and 0 < int(saved[0]) < 2000

@@ -267,10 +267,14 @@ def run(*, train_cfg, workdir: str, state, abstract_state, state_shardings, trai
       if evaluates and train_cfg.eval_every and step % train_cfg.eval_every == 0 \
           and step < total:
         last_eval = do_eval(step)
-      if sigterm.raised or step % train_cfg.checkpoint_every == 0 or step == total:
+      # A SIGTERM to any process stops them all at the same step (one tiny
+      # collective per step when there are several), or one would save and leave
+      # while the others wait for it in the next step's collectives.
+      stop = not partitioning.all_processes(not sigterm.raised)
+      if stop or step % train_cfg.checkpoint_every == 0 or step == total:
         drain(keep=0)  # never save a state whose loss was not checked
         save(step, data_state)
-      if sigterm.raised:
+      if stop:
         logging.warning("SIGTERM: saved step %d to %s and stopped", step, ckpt.directory)
         preempted = True
         break

@@ -13,7 +13,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 # Bottom to top. Each entry is a top-level module or package of `research`.
 LAYERS = (
-    ("data", "errors", "host_memory", "models", "ratings", "rewards", "seeds",
+    ("data", "distributed", "errors", "host_memory", "models", "ratings", "rewards", "seeds",
      "validate"),                                  # text, modules, checks, reward functions
     ("training", "objectives", "sampling"),        # steps, losses, the sampler
     ("runs",),                                     # a workdir: config, tokenizer, parameters

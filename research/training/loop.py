@@ -89,9 +89,9 @@ def evaluate(eval_step, params, batches: Iterable[dict], mesh, rules,
   batches = iter(batches)
   while n < max_batches:
     batch = next(batches, None)
-    # Each process reads its own part of the held-out data, which may give it one
-    # batch fewer: every process stops at the first batch one of them lacks, or
-    # the others would wait in a collective forever.
+    # Several processes stop at the first batch one of them lacks (the pipelines
+    # give them the same count; a batch source that does not would otherwise
+    # leave the others waiting in a collective forever).
     if not partitioning.all_processes(batch is not None):
       break
     metrics = jax.device_get(eval_step(params, partitioning.shard_batch(batch, mesh, rules)))

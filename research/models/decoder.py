@@ -269,13 +269,13 @@ def grouped_query_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, mask_BxLxS, block: 
   """
   l, s = q_BxLxHxE.shape[1], k_BxSxKxE.shape[1]
   if 0 < block < l and l % block == 0 and s == l:
-    return jnp.concatenate([
-        grouped_query_attention(q_BxLxHxE[:, i:i + block], k_BxSxKxE[:, start:i + block],
-                                v_BxSxKxE[:, start:i + block],
-                                mask_BxLxS[:, i:i + block, start:i + block],
-                                scale=scale, softcap=softcap)
-        for i in range(0, l, block)
-        for start in [max(0, i - window + 1) if window else 0]], axis=1)
+    outs = []
+    for i in range(0, l, block):
+      start = max(0, i - window + 1) if window else 0  # the first key the block sees
+      outs.append(grouped_query_attention(
+          q_BxLxHxE[:, i:i + block], k_BxSxKxE[:, start:i + block], v_BxSxKxE[:, start:i + block],
+          mask_BxLxS[:, i:i + block, start:i + block], scale=scale, softcap=softcap))
+    return jnp.concatenate(outs, axis=1)
   b, l, h, e = q_BxLxHxE.shape
   k = k_BxSxKxE.shape[2]
   q_BxLxKxGxE = q_BxLxHxE.reshape(b, l, k, h // k, e)

@@ -30,6 +30,10 @@ import ml_collections
 SUMMARY = "summary.json"
 
 
+class Preempted(Exception):
+  """A point saved its state on SIGTERM and stopped; rerunning the sweep continues it."""
+
+
 @dataclasses.dataclass
 class Point:
   name: str
@@ -108,7 +112,10 @@ def run(experiment: Experiment, root: str, only: str | None = None) -> list[dict
   for point in experiment.points:
     if only is None or point.name == only:
       print(f"== {experiment.name}/{point.name} ({point.config.stage})", flush=True)
-      run_point(experiment, root, point.name)
+      if run_point(experiment, root, point.name).get("preempted"):
+        # A SIGTERM reached the stage: stop here rather than start the next point.
+        raise Preempted(f"point {point.name!r} saved its state on SIGTERM under "
+                        f"{workdir(root, point)}; rerun the same command to continue")
   return collect(experiment, root)
 
 

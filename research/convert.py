@@ -3,6 +3,11 @@
   python -m research.convert --from_hf=DIR --workdir=OUT [--dtype=bfloat16] [--scan_layers]
       [--fsdp=N --tensor=N] [--dry_run]
   python -m research.convert --to_hf=DIR --workdir=RUN [--dtype=bfloat16]
+  ... --distributed [--coordinator=HOST0:PORT --num_processes=N --process_id=I]
+
+On several processes (hosts), each one reads only the blocks of the tensors its
+devices hold on import, and gathers each tensor in turn on export; process 0
+alone writes the files (every process joins the checkpoint save).
 
 Import reads a local transformers directory (config.json, model.safetensors or
 a sharded index, tokenizer files) and writes a workdir that every stage takes
@@ -21,6 +26,7 @@ Llama, with the sqrt(d) input scale folded into the embedding table.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -31,7 +37,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from research import cli, runs
+from research import cli, distributed, runs
 from research.errors import ConfigError
 from research.data import hf_tokenizer
 from research.models import config as model_config
@@ -73,12 +79,17 @@ def import_hf(hf_dir: str, workdir: str | None, *, dtype: str = "float32",
   """Reads `hf_dir` into a workdir (see module doc); returns a summary. A workdir that
   already holds anything is refused before anything is read or written: importing
   over a run would replace its config.json and delete its checkpoints."""
+  refused = None
   if not dry_run and workdir and os.path.isdir(workdir) and os.listdir(workdir):
     held = sorted(os.listdir(workdir))
-    raise ConfigError(f"--workdir={workdir!r} is not empty (it holds {', '.join(held[:4])}"
-                      f"{', ...' if len(held) > 4 else ''}); import into a new directory")
-  if not dry_run and workdir and os.path.isfile(workdir):
-    raise ConfigError(f"--workdir={workdir!r} is a file, not a directory")
+    refused = (f"--workdir={workdir!r} is not empty (it holds {', '.join(held[:4])}"
+               f"{', ...' if len(held) > 4 else ''}); import into a new directory")
+  elif not dry_run and workdir and os.path.isfile(workdir):
+    refused = f"--workdir={workdir!r} is a file, not a directory"
+  # Every process decides before process 0 writes anything, or another could find
+  # its files and refuse alone, leaving process 0 waiting in the save.
+  if not partitioning.all_processes(refused is None):
+    raise ConfigError(refused or "another process refused the import (see its error)")
   hf = hf_checkpoint.read_config(hf_dir)
   where = os.path.join(hf_dir, "config.json")
   fields = families.decoder_fields(hf, where)
@@ -110,14 +121,15 @@ def import_hf(hf_dir: str, workdir: str | None, *, dtype: str = "float32",
     tok = hf_tokenizer.HFTokenizer.load(hf_dir)
   params = hf_checkpoint.load_params(hf_dir, cfg, abstract, shardings,
                                      mapping=_mapping(cfg, reward))
-  os.makedirs(workdir, exist_ok=True)
   source = {"source": os.path.abspath(hf_dir), "architecture": (hf.get("architectures") or [""])[0]}
   config = _run_config(model, "reward" if reward else "import", source, mesh_sizes, mesh.size)
-  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  if tok is not None:
-    tok.save(os.path.join(workdir, hf_tokenizer.DIRNAME))
-  else:
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+    if tok is not None:
+      tok.save(os.path.join(workdir, hf_tokenizer.DIRNAME))
+  if tok is None:
     logging.warning("%s has no tokenizer.json or tokenizer.model: stages will need "
                     "--config.data.tokenizer_path", hf_dir)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1)
@@ -152,7 +164,7 @@ def _as_hf_family(cfg, params, reward: bool):
                           "sqrt(d_model) but not its logits; no Hugging Face family does that")
   decoder = params["decoder"] if reward else params
   if cfg.embed_scale:
-    table = np.asarray(jax.device_get(decoder["embedding"]))
+    table = distributed.host_array(decoder["embedding"])
     scale = np.sqrt(cfg.d_model).astype(np.float32).astype(table.dtype)
     decoder = {**decoder, "embedding": table * scale}
   cfg = dataclasses.replace(cfg, family="llama", embed_scale=False)
@@ -176,11 +188,10 @@ def write_hf_model(cfg, params, directory: str, *, dtype: str = "float32",
   return hf_checkpoint.save_tensors(directory, tensors)
 
 
-def export_hf(workdir: str, out_dir: str, *, dtype: str = "float32") -> dict:
-  cfg, params, reward, tok_path = _load_run(workdir)
-  cfg, params = _as_hf_family(cfg, params, reward)
-  families.check_exportable(cfg)  # before anything is written
-  tmp = f"{out_dir.rstrip('/')}.tmp{os.getpid()}"
+def _export_files(tmp: str, out_dir: str, cfg, params, *, dtype: str, tok_path: str | None,
+                  reward: bool) -> list[str]:
+  """The tokenizer, generation config and model files into `tmp`, then `tmp` in
+  place of `out_dir`."""
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
   special = {}
@@ -204,10 +215,25 @@ def export_hf(workdir: str, out_dir: str, *, dtype: str = "float32") -> dict:
   files = write_hf_model(cfg, params, tmp, dtype=dtype, special=special, reward=reward)
   shutil.rmtree(out_dir, ignore_errors=True)
   os.replace(tmp, out_dir)
+  return files
+
+
+def export_hf(workdir: str, out_dir: str, *, dtype: str = "float32") -> dict:
+  cfg, params, reward, tok_path = _load_run(workdir)
+  cfg, params = _as_hf_family(cfg, params, reward)
+  families.check_exportable(cfg)  # before anything is written
+  if jax.process_index() == 0:
+    files = _export_files(f"{out_dir.rstrip('/')}.tmp{os.getpid()}", out_dir, cfg, params,
+                          dtype=dtype, tok_path=tok_path, reward=reward)
+  else:  # its part of each tensor's gather, in process 0's order; process 0 writes
+    mapping = _mapping(cfg, True) if reward else families.tensor_map(cfg)
+    for _ in hf_checkpoint.hf_tensors(params, mapping):
+      pass
+    files = []
   return {"exported": out_dir, "family": cfg.family, "reward_model": reward, "files": files}
 
 
-def _define_flags() -> None:
+def _define_flags() -> distributed.Flags:
   """CLI flags, defined only when run as a program (importing the library must not
   clash with research.main's --workdir)."""
   flags.DEFINE_string("from_hf", None, "a local Hugging Face model directory to import")
@@ -222,9 +248,10 @@ def _define_flags() -> None:
   flags.DEFINE_integer("tensor", 1, "import: mesh tensor size")
   flags.DEFINE_bool("dry_run", False, "import: print parameter count and per-device memory, "
                     "write nothing")
+  return distributed.define_flags()
 
 
-def main(argv) -> None:
+def main(argv, processes: distributed.Flags | None = None) -> None:
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {argv[1:]}")
   logging.getLogger("absl").setLevel(logging.WARNING)
@@ -234,6 +261,8 @@ def main(argv) -> None:
   if not f.workdir and not f.dry_run:
     cli.fail("--workdir is required")
   with cli.user_errors():  # CheckpointError, TokenizerError, a missing path: exit 2
+    if processes is not None:
+      processes.initialize()
     if f.from_hf:
       out = import_hf(f.from_hf, f.workdir, dtype=f.dtype, param_dtype=f.param_dtype,
                       scan_layers=f.scan_layers, fsdp=f.fsdp, tensor=f.tensor,
@@ -245,5 +274,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found"
-  _define_flags()
-  app.run(main, flags_parser=cli.parse_any_flags)
+  app.run(functools.partial(main, processes=_define_flags()), flags_parser=cli.parse_any_flags)

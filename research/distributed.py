@@ -3,10 +3,12 @@ group of simulated CPU devices), one global mesh over all their devices."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import socket
 import time
 
+from absl import flags
 import jax
 import numpy as np
 
@@ -36,6 +38,34 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise ConfigError(f"--distributed: could not join the coordinator "
                       f"{coordinator or '(auto-detected)'}: {first[:300]}") from None
+
+
+@dataclasses.dataclass
+class Flags:
+  """A CLI's multi-process flags (research.main, research.convert)."""
+  distributed: flags.FlagHolder
+  coordinator: flags.FlagHolder
+  num_processes: flags.FlagHolder
+  process_id: flags.FlagHolder
+  timeout_s: flags.FlagHolder
+
+  def initialize(self) -> None:
+    """Joins the other processes where --distributed is given."""
+    if self.distributed.value:
+      initialize(self.coordinator.value, self.num_processes.value, self.process_id.value,
+                 self.timeout_s.value)
+
+
+def define_flags() -> Flags:
+  return Flags(
+      flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-host "
+                        "TPU/GPU; auto-detected, or the flags below)"),
+      flags.DEFINE_string("coordinator", None, "with --distributed: the coordinator's "
+                          "host:port (process 0's), where it is not auto-detected"),
+      flags.DEFINE_integer("num_processes", None, "with --coordinator: processes"),
+      flags.DEFINE_integer("process_id", None, "with --coordinator: this process's id"),
+      flags.DEFINE_integer("coordinator_timeout_s", 300, "with --distributed: how long to "
+                           "wait for every process to join"))
 
 
 def _wait_for(address: str, timeout_s: int) -> None:
@@ -71,3 +101,13 @@ def check_same_config(config, workdir: str) -> None:
     raise ConfigError(f"process {jax.process_index()} of {jax.process_count()}: processes "
                       f"{differ} were given another config or --workdir than process 0; give "
                       f"every process the same flags")
+
+
+def host_array(x) -> np.ndarray:
+  """The whole of a (possibly sharded) array on this host, gathered from the other
+  processes when part of it lives on their devices: then every process must call
+  it, in the same order (a collective)."""
+  if getattr(x, "is_fully_addressable", True) or x.is_fully_replicated:
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

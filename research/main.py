@@ -28,14 +28,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/STAGE.py[:arg
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory (default: runs/<stage>)")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "report parameter count and per-device memory "
                              "from abstract shapes, then exit")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() "
-                                 "(multi-host TPU/GPU; auto-detected, or the flags below)")
-_COORDINATOR = flags.DEFINE_string("coordinator", None, "with --distributed: the coordinator's "
-                                   "host:port (process 0's), where it is not auto-detected")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "with --coordinator: processes")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "with --coordinator: this process's id")
-_COORDINATOR_TIMEOUT = flags.DEFINE_integer("coordinator_timeout_s", 300, "with --distributed: "
-                                            "how long to wait for every process to join")
+_PROCESSES = distributed.define_flags()
 
 # Stages that only sample: on a CPU, keeping freed memory (research/host_memory.py)
 # speeds train steps ~12% but slows decoding ~10% (one malloc arena for all threads).
@@ -83,10 +76,8 @@ def main(argv) -> None:
     cli.fail("--workdir is empty; give a directory, or leave the flag out for runs/<stage>")
   if config.stage not in SAMPLING_STAGES:  # before JAX starts its threads
     host_memory.keep_freed_memory()
-  if _DISTRIBUTED.value:
-    with cli.user_errors():  # half-given flags, an unreachable coordinator: one line
-      distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                             _COORDINATOR_TIMEOUT.value)
+  with cli.user_errors():  # half-given flags, an unreachable coordinator: one line
+    _PROCESSES.initialize()
   workdir = _WORKDIR.value or os.path.join("runs", config.stage)
   from research.training.loop import NonFiniteLossError
   try:

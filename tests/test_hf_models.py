@@ -20,7 +20,7 @@ from research import convert, runs, sampling
 from research.data import hf_tokenizer, templates
 from research.models import config as model_config
 from research.models.hf import checkpoint as hf_checkpoint
-from research.models.hf.families import CheckpointError
+from research.models.hf.families import CheckpointError, Tensor
 from research.training import partitioning
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hf")
@@ -114,6 +114,37 @@ def test_scanned_import_on_an_8_device_mesh_matches(devices, tmp_path, name):
   want = expected(name)
   got = np.asarray(model.apply({"params": params}, jnp.asarray(want["input_ids"])))
   np.testing.assert_allclose(got, np.asarray(want["logits"]), atol=1e-4, rtol=0)
+
+
+def test_a_shard_is_read_as_one_block_of_its_tensor(tmp_path):
+  """A device's shard is read alone (on several hosts each process reads only its
+  own): equal to the whole tensor converted, then indexed."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  tensors = {"q": rng.normal(size=(12, 8)), "qkv": rng.normal(size=(20, 8)),
+             "c": rng.normal(size=(8, 12)), "v": rng.normal(size=(12,)),
+             "t": rng.normal(size=(10, 8))}
+  save_file({k: v.astype(np.float32) for k, v in tensors.items()},
+            str(tmp_path / "model.safetensors"))
+  source = hf_checkpoint.SafetensorsDir(str(tmp_path))
+  whole = slice(None)
+  cases = [(Tensor("q", "linear"), (8, 3, 4), (slice(0, 4), whole, whole)),  # fsdp rows
+           (Tensor("q", "linear"), (8, 3, 4), (whole, slice(1, 3), whole)),  # tensor: heads
+           (Tensor("qkv", "linear", part=1, parts=3, sizes=(12, 4, 4)), (8, 1, 4),
+            (slice(4, 8), whole, whole)),                                     # Phi-3's fused k
+           (Tensor("qkv", "linear", part=2, parts=3, sizes=(12, 4, 4)), (8, 1, 4),
+            (whole, whole, whole)),
+           (Tensor("c", "conv1d"), (8, 3, 4), (whole, slice(2, 3), whole)),   # GPT-2's layout
+           (Tensor("v", "vector"), (3, 4), (slice(1, 2), whole)),
+           (Tensor("t", "table"), (10, 8), (slice(5, 10), slice(0, 4)))]
+  for spec, shape, index in cases:
+    block = hf_checkpoint.read_shard(source, spec.name, spec, shape, index)
+    want = hf_checkpoint.to_ours(spec, tensors[spec.name].astype(np.float32), shape)[index]
+    assert block is not None, (spec, index)
+    np.testing.assert_array_equal(block, want)
+  # Part of every head is not one block of the [out, in] tensor: read whole instead.
+  assert hf_checkpoint.read_shard(source, "q", Tensor("q", "linear"), (8, 3, 4),
+                                  (whole, whole, slice(0, 2))) is None
 
 
 def test_dry_run_reports_sizes_without_writing(tmp_path):

@@ -13,6 +13,7 @@ the RL scores were read back whole, which a process cannot do with another's row
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -103,15 +104,20 @@ def test_two_processes_train_the_one_process_run(clm_runs):
 
 
 @pytest.mark.slow
-def test_a_two_process_checkpoint_resumes_exactly_on_one(clm_runs):
+def test_a_checkpoint_resumes_exactly_on_another_process_count(clm_runs):
   """Every process reads the same stream, so the checkpointed data state is the
-  one-process run's: resumed on one process, both runs continue alike."""
+  one-process run's: resumed on one process, both runs continue alike; and a
+  one-process checkpoint continues alike on two."""
   root, _, _ = clm_runs
+  shutil.copytree(root / "one", root / "one_to_two")
   resumed, log = one_process("configs/clm.py:smoke", root / "two", "--config.train.steps=30")
   assert "resumed from" in log and "at step 20" in log
   continued, _ = one_process("configs/clm.py:smoke", root / "one", "--config.train.steps=30")
   _close(resumed["train"], continued["train"], ("loss", "grad_norm"))
   _close(resumed["eval"], continued["eval"], ("loss",))
+  on_two = two_processes("configs/clm.py:smoke", root / "one_to_two", "--config.train.steps=30")
+  _close(on_two["train"], continued["train"], ("loss", "grad_norm"))
+  _close(on_two["eval"], continued["eval"], ("loss",))
 
 
 @pytest.mark.slow
@@ -188,3 +194,33 @@ def test_sigterm_to_one_process_stops_both_at_one_saved_step(tmp_path):
     assert p.returncode == cli.EXIT_PREEMPTED, err[-3000:]
   saved = os.listdir(workdir / "checkpoints")
   assert len(saved) == 1 and 0 < int(saved[0]) < 2000
+
+
+def _convert_on_two_processes(*flags) -> None:
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "research.convert", *flags, "--distributed",
+       f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=ROOT, env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+
+
+def test_hf_import_and_export_on_two_processes(tmp_path):
+  """A scanned import over fsdp x tensor on two processes (each reads its own blocks),
+  exported again on two processes (each tensor gathered): the checkpoint's tensors."""
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  fixture = os.path.join(ROOT, "tests", "fixtures", "hf", "qwen3")
+  workdir, out = tmp_path / "imported", tmp_path / "exported"
+  _convert_on_two_processes(f"--from_hf={fixture}", f"--workdir={workdir}", "--scan_layers",
+                            "--fsdp=2", "--tensor=2")
+  assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "tokenizer"]
+  _convert_on_two_processes(f"--to_hf={out}", f"--workdir={workdir}")
+  want = load_file(os.path.join(fixture, "model.safetensors"))
+  got = load_file(os.path.join(out, "model.safetensors"))
+  assert sorted(got) == sorted(want)
+  for name, value in want.items():
+    np.testing.assert_array_equal(got[name], value, err_msg=name)
+  assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]  # process 0 alone wrote it

@@ -1,11 +1,13 @@
 """Reading and writing Hugging Face safetensors checkpoints, tensor by tensor.
 
-Import never holds the model on the host: each parameter is read from its
-safetensors file (memory-mapped by the `safetensors` package, numpy framework,
-bfloat16 through ml_dtypes), converted, and placed straight into its sharding
-with `jax.make_array_from_callback`; with scanned layers each device reads the
-layers it holds one at a time. Export writes shards of at most
-`max_shard_bytes`, so the host holds one shard at a time.
+Import never holds the model on the host: the checkpoint's headers are checked
+first (every shape, no data read), then each device's shard of each parameter
+is read as one block of its safetensors tensor (memory-mapped by the
+`safetensors` package, numpy framework, bfloat16 through ml_dtypes), converted,
+and placed with `jax.make_array_from_callback`, which asks only for the shards
+of this process's devices: on several hosts each reads only its own blocks.
+Export writes shards of at most `max_shard_bytes`, so the host holds one shard
+at a time.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from research import distributed
 from research.models.hf.families import IGNORED_SUFFIXES, CheckpointError, Tensor, tensor_map
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -94,6 +97,59 @@ class SafetensorsDir:
       raise CheckpointError(f"{os.path.join(self.directory, file)}: cannot read tensor "
                             f"{name!r}: {e}") from e
 
+  def shape(self, name: str) -> tuple[int, ...]:
+    """The tensor's shape, from the file's header."""
+    return tuple(self._open(self.files[name]).get_slice(name).get_shape())
+
+  def read_block(self, name: str, region: tuple[slice, ...]) -> np.ndarray:
+    """Only `region` of the tensor (one block of the memory-mapped file)."""
+    return self._open(self.files[name]).get_slice(name)[region]
+
+
+def _block(index: tuple[slice, ...], dims: tuple[int, ...]) -> tuple[int, int] | None:
+  """The row-major flat range [start, stop) that `index` selects over `dims`, when it
+  is one contiguous range (a block along one axis, the axes after it whole), else None."""
+  ranges = []
+  for s, d in zip(index, dims):
+    start, stop, step = s.indices(d)
+    if step != 1:
+      return None
+    ranges.append((start, stop))
+  partial = [k for k, (r, d) in enumerate(zip(ranges, dims)) if r != (0, d)]
+  if not partial:
+    return 0, math.prod(dims)
+  k = partial[-1]
+  if any(b - a != 1 for a, b in ranges[:k]):
+    return None
+  start = sum(a * math.prod(dims[i + 1:]) for i, (a, _) in enumerate(ranges[:k + 1]))
+  return start, start + (ranges[k][1] - ranges[k][0]) * math.prod(dims[k + 1:])
+
+
+def read_shard(source: SafetensorsDir, name: str, spec: Tensor, shape: tuple[int, ...],
+               index: tuple[slice, ...]) -> np.ndarray | None:
+  """`to_ours(spec, whole tensor, shape)[index]`, reading only the block of the HF
+  tensor it comes from; None when that is not one block (the caller reads it whole)."""
+  index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+  want = tuple(len(range(*s.indices(d))) for s, d in zip(index, shape))
+  if spec.layout == "table":  # stored as ours
+    return source.read_block(name, index).reshape(want)
+  n_in = spec.in_dims if spec.layout in ("linear", "conv1d") else 0
+  rows, cols = _block(index[:n_in], shape[:n_in]), _block(index[n_in:], shape[n_in:])
+  if rows is None or cols is None:
+    return None
+  part_size = math.prod(shape[n_in:])
+  sizes = spec.sizes or (part_size,) * spec.parts
+  offset = sum(sizes[:spec.part])  # where this part starts in a fused tensor's output axis
+  out = slice(offset + cols[0], offset + cols[1])
+  inp = slice(*rows)
+  if spec.layout == "linear":  # [out, in]
+    arr = source.read_block(name, (out, inp)).T
+  elif spec.layout == "conv1d":  # [in, out]
+    arr = source.read_block(name, (inp, out))
+  else:
+    arr = source.read_block(name, (out,))
+  return arr.reshape(want)
+
 
 def _fused_size(spec: Tensor, part_size: int) -> int:
   """The fused tensor's output size, from one part's."""
@@ -154,39 +210,64 @@ def load_params(directory: str, cfg, abstract_params, shardings, *,
   base_prefix = mapping[next(p for p in mapping if p[-1] == "embedding")].name.split(".")[0] + "."
   used: set[str] = set()
 
-  def value(path: tuple[str, ...], shape: tuple[int, ...], dtype) -> np.ndarray:
+  def check(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[Tensor, str | None]:
+    """The tensor `path` comes from, its shape checked in the file's header."""
     spec = mapping.get(path)
     if spec is None:
       raise CheckpointError(f"no Hugging Face tensor for parameter {'/'.join(path)}")
     name = source.resolve(spec.name, base_prefix)
     if name is None and spec.name == "score.bias":
-      return np.zeros(shape, dtype)
+      return spec, None
     if name is None:
       raise CheckpointError(f"{directory}: tensor {spec.name!r} is missing (needed for "
                             f"{'/'.join(path)})")
     used.add(name)
-    arr = source.read(name)
+    try:
+      got = source.shape(name)
+    except Exception as e:  # a truncated or corrupt shard
+      raise CheckpointError(f"{os.path.join(directory, source.files[name])}: cannot read "
+                            f"tensor {name!r}: {e}") from e
     want = hf_shape(spec, shape)
-    if tuple(arr.shape) != want:
+    if got != want:
       raise CheckpointError(f"{os.path.join(directory, source.files[name])}: tensor {name!r} "
-                            f"has shape {tuple(arr.shape)}, expected {want} from config.json")
-    return to_ours(spec, arr, shape).astype(dtype)
+                            f"has shape {got}, expected {want} from config.json")
+    return spec, name
+
+  @functools.lru_cache(maxsize=8)  # devices that replicate a block ask for it in turn
+  def shard(path: tuple[str, ...], shape: tuple[int, ...], dtype,
+            index: tuple[tuple[int | None, ...], ...]) -> np.ndarray:
+    index = tuple(slice(*s) for s in index)
+    spec, name = check(path, shape)
+    if name is None:
+      return np.zeros(shape, dtype)[index]
+    try:
+      arr = read_shard(source, name, spec, shape, index)
+    except Exception as e:  # a truncated or corrupt shard
+      raise CheckpointError(f"{os.path.join(directory, source.files[name])}: cannot read "
+                            f"tensor {name!r}: {e}") from e
+    if arr is None:
+      arr = to_ours(spec, source.read(name), shape)[index]
+    return arr.astype(dtype)
+
+  def key(index) -> tuple[tuple[int | None, ...], ...]:
+    return tuple((s.start, s.stop, s.step) for s in index)
 
   def place(keys, leaf, sharding):
     path = _path(keys)
     if path[0] == "layers" or (len(path) > 1 and path[1] == "layers"):
       at = path.index("layers")
       head, rest = path[:at], path[at + 1:]
-      layer_value = lambda i: value((*head, f"layer_{i}", *rest), leaf.shape[1:], leaf.dtype)
-      for i in range(leaf.shape[0]):  # validate (and mark used) once, on the host
-        layer_value(i)
+      layer = lambda i: (*head, f"layer_{i}", *rest)
+      for i in range(leaf.shape[0]):
+        check(layer(i), leaf.shape[1:])
 
       def callback(index):
         layers = range(*index[0].indices(leaf.shape[0]))
-        return np.stack([layer_value(i)[index[1:]] for i in layers])
+        return np.stack([shard(layer(i), leaf.shape[1:], leaf.dtype, key(index[1:]))
+                         for i in layers])
     else:
-      full = value(path, leaf.shape, leaf.dtype)
-      callback = lambda index: full[index]
+      check(path, leaf.shape)
+      callback = lambda index: shard(path, leaf.shape, leaf.dtype, key(index))
     return jax.make_array_from_callback(leaf.shape, sharding, callback)
 
   params = jax.tree_util.tree_map_with_path(place, abstract_params, shardings)
@@ -202,7 +283,8 @@ def load_params(directory: str, cfg, abstract_params, shardings, *,
 
 
 def hf_tensors(params, mapping: dict[tuple[str, ...], Tensor]):
-  """Yields (HF name, numpy array) from our (unscanned) params, fused tensors joined."""
+  """Yields (HF name, numpy array) from our (unscanned) params, fused tensors joined;
+  with several processes, each tensor is gathered on every process (all must iterate)."""
   leaves = {_path(k): v for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
   by_name: dict[str, list[tuple[Tensor, tuple[str, ...]]]] = {}
   for path, spec in mapping.items():
@@ -210,7 +292,7 @@ def hf_tensors(params, mapping: dict[tuple[str, ...], Tensor]):
       by_name.setdefault(spec.name, []).append((spec, path))
   for name, entries in by_name.items():
     entries.sort(key=lambda e: e[0].part)
-    parts = [to_hf(spec, np.asarray(jax.device_get(leaves[path]))) for spec, path in entries]
+    parts = [to_hf(spec, distributed.host_array(leaves[path])) for spec, path in entries]
     yield name, (parts[0] if len(parts) == 1
                  else np.concatenate(parts, axis=_output_axis(entries[0][0])))
 

@@ -4,7 +4,12 @@ needs have finished, retried from its checkpoint when preempted.
   python -m experiments.run EXP --ray=local          # a Ray instance on this machine
   python -m experiments.run EXP --ray=auto           # the running cluster (RAY_ADDRESS,
                                                      # `ray start`, or `ray job submit`)
-  python -m experiments.run EXP --ray=HOST:PORT      # a cluster's head (ray://HOST:PORT too)
+  python -m experiments.run EXP --ray=HOST:PORT      # a cluster's head (its GCS port)
+
+The driver runs where `root` is mounted (a node of the cluster, or through `ray
+job submit`): it reads the points' summaries there. Joining a cluster, it ships
+this checkout to the workers (Ray's `working_dir`, without what .gitignore
+names), unless it runs as a Ray job that shipped it already.
 
 Each task runs the point as its own process (`python -m experiments.run EXP
 --point=NAME`, what `--list` prints), so a point's JAX runtime, device lock and
@@ -23,8 +28,8 @@ each point's outcome, attempts, node and time; each point's output goes to
 filesystem), like the `--list` commands' root.
 
 A preempted point (its process saved and exited on SIGTERM with exit 143, or was
-killed with the node) is retried up to `retries` times; the retry resumes from
-the point's last checkpoint, as a rerun does.
+killed: a lost node, or the OOM killer's SIGKILL) is retried up to `retries`
+times; the retry resumes from the point's last checkpoint, as a rerun does.
 """
 
 from __future__ import annotations
@@ -73,19 +78,24 @@ def connect(address: str) -> None:
   one ValueError line, not Ray's minute of retries."""
   import ray  # pylint: disable=g-import-not-at-top
   quiet = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
-  if address == "local":
-    ray.init(**quiet)
+  if address == "local":  # a new instance, even where RAY_ADDRESS names another
+    ray.init(address="local", **quiet)
     return
+  if address.startswith("ray://"):
+    raise ValueError(f"--ray={address}: a Ray client reads and writes the points' results "
+                     "on this machine; run the driver on the cluster instead (`ray job "
+                     "submit --working-dir=. -- python -m experiments.run ... --ray=auto`)")
   if address != "auto":
-    host_port = address.removeprefix("ray://")
-    host, _, port = host_port.rpartition(":")
+    host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-      raise ValueError(f"--ray={address!r}: give local, auto, HOST:PORT or ray://HOST:PORT")
+      raise ValueError(f"--ray={address!r}: give local, auto or HOST:PORT")
     try:
       socket.create_connection((host, int(port)), timeout=_CONNECT_TIMEOUT_S).close()
     except OSError as e:
       raise ValueError(f"--ray={address}: no Ray cluster answers at {host}:{port} "
                        f"({e.strerror or e})") from None
+  if not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):  # not a job with its own code
+    quiet["runtime_env"] = {"working_dir": CODE_DIR, "excludes": [".git"]}
   try:
     ray.init(address=address, **quiet)
   except ConnectionError as e:
@@ -137,7 +147,7 @@ def attempt(code_dir: str, argv: list[str], log_path: str, env: dict) -> dict:
   """One attempt at a point, in a Ray worker: its process, output appended to the log.
   Returns where and when it ran; raises Preempted (retried) or PointFailed."""
   import ray  # pylint: disable=g-import-not-at-top
-  # The driver's checkout when this node has it, else the job's shipped working dir.
+  # The driver's checkout on its own node, else the shipped working dir (the cwd).
   cwd = code_dir if os.path.isdir(os.path.join(code_dir, "experiments")) else os.getcwd()
   os.makedirs(os.path.dirname(log_path), exist_ok=True)
   node, started = ray.util.get_node_ip_address(), time.time()
@@ -161,11 +171,17 @@ def _last_line(path: str) -> str:
   return lines[-1] if lines else "(no output)"
 
 
-def _attempts(path: str) -> int:
+def _log_size(path: str) -> int:
+  return os.path.getsize(path) if os.path.exists(path) else 0
+
+
+def _attempts(path: str, since: int) -> int:
+  """Attempts logged after byte `since` (the log's size at submission)."""
   if not os.path.exists(path):
     return 0
-  with open(path, encoding="utf-8", errors="replace") as f:
-    return sum(l.startswith("=== attempt") for l in f)
+  with open(path, "rb") as f:
+    f.seek(since)
+    return sum(l.startswith(b"=== attempt") for l in f)
 
 
 def run(experiment: runner.Experiment, root: str, point_argv, *, device: str = "auto",
@@ -185,12 +201,14 @@ def run(experiment: runner.Experiment, root: str, point_argv, *, device: str = "
   remote = ray.remote(attempt)
   outcomes: dict[str, Outcome] = {}
   waiting = {p.name: p for p in points}
-  running: dict = {}  # object ref -> (point name, start time)
+  running: dict = {}  # object ref -> (point name, submitted at, the log's size then)
 
-  def ready(point) -> bool:
-    return all((outcomes.get(n) and outcomes[n].status in ("finished", "done already"))
-               or runner.finished(runner.workdir(root, experiment.point(n))) is not None
-               for n in point.needs)
+  def done(name: str) -> bool:
+    if name in outcomes:
+      return outcomes[name].status in ("finished", "done already")
+    if any(name == n for n, _, _ in running.values()):
+      return False
+    return runner.finished(runner.workdir(root, experiment.point(name))) is not None
 
   while waiting or running:
     for name, point in list(waiting.items()):
@@ -201,26 +219,27 @@ def run(experiment: runner.Experiment, root: str, point_argv, *, device: str = "
         outcomes[name] = Outcome(name, "skipped", f"needs {blocked!r}, which {why}")
       elif runner.finished(runner.workdir(root, point)) is not None:
         outcomes[name] = Outcome(name, "done already")
-      elif ready(point):
+      elif all(done(n) for n in point.needs):
         resources, env = options[name]
         log = os.path.join(root, LOGS, f"{name}.log")
         ref = remote.options(max_retries=retries, retry_exceptions=[Preempted],
                              name=f"{experiment.name}/{name}", **resources).remote(
                                  CODE_DIR, point_argv(name), log, env)
-        running[ref] = (name, time.time())
+        running[ref] = (name, time.time(), _log_size(log))
         print(f"== {experiment.name}/{name}: submitted ({resources})", flush=True)
       else:
         continue
       del waiting[name]
     if not running:
-      missing = {n: [m for m in p.needs if m not in outcomes] for n, p in waiting.items()}
+      missing = {n: [m for m in p.needs if not done(m)] for n, p in waiting.items()}
       for name, needs in missing.items():  # needs outside `only` that have not finished
         outcomes[name] = Outcome(name, "skipped", f"needs {needs}, which have not finished")
       break
     [ref], _ = ray.wait(list(running), num_returns=1)
-    name, start = running.pop(ref)
+    name, start, since = running.pop(ref)
     log = os.path.join(root, LOGS, f"{name}.log")
-    outcome = Outcome(name, "finished", attempts=_attempts(log), seconds=time.time() - start)
+    outcome = Outcome(name, "finished", attempts=_attempts(log, since),
+                      seconds=time.time() - start)
     try:
       vars(outcome).update(ray.get(ref))
     except ray.exceptions.RayTaskError as e:

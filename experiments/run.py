@@ -82,33 +82,43 @@ def main(argv=None) -> None:
       for point in wave:
         print(" ".join(shlex.quote(a) for a in ("python", *point_argv(point))))
     return
-  if args.ray:
-    from experiments import ray_sweep  # pylint: disable=g-import-not-at-top
-    try:
-      ray_sweep.connect(args.ray)
-      outcomes = ray_sweep.run(exp, root, point_argv, device=args.ray_device,
-                               retries=args.ray_retries, only=args.point or None)
-    except ValueError as e:
-      sys.exit(f"error: {e}")
-    rows = runner.collect(exp, root)
-    print(f"{len(rows)} finished points -> {os.path.join(root, 'results.csv')}")
-    bad = [o for o in outcomes if o.status in ("failed", "skipped")]
-    for o in bad:
-      print(f"{o.point}: {o.status}: {o.detail}")
-    if bad:
-      sys.exit(f"error: {len(bad)} of {len(outcomes)} points did not finish "
-               f"(outcomes: {os.path.join(root, ray_sweep.REPORT)}; output: "
-               f"{os.path.join(root, ray_sweep.LOGS)}/)")
-    return
   if args.collect:
     rows = runner.collect(exp, root)
+  elif args.ray:
+    rows = _run_on_ray(args, exp, root, point_argv)
   else:
     try:
-      rows = runner.run(exp, root, only=args.point or None)
+      # One point (a cluster runs several side by side) leaves the table to --collect.
+      rows = runner.run(exp, root, only=args.point or None, collect_results=not args.point)
     except runner.Preempted as e:
       print(f"preempted: {e}", file=sys.stderr)
       sys.exit(EXIT_PREEMPTED)  # what schedulers (and --ray) requeue
+    if args.point:
+      print(f"{args.point} finished -> {os.path.join(root, args.point)}")
+      return
   print(f"{len(rows)} finished points -> {os.path.join(root, 'results.csv')}")
+
+
+def _run_on_ray(args, exp, root: str, point_argv) -> list[dict]:
+  """The points as Ray tasks, then the table; exit 1 naming the points that did not
+  finish."""
+  from experiments import ray_sweep  # pylint: disable=g-import-not-at-top
+  try:
+    ray_sweep.connect(args.ray)
+    outcomes = ray_sweep.run(exp, root, point_argv, device=args.ray_device,
+                             retries=args.ray_retries, only=args.point or None)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  rows = runner.collect(exp, root)
+  bad = [o for o in outcomes if o.status in ("failed", "skipped")]
+  if bad:
+    print(f"{len(rows)} finished points -> {os.path.join(root, 'results.csv')}")
+    for o in bad:
+      print(f"{o.point}: {o.status}: {o.detail}")
+    sys.exit(f"error: {len(bad)} of {len(outcomes)} points did not finish "
+             f"(outcomes: {os.path.join(root, ray_sweep.REPORT)}; output: "
+             f"{os.path.join(root, ray_sweep.LOGS)}/)")
+  return rows
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ and an analysis that draws plots from the rows. The runner
     resumes from its own checkpoint);
   * writes `root/results.csv` (one row per finished point) and the plots.
 
-For a cluster, `python -m experiments.run FILE --list` prints one command per
-point grouped in waves: the points of a wave are independent and can run on
+For a cluster, `python -m experiments.run FILE --ray=auto` runs the points as
+Ray tasks (experiments/ray_sweep.py); without Ray, `--list` prints one command
+per point grouped in waves: the points of a wave are independent and can run on
 different machines at once, as long as they share `root` (see README.md).
 """
 
@@ -106,8 +107,11 @@ def run_point(experiment: Experiment, root: str, name: str) -> dict:
   return stage_module(point.config.stage).run(point.config, path)
 
 
-def run(experiment: Experiment, root: str, only: str | None = None) -> list[dict]:
-  """Runs every point (or only `only`), then collects the table and the plots."""
+def run(experiment: Experiment, root: str, only: str | None = None,
+        collect_results: bool = True) -> list[dict]:
+  """Runs every point (or only `only`), then collects the table and the plots
+  (unless not `collect_results`: points running side by side leave that to one
+  `--collect` at the end)."""
   os.makedirs(root, exist_ok=True)
   for point in experiment.points:
     if only is None or point.name == only:
@@ -116,7 +120,7 @@ def run(experiment: Experiment, root: str, only: str | None = None) -> list[dict
         # A SIGTERM reached the stage: stop here rather than start the next point.
         raise Preempted(f"point {point.name!r} saved its state on SIGTERM under "
                         f"{workdir(root, point)}; rerun the same command to continue")
-  return collect(experiment, root)
+  return collect(experiment, root) if collect_results else []
 
 
 def collect(experiment: Experiment, root: str) -> list[dict]:

@@ -73,23 +73,40 @@ def _mapping(cfg, reward: bool) -> dict:
   return {**{("decoder", *k): v for k, v in layers.items()}, **REWARD_HEAD}
 
 
+def _on_every_process(what: str, fn):
+  """fn() here, then every process learns whether it succeeded everywhere: a
+  process must not go on to a collective (the checkpoint save, a gather) that
+  one which failed will never join. Re-raises this process's error, or names the
+  other's."""
+  try:
+    out, error = fn(), None
+  except Exception as e:  # pylint: disable=broad-except  # re-raised below, after agreeing
+    out, error = None, e
+  if not partitioning.all_processes(error is None):
+    if error is not None:
+      raise error
+    raise CheckpointError(f"{what} failed on another process (see its error)")
+  return out
+
+
 def import_hf(hf_dir: str, workdir: str | None, *, dtype: str = "float32",
               param_dtype: str = "float32", scan_layers: bool = False, fsdp: int = 1,
               tensor: int = 1, dry_run: bool = False) -> dict:
   """Reads `hf_dir` into a workdir (see module doc); returns a summary. A workdir that
   already holds anything is refused before anything is read or written: importing
   over a run would replace its config.json and delete its checkpoints."""
-  refused = None
-  if not dry_run and workdir and os.path.isdir(workdir) and os.listdir(workdir):
-    held = sorted(os.listdir(workdir))
-    refused = (f"--workdir={workdir!r} is not empty (it holds {', '.join(held[:4])}"
-               f"{', ...' if len(held) > 4 else ''}); import into a new directory")
-  elif not dry_run and workdir and os.path.isfile(workdir):
-    refused = f"--workdir={workdir!r} is a file, not a directory"
+
+  def check_workdir():
+    if not dry_run and workdir and os.path.isdir(workdir) and os.listdir(workdir):
+      held = sorted(os.listdir(workdir))
+      raise ConfigError(f"--workdir={workdir!r} is not empty (it holds {', '.join(held[:4])}"
+                        f"{', ...' if len(held) > 4 else ''}); import into a new directory")
+    if not dry_run and workdir and os.path.isfile(workdir):
+      raise ConfigError(f"--workdir={workdir!r} is a file, not a directory")
+
   # Every process decides before process 0 writes anything, or another could find
-  # its files and refuse alone, leaving process 0 waiting in the save.
-  if not partitioning.all_processes(refused is None):
-    raise ConfigError(refused or "another process refused the import (see its error)")
+  # its files and refuse alone.
+  _on_every_process("checking --workdir", check_workdir)
   hf = hf_checkpoint.read_config(hf_dir)
   where = os.path.join(hf_dir, "config.json")
   fields = families.decoder_fields(hf, where)
@@ -119,16 +136,20 @@ def import_hf(hf_dir: str, workdir: str | None, *, dtype: str = "float32",
   tok = None
   if any(os.path.exists(os.path.join(hf_dir, f)) for f in ("tokenizer.json", "tokenizer.model")):
     tok = hf_tokenizer.HFTokenizer.load(hf_dir)
-  params = hf_checkpoint.load_params(hf_dir, cfg, abstract, shardings,
-                                     mapping=_mapping(cfg, reward))
+  params = _on_every_process("reading the checkpoint", lambda: hf_checkpoint.load_params(
+      hf_dir, cfg, abstract, shardings, mapping=_mapping(cfg, reward)))
   source = {"source": os.path.abspath(hf_dir), "architecture": (hf.get("architectures") or [""])[0]}
   config = _run_config(model, "reward" if reward else "import", source, mesh_sizes, mesh.size)
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
-    if tok is not None:
-      tok.save(os.path.join(workdir, hf_tokenizer.DIRNAME))
+
+  def write_config():
+    if jax.process_index() == 0:
+      os.makedirs(workdir, exist_ok=True)
+      with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+        f.write(config.to_json_best_effort(indent=2))
+      if tok is not None:
+        tok.save(os.path.join(workdir, hf_tokenizer.DIRNAME))
+
+  _on_every_process("writing the workdir", write_config)
   if tok is None:
     logging.warning("%s has no tokenizer.json or tokenizer.model: stages will need "
                     "--config.data.tokenizer_path", hf_dir)
@@ -222,14 +243,18 @@ def export_hf(workdir: str, out_dir: str, *, dtype: str = "float32") -> dict:
   cfg, params, reward, tok_path = _load_run(workdir)
   cfg, params = _as_hf_family(cfg, params, reward)
   families.check_exportable(cfg)  # before anything is written
+  # Process 0 writes while every process joins each tensor's gather in the same
+  # order. A write that fails part-way ends process 0, and with it the
+  # coordinator the others wait on.
   if jax.process_index() == 0:
     files = _export_files(f"{out_dir.rstrip('/')}.tmp{os.getpid()}", out_dir, cfg, params,
                           dtype=dtype, tok_path=tok_path, reward=reward)
-  else:  # its part of each tensor's gather, in process 0's order; process 0 writes
+  else:
     mapping = _mapping(cfg, True) if reward else families.tensor_map(cfg)
     for _ in hf_checkpoint.hf_tensors(params, mapping):
       pass
     files = []
+  _on_every_process("the export", lambda: None)  # no process reports done before process 0
   return {"exported": out_dir, "family": cfg.family, "reward_model": reward, "files": files}
 
 
@@ -263,6 +288,9 @@ def main(argv, processes: distributed.Flags | None = None) -> None:
   with cli.user_errors():  # CheckpointError, TokenizerError, a missing path: exit 2
     if processes is not None:
       processes.initialize()
+      distributed.check_same_config(ml_collections.ConfigDict(
+          {k: f[k].value for k in ("from_hf", "to_hf", "dtype", "param_dtype", "scan_layers",
+                                   "fsdp", "tensor", "dry_run")}), f.workdir or "")
     if f.from_hf:
       out = import_hf(f.from_hf, f.workdir, dtype=f.dtype, param_dtype=f.param_dtype,
                       scan_layers=f.scan_layers, fsdp=f.fsdp, tensor=f.tensor,

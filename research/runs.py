@@ -276,9 +276,11 @@ def save_config(config, workdir: str) -> None:
 
 def write_json(workdir: str, name: str, payload: dict) -> str:
   path = os.path.join(workdir, name)
-  if jax.process_index() == 0:
-    with open(path, "w", encoding="utf-8") as f:
+  if jax.process_index() == 0:  # whole or not at all: sweeps read summaries while points run
+    tmp = os.path.join(workdir, f".{name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
       json.dump(payload, f, indent=2, default=float)
+    os.replace(tmp, path)
   return path
 
 

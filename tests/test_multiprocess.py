@@ -196,16 +196,20 @@ def test_sigterm_to_one_process_stops_both_at_one_saved_step(tmp_path):
   assert len(saved) == 1 and 0 < int(saved[0]) < 2000
 
 
-def _convert_on_two_processes(*flags) -> None:
+def _convert_on_two_processes(*flags, returncode: int = 0) -> list[str]:
+  """research.convert on two processes; -> their stderr."""
   port = _free_port()
   procs = [subprocess.Popen(
       [sys.executable, "-m", "research.convert", *flags, "--distributed",
        f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
       cwd=ROOT, env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
+  errs = []
   for p in procs:
     _, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err[-3000:]
+    assert p.returncode == returncode, err[-3000:]
+    errs.append(err)
+  return errs
 
 
 def test_hf_import_and_export_on_two_processes(tmp_path):
@@ -217,6 +221,10 @@ def test_hf_import_and_export_on_two_processes(tmp_path):
   _convert_on_two_processes(f"--from_hf={fixture}", f"--workdir={workdir}", "--scan_layers",
                             "--fsdp=2", "--tensor=2")
   assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "tokenizer"]
+  # Importing over it again is refused on both processes, and nothing waits.
+  for err in _convert_on_two_processes(f"--from_hf={fixture}", f"--workdir={workdir}",
+                                       returncode=2):
+    assert "is not empty" in err
   _convert_on_two_processes(f"--to_hf={out}", f"--workdir={workdir}")
   want = load_file(os.path.join(fixture, "model.safetensors"))
   got = load_file(os.path.join(out, "model.safetensors"))

@@ -49,8 +49,10 @@ def test_a_ray_address_that_does_not_answer_is_one_line(capsys):
   with pytest.raises(SystemExit) as e:
     run_cli.main([FIXTURE, "--size=smoke", "--root=/tmp/unused", "--ray=127.0.0.1:1"])
   assert "no Ray cluster answers at 127.0.0.1:1" in str(e.value) and time.time() - start < 30
-  with pytest.raises(SystemExit, match="give local, auto, HOST:PORT"):
+  with pytest.raises(SystemExit, match="give local, auto or HOST:PORT"):
     run_cli.main([FIXTURE, "--size=smoke", "--root=/tmp/unused", "--ray=nowhere"])
+  with pytest.raises(SystemExit, match="run the driver on the cluster instead"):
+    run_cli.main([FIXTURE, "--size=smoke", "--root=/tmp/unused", "--ray=ray://head:10001"])
 
 
 def _processes():

@@ -71,6 +71,18 @@ def test_sharded_step_matches_single_device(devices, single, mesh_shape):
   assert step.compilations() == 1
 
 
+def test_either_matmul_path_on_one_device_or_a_mesh_gives_the_same_step(devices, single):
+  """`model.matmul`: the one-device default (the flattened GEMM, its backward
+  written out) and the mesh's default (a dot over the kernel's dims) forced on the
+  other side: the comparisons above then hold path for path."""
+  ref_losses, ref_state, _ = single
+  for mesh_shape, devs, matmul in (((1, 1, 1), devices[:1], "dot"),
+                                   ((2, 2, 2), devices, "gemm"), ((2, 2, 2), devices, "dot")):
+    losses, state, _ = _run(mesh_shape, devs, matmul=matmul)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, err_msg=f"{mesh_shape} {matmul}")
+    assert_params_close(state.params, ref_state.params)
+
+
 def assert_params_close(a, b):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y),
                                                        atol=1e-6, rtol=1e-5), a, b)

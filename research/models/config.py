@@ -25,10 +25,11 @@ FAMILIES = ("native", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "
 _CHOICES = {"family": FAMILIES, "norm": ("rms", "layer"),
             "norm_placement": ("pre", "sandwich", "post"), "qk_norm": ("none", "head", "full"),
             "mlp": ("gated", "plain"), "activation": ("silu", "gelu_tanh", "gelu"),
-            "positions": ("rope", "learned"), "rope_scaling": ("none", "llama3", "linear")}
+            "positions": ("rope", "learned"), "rope_scaling": ("none", "llama3", "linear"),
+            "matmul": ("auto", "gemm", "dot")}
 # How the model computes, not what: a stage started from another run keeps its
 # own; every other field comes from that run (see `architecture`).
-RUNTIME_FIELDS = ("dtype", "remat", "attention_block", "vocab_chunk")
+RUNTIME_FIELDS = ("dtype", "remat", "attention_block", "vocab_chunk", "matmul")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +92,11 @@ class DecoderConfig:
   # recomputed in the backward: a step never holds B x L x V logits (a 150k-260k
   # vocabulary's logits dominate an SFT or DPO step's memory); 0 = all at once.
   vocab_chunk: int = 0
+  # The projections' matmul (`decoder.dense`): "gemm" flattens the rows into one
+  # 2-D product with a written-out backward (faster on XLA:CPU, one device);
+  # "dot" keeps the kernel's dims and autodiff's backward (what a sharded kernel
+  # needs); "auto" takes gemm on one device and dot on a mesh.
+  matmul: str = "auto"
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:

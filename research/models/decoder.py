@@ -51,20 +51,23 @@ def _constrain(x, names):
   return nn.with_logical_constraint(x, names)
 
 
-def dense(x, kernel, num_in_dims: int):
-  """Contracts the last `num_in_dims` of x with the first of `kernel`, as one 2-D GEMM.
+def dense(x, kernel, num_in_dims: int, matmul: str = "auto"):
+  """Contracts the last `num_in_dims` of x with the first of `kernel`.
 
-  Leading dims are flattened into rows first: on XLA:CPU a dot that contracts
+  `matmul="gemm"` flattens the leading dims into rows and the kernel into one 2-D
+  GEMM whose backward is written out (`_gemm`): on XLA:CPU a dot that contracts
   over (batch, length) in the backward pass is markedly slower than the same
-  FLOPs as a plain matrix product, and on one device the backward is written
-  out (`_gemm`) for the same reason (see bench/README.md). Under a mesh of
-  several devices the kernel keeps its dims and autodiff's backward: flattening
-  a sharded kernel cost GSPMD resharding (`small` on 8 simulated devices:
-  1.2 -> 1.8 s).
+  FLOPs as a plain matrix product (see bench/README.md). `"dot"` keeps the
+  kernel's dims and autodiff's backward: flattening a sharded kernel cost GSPMD
+  resharding (`small` on 8 simulated devices: 1.2 -> 1.8 s). `"auto"` (the
+  default, `DecoderConfig.matmul`) takes gemm on one device and dot on a mesh;
+  the two are the same product, so tests can run either path anywhere.
   """
+  if matmul == "auto":
+    matmul = "dot" if jax.sharding.get_abstract_mesh().size > 1 else "gemm"
   lead = x.shape[:x.ndim - num_in_dims]
   in_shape, out_shape = kernel.shape[:num_in_dims], kernel.shape[num_in_dims:]
-  if jax.sharding.get_abstract_mesh().size > 1:  # keep the kernel's (sharded) dims
+  if matmul == "dot":
     out = jnp.tensordot(x.reshape(-1, *in_shape), kernel, axes=num_in_dims)
     return out.reshape(*lead, *out_shape)
   rows_NxI = x.reshape(-1, math.prod(in_shape))
@@ -109,6 +112,7 @@ class Projection(nn.Module):
   param_dtype: Any
   init_scale: float = 1.0
   use_bias: bool = False
+  matmul: str = "auto"  # DecoderConfig.matmul
 
   def setup(self):
     n_in, n_out = len(self.in_shape), len(self.out_shape)
@@ -122,7 +126,8 @@ class Projection(nn.Module):
           nn.initializers.zeros, self.names[n_in:]), self.out_shape, self.param_dtype)
 
   def __call__(self, x):
-    out = dense(x.astype(self.dtype), self.kernel.astype(self.dtype), len(self.in_shape))
+    out = dense(x.astype(self.dtype), self.kernel.astype(self.dtype), len(self.in_shape),
+                self.matmul)
     if not self.use_bias:
       return out
     return out + self.bias.astype(self.dtype).reshape((1,) * (out.ndim - self.bias.ndim)
@@ -353,11 +358,11 @@ class Attention(nn.Module):
     d, h, k, e = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
     bias = c.qkv_bias
     q = Projection((d,), (h, e), ("embed", "heads", "kv"), dt, pdt, use_bias=bias,
-                   name="query")(x_BxLxD)
+                   matmul=c.matmul, name="query")(x_BxLxD)
     kk = Projection((d,), (k, e), ("embed", "kv_heads", "kv"), dt, pdt, use_bias=bias,
-                    name="key")(x_BxLxD)
+                    matmul=c.matmul, name="key")(x_BxLxD)
     v = Projection((d,), (k, e), ("embed", "kv_heads", "kv"), dt, pdt, use_bias=bias,
-                   name="value")(x_BxLxD)
+                   matmul=c.matmul, name="value")(x_BxLxD)
     if c.qk_norm != "none":
       q, kk = QKNorm(c, name="query_norm")(q), QKNorm(c, name="key_norm")(kk)
     if c.positions == "rope":
@@ -384,7 +389,8 @@ class Attention(nn.Module):
                                             scale=scale, softcap=c.attn_softcap, window=window)
     out_BxLxHxE = _constrain(out_BxLxHxE, ACT_BxLxHxE)
     out = Projection((h, e), (d,), ("heads", "kv", "embed"), dt, pdt,
-                     init_scale=c.out_init_scale, use_bias=c.out_bias, name="out")(out_BxLxHxE)
+                     init_scale=c.out_init_scale, use_bias=c.out_bias, matmul=c.matmul,
+                     name="out")(out_BxLxHxE)
     return out, cache
 
 
@@ -400,14 +406,14 @@ class MLP(nn.Module):
     dt, pdt = c.compute_dtype, c.weight_dtype
     act = _ACTIVATIONS[c.activation]
     proj = lambda name: Projection((c.d_model,), (c.mlp_dim,), ("embed", "mlp"), dt, pdt,
-                                   use_bias=c.mlp_bias, name=name)
+                                   use_bias=c.mlp_bias, matmul=c.matmul, name=name)
     up = proj("up")
     if c.mlp == "gated":
       gate = proj("gate")
       # One GEMM for both: stacked (not concatenated), so a tensor-sharded `mlp`
       # axis stays sharded the same way.
       kernel_Dx2xF = jnp.stack([gate.kernel, up.kernel], axis=1).astype(dt)
-      gate_up_BxLx2xF = dense(x_BxLxD.astype(dt), kernel_Dx2xF, 1)
+      gate_up_BxLx2xF = dense(x_BxLxD.astype(dt), kernel_Dx2xF, 1, c.matmul)
       if c.mlp_bias:
         gate_up_BxLx2xF += jnp.stack([gate.bias, up.bias]).astype(dt)[None, None]
       hidden_BxLxF = act(gate_up_BxLx2xF[..., 0, :]) * gate_up_BxLx2xF[..., 1, :]
@@ -415,7 +421,8 @@ class MLP(nn.Module):
       hidden_BxLxF = act(up(x_BxLxD))
     hidden_BxLxF = _constrain(hidden_BxLxF, ACT_BxLxF)
     return Projection((c.mlp_dim,), (c.d_model,), ("mlp", "embed"), dt, pdt,
-                      init_scale=c.out_init_scale, use_bias=c.mlp_bias, name="down")(hidden_BxLxF)
+                      init_scale=c.out_init_scale, use_bias=c.mlp_bias, matmul=c.matmul,
+                      name="down")(hidden_BxLxF)
 
 
 class Block(nn.Module):
@@ -495,7 +502,8 @@ class Decoder(nn.Module):
     self.final_norm = make_norm(c, "final_norm")
     if not c.tie_embeddings:
       self.unembed = Projection((c.d_model,), (c.vocab_size,), ("embed", "vocab"),
-                                c.compute_dtype, c.weight_dtype, name="unembed")
+                                c.compute_dtype, c.weight_dtype, matmul=c.matmul,
+                                name="unembed")
 
   def _embed(self, tokens_BxL, positions_BxL):
     c = self.cfg
@@ -583,7 +591,7 @@ class Decoder(nn.Module):
     `cfg.vocab_chunk` positions at a time."""
     hidden_BxLxD = self.trunk(tokens_BxL, positions_BxL, segment_ids_BxL)
     return target_logprobs(hidden_BxLxD, self.unembedding(), targets_BxL, self.cfg.vocab_chunk,
-                           self.cfg.logit_softcap, temperature)
+                           self.cfg.logit_softcap, temperature, self.cfg.matmul)
 
   def logits(self, hidden_BxLxD):
     """Unembedding; logits are returned in float32 for a stable softmax."""
@@ -604,7 +612,7 @@ class Decoder(nn.Module):
 
 
 def target_logprobs(hidden_BxLxD, unembed_DxV, targets_BxL, chunk: int = 0, softcap: float = 0.0,
-                    temperature: float = 1.0):
+                    temperature: float = 1.0, matmul: str = "auto"):
   """(log p(target), log Z, max logit), each BxL, from hidden states: the logits
   (soft-capped, then divided by `temperature`) in float32.
 
@@ -615,7 +623,7 @@ def target_logprobs(hidden_BxLxD, unembed_DxV, targets_BxL, chunk: int = 0, soft
   Wijmans et al. 2024, on sequence chunks). The values are the same.
   """
   def head(h_BxCxD, t_BxC):
-    logits = dense(h_BxCxD, unembed_DxV, 1).astype(jnp.float32)
+    logits = dense(h_BxCxD, unembed_DxV, 1, matmul).astype(jnp.float32)
     if softcap:
       logits = softcap * jnp.tanh(logits / softcap)
     logits = logits / temperature

@@ -58,8 +58,7 @@ def make_dpo_step(preset: str, steps: int = 100):
   from research.models import config as model_config
   from research.models.decoder import Decoder
   from research.rlhf import reference
-  from research.stages import common
-  from research.training import partitioning, step as step_lib
+  from research.training import partitioning, trainer
 
   config = dpo_config.get_config(preset)
   config.init_from = ""  # random weights: throughput does not depend on them
@@ -67,10 +66,9 @@ def make_dpo_step(preset: str, steps: int = 100):
   model_cfg = model_config.from_config(config.model)
   model = Decoder(model_cfg)
   config.optimizer.warmup_steps = 1
-  s = common.setup(config, model, steps + 10)
   loss = functools.partial(objectives.get("dpo"), model=model, config=config)
-  train_step = step_lib.make_train_step(loss, tx=s.tx, state_shardings=s.shardings, mesh=s.mesh,
-                                        rules=s.rules, schedule=s.schedule)
+  s = trainer.build(config, model, loss, total_steps=steps + 10, evaluate=False)
+  train_step = s.train_step
   b, length = config.data.batch_size, config.data.seq_len
   response_mask = np.zeros((b, 2, length), bool)
   response_mask[..., PROMPT_TOKENS:] = True

@@ -73,7 +73,7 @@ def make_ppo_iteration(preset: str, prompts: int = 2, samples: int = 4, new_toke
   from research.rlhf import online, rewards  # pylint: disable=g-import-not-at-top
   from research.rlhf.actor_critic import ActorCritic  # pylint: disable=g-import-not-at-top
   from research.stages import rlhf as rlhf_stage  # pylint: disable=g-import-not-at-top
-  from research.training import partitioning, step as step_lib  # pylint: disable=g-import-not-at-top
+  from research.training import partitioning  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
 
   config = rlhf_config.get_config(preset)
@@ -92,11 +92,9 @@ def make_ppo_iteration(preset: str, prompts: int = 2, samples: int = 4, new_toke
   policy = Decoder(model_config.from_config(config.model))
   ref_params = nn.unbox(policy.init(jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32))["params"])
   model = ActorCritic(policy, o.critic, None)
-  state, _, shardings, tx, schedule = rlhf_stage.build_state(
-      config, model, ref_params, mesh, rules, rlhf_stage.total_updates(config))
-  train_step = step_lib.make_train_step(
-      functools.partial(loss_obj, model=model, config=config), tx=tx, state_shardings=shardings,
-      mesh=mesh, rules=rules, schedule=schedule)
+  built = rlhf_stage.build_trainer(config, model, ref_params,
+                                  functools.partial(loss_obj, model=model, config=config))
+  state, train_step = built.state, built.train_step
   tok = WordTokenizer()
   ids = batches.prompts(prompts, prompt_tokens, policy.cfg.vocab_size, seed)
   if reward == "even":

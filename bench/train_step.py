@@ -34,8 +34,7 @@ def make_step(preset: str, mesh_shape: dict, steps: int = 100):
   from research import objectives
   from research.models import config as model_config
   from research.models.decoder import Decoder
-  from research.stages import common
-  from research.training import partitioning, step as step_lib
+  from research.training import partitioning, trainer
 
   config = clm_config.get_config(preset)
   config.mesh.update(mesh_shape)
@@ -43,10 +42,9 @@ def make_step(preset: str, mesh_shape: dict, steps: int = 100):
   config.optimizer.warmup_steps = 1
   model_cfg = model_config.from_config(config.model)
   model = Decoder(model_cfg)
-  s = common.setup(config, model, config.train.steps)
   loss = functools.partial(objectives.get("clm"), model=model, config=config)
-  train_step = step_lib.make_train_step(loss, tx=s.tx, state_shardings=s.shardings, mesh=s.mesh,
-                                        rules=s.rules, schedule=s.schedule)
+  s = trainer.build(config, model, loss, evaluate=False)
+  train_step = s.train_step
   b, length = config.data.batch_size, config.data.seq_len
   tokens = batches.lm_tokens(b, length, model_cfg.vocab_size)
   batch = partitioning.shard_batch({

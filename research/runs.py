@@ -241,20 +241,15 @@ def _check_rerun(config, workdir: str) -> None:
   logging.warning("%s: continuing under a changed config: %s", workdir, sorted(changes))
 
 
-def save_config(config, workdir: str) -> None:
-  """Checks the config (`validate.check`), resolves the model from `init_from`
-  (see `inherit_model`), refuses to continue a trained run under another config,
-  then writes config.json so tools and later stages can rebuild the model.
-
-  A workdir holds one stage's run. When it holds checkpoints, a rerun resumes it
-  and may change only RESUMABLE keys (train for longer, another mesh, ...); with
-  `config.train.allow_config_change`, also CHANGEABLE ones (learning rate,
-  schedule, data, objective), each recorded in config_history.jsonl. Anything
-  else (the stage, the architecture, the tokenizer, `init_from`) raises
-  `validate.ConfigError` before anything is written: the run stays loadable."""
+def resolve(config):
+  """The config as the run will train it, in place (and returned): the runs it
+  names checked, the model's architecture taken from `init_from`'s run (see
+  `inherit_model`), then every value checked (`validate.check`, the
+  architecture against this mesh). A stage resolves its config before building
+  its model; `save_config` refuses one that was not resolved."""
   check_init_from(config)
   inherit_model(config)
-  validate.check(config)  # after inheriting: the architecture against this mesh
+  validate.check(config)
   if config.get("reward") and config.reward.get("source", "model") == "model":
     check_reward_run(config.reward.get("model", ""), "config.reward.model")
   if config.get("reward") and config.reward.get("source") == "judge":
@@ -262,6 +257,25 @@ def save_config(config, workdir: str) -> None:
                  "the judge is a language-model run (research/rlhf/judge.py)")
   if config.get("evaluate"):
     check_reward_run(config.evaluate.get("reward_model", ""), "config.evaluate.reward_model")
+  return config
+
+
+def save_config(config, workdir: str) -> None:
+  """Writes a `resolve`d config as the workdir's config.json, so tools and later
+  stages can rebuild the model; it does not change the config.
+
+  A workdir holds one stage's run. When it holds checkpoints, a rerun resumes it
+  and may change only RESUMABLE keys (train for longer, another mesh, ...); with
+  `config.train.allow_config_change`, also CHANGEABLE ones (learning rate,
+  schedule, data, objective), each recorded in config_history.jsonl. Anything
+  else (the stage, the architecture, the tokenizer, `init_from`) raises
+  `validate.ConfigError` before anything is written: the run stays loadable."""
+  source = config.get("init_from")
+  if source and os.path.exists(os.path.join(source, CONFIG_FILE)):
+    upstream = model_config.architecture(load_config(source).model)
+    if any(config.model.get(k) != v for k, v in upstream.items()):
+      raise ValueError(f"save_config: config.model is not {source}'s architecture; call "
+                       "runs.resolve(config) first (before building the model)")
   if os.path.isfile(workdir):
     raise validate.ConfigError(f"--workdir={workdir!r} is a file, not a directory")
   if os.path.exists(os.path.join(workdir, CONFIG_FILE)):

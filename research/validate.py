@@ -1,5 +1,5 @@
 """Up-front checks of a run's config: one table, each failure naming the key and
-what it allows. `runs.save_config` calls `check` before anything is written to a
+what it allows. `runs.resolve` calls `check` before anything is written to a
 workdir, so a bad value never leaves a half-written run behind.
 """
 

@@ -217,6 +217,7 @@ def test_reward_model_exports_and_reimports(tiny_base, tmp_path):
   ckpt.save(0, {"params": params}, {})
   ckpt.close()
   config.stage = "reward"
+  runs.resolve(config)
   runs.save_config(config, str(rm))
   shutil.copy(os.path.join(tiny_base, runs.TOKENIZER_FILE), rm / runs.TOKENIZER_FILE)
   convert.export_hf(str(rm), str(tmp_path / "hf"))
@@ -386,6 +387,7 @@ def test_native_run_and_reward_model_load_in_transformers(tiny_base, tmp_path):
   ckpt.save(0, {"params": params}, {})
   ckpt.close()
   config.stage = "reward"
+  runs.resolve(config)
   runs.save_config(config, str(tmp_path / "rm"))
   shutil.copy(os.path.join(tiny_base, runs.TOKENIZER_FILE),
               tmp_path / "rm" / runs.TOKENIZER_FILE)

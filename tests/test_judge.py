@@ -108,6 +108,7 @@ def test_judge_reward_from_config_names_a_missing_judge(tmp_path):
   c = preferences_config.get_config("smoke")
   c.reward.update(source="judge", judge=str(tmp_path / "nope"))
   with pytest.raises(ConfigError, match="config.reward.judge="):
+    runs.resolve(c)
     runs.save_config(c, str(tmp_path / "w"))
 
 

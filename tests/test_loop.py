@@ -1,5 +1,6 @@
 """Checkpoint/resume, SIGTERM and NaN behaviour of the training loop, through the CLM stage."""
 
+import functools
 import json
 import os
 import signal
@@ -9,10 +10,11 @@ import numpy as np
 import pytest
 
 from configs import clm as clm_config
+from research import objectives
 from research.models import config as model_config
 from research.models.decoder import Decoder
-from research.stages import clm, common
-from research.training import checkpoint, writers
+from research.stages import clm
+from research.training import checkpoint, trainer, writers
 from research.training.loop import NonFiniteLossError
 
 N = 5
@@ -93,7 +95,8 @@ def test_nan_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
   assert f"last good checkpoint is step {bad_step - 1}" in message
   # The last checkpoint restores and is finite.
   model = Decoder(model_config.from_config(config.model))
-  s = common.setup(config, model, config.train.steps)
+  s = trainer.build(config, model, functools.partial(objectives.get("clm"), model=model,
+                                                     config=config), evaluate=False)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
   assert ckpt.latest_step() == bad_step - 1
   state, meta = ckpt.restore(s.abstract_state, s.shardings)

@@ -1,6 +1,7 @@
 """RLHF estimators and losses against plain-numpy references, and the sharded PPO step."""
 
 import functools
+import math
 
 import flax.linen as nn
 import jax
@@ -9,14 +10,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import common as config_common
 from configs import rlhf as rlhf_config
 from research import objectives
 from research.models import config as model_config, logprobs
 from research.models.decoder import Decoder
 from research.objectives import advantages as adv, policy_gradient as pg
 from research.rlhf.actor_critic import ActorCritic
-from research.training import optimizer, partitioning, state as state_lib, step as step_lib
+from research.training import partitioning
+from tests import trainers
 
 RULES = partitioning.DEFAULT_RULES
 
@@ -244,13 +245,11 @@ def _ppo_run(mesh_shape, devices, name, critic, steps=2):
   if critic == "none":  # GRPO's shape: the KL in the loss, per-sequence aggregation
     config.objective.update(loss_agg="seq_mean_token_mean", clip_high=0.28)
     config.objective.kl.update(placement="loss", estimator="k3")
-  tx, _ = optimizer.make_optimizer(config_common.optimizer(lr=1e-3, warmup_steps=1, eps=1e-3),
-                                   10)
-  mesh = partitioning.make_mesh(dict(zip(("data", "fsdp", "tensor"), mesh_shape)), devices)
-  init = lambda rng: model.init(rng, jnp.ones((1, 8), jnp.int32))
-  state, shardings = state_lib.create_state(init, tx, mesh, RULES, seed=0)
   loss = functools.partial(objectives.get(name), model=model, config=config)
-  step = step_lib.make_train_step(loss, tx=tx, state_shardings=shardings, mesh=mesh, rules=RULES)
+  assert len(devices) == math.prod(mesh_shape)  # the build takes the first N devices
+  built = trainers.build(model, loss, mesh_shape, config,
+                         init_params=lambda rng: model.init(rng, jnp.ones((1, 8), jnp.int32)))
+  state, step, mesh = built.state, built.train_step, built.mesh
   host_params = jax.device_get(state.params)
   out = []
   for i in range(steps):

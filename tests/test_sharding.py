@@ -1,6 +1,7 @@
 """The same train step on 8 simulated devices and on one device gives the same numbers."""
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -8,11 +9,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import common as config_common
 from research.models import config as model_config
 from research.models.decoder import Decoder
 from research.objectives import clm
-from research.training import optimizer, partitioning, state as state_lib, step as step_lib
+from research.training import partitioning
+from tests import trainers
 
 RULES = partitioning.DEFAULT_RULES
 
@@ -22,19 +23,10 @@ def _setup(mesh_shape, devices, microbatches=1, scan=False, **model_overrides):
                                       **model_overrides})
   model = Decoder(cfg)
   config = ml_collections.ConfigDict({"objective": {"z_loss": 1e-4}})
-  # eps=1e-3 makes Adam's update a smooth function of the gradient. With the
-  # default 1e-8, m / sqrt(v) is scale-free: on the few entries whose gradient
-  # is ~1e-7 (near zero by chance), float32 roundoff from a different summation
-  # order (gradients agree to ~2e-7 absolute) flips a large part of an lr step.
-  tx, schedule = optimizer.make_optimizer(
-      config_common.optimizer(lr=1e-3, warmup_steps=1, eps=1e-3), 10)
-  mesh = partitioning.make_mesh(dict(zip(("data", "fsdp", "tensor"), mesh_shape)), devices)
-  init = lambda rng: model.init(rng, jnp.ones((1, 4), jnp.int32))["params"]
-  state, shardings = state_lib.create_state(init, tx, mesh, RULES, seed=0)
   loss = functools.partial(clm.loss_fn, model=model, config=config)
-  step = step_lib.make_train_step(loss, tx=tx, state_shardings=shardings, mesh=mesh,
-                                  rules=RULES, schedule=schedule, microbatches=microbatches)
-  return mesh, state, step
+  assert len(devices) == math.prod(mesh_shape)  # the build takes the first N devices
+  built = trainers.build(model, loss, mesh_shape, config, microbatches)
+  return built.mesh, built.state, built.train_step
 
 
 def _batch(b=8, length=32, seed=0):

@@ -13,20 +13,22 @@ GRPO: test_policy_gradient.py).
 
 import functools
 import json
+import math
 import os
 
 import jax
 import numpy as np
 import pytest
 
-from configs import clm as clm_config, common as config_common, dpo as dpo_config
+from configs import clm as clm_config, dpo as dpo_config
 from configs import kto as kto_config
 from configs import reward as reward_config, sft as sft_config
 from research import objectives
 from research.models import config as model_config
 from research.models.decoder import Decoder
 from research.models.heads import ScalarModel
-from research.training import optimizer, partitioning, state as state_lib, step as step_lib
+from research.training import partitioning
+from tests import trainers
 
 RULES = partitioning.DEFAULT_RULES
 GOLDEN = os.path.join(os.path.dirname(__file__), "fixtures", "golden_steps.json")
@@ -105,15 +107,10 @@ def host_norm(tree) -> float:
 def run_steps(name, mesh_shape, devices, steps=2):
   module_fn, config_fn, batch_fn = CASES[name]
   model, config = module_fn(), config_fn()
-  # eps=1e-3: Adam's update is a smooth function of the gradient, so float32
-  # roundoff from another summation order stays small (see test_sharding.py).
-  tx, schedule = optimizer.make_optimizer(
-      config_common.optimizer(lr=1e-3, warmup_steps=1, eps=1e-3), 10)
-  mesh = partitioning.make_mesh(dict(zip(("data", "fsdp", "tensor"), mesh_shape)), devices)
-  state, shardings = state_lib.create_state(state_lib.init_fn(model), tx, mesh, RULES, seed=0)
   loss = functools.partial(objectives.get(config.objective.name), model=model, config=config)
-  step = step_lib.make_train_step(loss, tx=tx, state_shardings=shardings, mesh=mesh,
-                                  rules=RULES, schedule=schedule)
+  assert len(devices) == math.prod(mesh_shape)  # the build takes the first N devices
+  built = trainers.build(model, loss, mesh_shape, config)
+  state, step, mesh = built.state, built.train_step, built.mesh
   out = []
   for i in range(steps):
     state, metrics = step(state, partitioning.shard_batch(batch_fn(i), mesh, RULES))

@@ -158,6 +158,7 @@ def test_init_from_of_the_wrong_kind_is_named_before_anything_is_written(
   c = sft_config.get_config("smoke")
   with c.unlocked():
     c.stage = upstream
+  runs.resolve(c)
   runs.save_config(c, str(source))
   if policy:
     runs.write_json(str(source), runs.POLICY_FILE, policy)

@@ -45,6 +45,7 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
   if config.data.template not in ("alpaca", "chat"):
     raise ConfigError(f"config.data.template={config.data.template!r}: best-of-n fine-tunes "
                       f"with the SFT templates, 'alpaca' or 'chat'")
+  runs.resolve(config)  # init_from's architecture, every value checked
   runs.save_config(config, workdir)
   b = config.best_of_n
   mesh, rules = partitioning.mesh_and_rules(config)
@@ -110,6 +111,7 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
     with round_config.unlocked():
       round_config.init_from = current
       round_config.stage = "sft"
+    runs.resolve(round_config)  # init_from's architecture, every value checked
     runs.save_config(round_config, round_dir)
     cap, overflow = prompt_fit.settings(config.data)
     data = sft.build(records, tok, config.data.template, config.data.seq_len,
@@ -118,7 +120,7 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
         data, seq_len=config.data.seq_len, global_batch_size=config.data.batch_size,
         seed=seeds.derived_seed(config.seed, f"bon_data_{r}"), train=train)
     # Held-out evaluation is by sampling (below), not by the loss on these targets.
-    result, _, _ = common.train(round_config, round_dir, model, train_iter=iter(batches(True)),
+    result, _ = common.train(round_config, round_dir, model, train_iter=iter(batches(True)),
                                 eval_batches=None, hooks=hooks)
     if result.preempted:
       return {"preempted": True, "round": r}

@@ -30,6 +30,7 @@ def _tokenizer_texts(source, n: int, embedded: bool):
 
 
 def run(config, workdir: str, hooks=()) -> dict:
+  runs.resolve(config)  # init_from's architecture, every value checked
   runs.save_config(config, workdir)
   train_src = sources.text_source(config.data, "train")
   eval_src = sources.text_source(config.data, "validation")
@@ -47,7 +48,7 @@ def run(config, workdir: str, hooks=()) -> dict:
   batches = functools.partial(pipeline.clm_batches, tokenizer=tok, seq_len=config.data.seq_len,
                               global_batch_size=config.data.batch_size,
                               seed=seeds.derived_seed(config.seed, "data"))
-  result, s, train_step = common.train(
+  result, s = common.train(
       config, workdir, model, train_iter=iter(batches(train_src, train=True)),
       eval_batches=lambda: iter(batches(eval_src, train=False)),
       tokens_per_batch=config.data.batch_size * config.data.seq_len, hooks=hooks)
@@ -55,7 +56,7 @@ def run(config, workdir: str, hooks=()) -> dict:
   entropy = stats.unigram_entropy((list(t) + [tok.eos_id] for t in sample), tok.vocab_size)
   summary = {"step": result.step, "preempted": result.preempted, "data": data_summary,
              "unigram_entropy": entropy, "train": result.train_metrics,
-             "eval": result.eval_metrics, "compilations": train_step.compilations()}
+             "eval": result.eval_metrics, "compilations": s.train_step.compilations()}
   if not result.preempted and config.sample.num_samples:
     summary["samples"] = write_samples(config, workdir, model, result.state.params, tok,
                                        eval_src, s.mesh, s.rules, result.step)

@@ -42,6 +42,7 @@ def unpaired_records(records, seed: int) -> list[dict]:
 
 
 def run(config, workdir: str, hooks=()) -> dict:
+  runs.resolve(config)  # init_from's architecture, every value checked
   runs.save_config(config, workdir)
   d, obj = config.data, config.objective
   if not config.init_from:
@@ -80,7 +81,7 @@ def run(config, workdir: str, hooks=()) -> dict:
       examples, global_batch_size=d.batch_size, seed=seeds.derived_seed(config.seed, "data"),
       train=train)
   wrap = lambda it: it if "ref_logps" in train_ex[0] else reference.WithReference(it, scorer)
-  result, s, train_step = common.train(
+  result, s = common.train(
       config, workdir, model, train_iter=wrap(iter(batches(train_ex, True))),
       eval_batches=lambda: wrap(iter(batches(eval_ex, False))), hooks=hooks,
       rows_per_example=2)
@@ -90,7 +91,7 @@ def run(config, workdir: str, hooks=()) -> dict:
              "data": data,
              "train": result.train_metrics, "eval": result.eval_metrics,
              "eval_at_start": result.eval_history.get(0, {}),
-             "compilations": train_step.compilations()}
+             "compilations": s.train_step.compilations()}
   if not result.preempted and config.evaluate.num_prompts:
     prompts = preferences.distinct_prompts(eval_records)[:config.evaluate.num_prompts]
     reward_fn = (RewardFunction.load(config.evaluate.reward_model, mesh, rules)

@@ -87,6 +87,7 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
   del hooks, reward
   e = config.evaluate
   came = resolve(config)
+  runs.resolve(config)  # init_from's architecture, every value checked
   runs.save_config(config, workdir)
   mesh, rules = partitioning.mesh_and_rules(config)
   tok = runs.tokenizer_for(config, workdir, lambda: ())

@@ -19,6 +19,7 @@ from research.training import partitioning
 def run(config, workdir: str, hooks=(), reward=None) -> dict:
   del hooks, reward
   runs.check_is_run(config.judge, "config.judge", "name the language-model run to ask")
+  runs.resolve(config)  # init_from's architecture, every value checked
   runs.save_config(config, workdir)
   pairs = preferences.pairs(preferences.preference_records(config.data, "validation"))
   if not pairs:

@@ -45,6 +45,7 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
   del hooks
   if not config.init_from:
     raise ConfigError("config.init_from must name the policy to sample from (the SFT run)")
+  runs.resolve(config)  # init_from's architecture, every value checked
   runs.save_config(config, workdir)
   p = config.preferences
   offset = p.get("prompt_offset", 0)

@@ -120,6 +120,7 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
   if r.judge == "generative" and not r.judge_run:
     raise ConfigError("config.rate.judge='generative' needs config.rate.judge_run (a "
                       "language-model run)")
+  runs.resolve(config)  # init_from's architecture, every value checked
   runs.save_config(config, workdir)
   mesh, rules = partitioning.mesh_and_rules(config)
   prompts = preferences.prompts(config.data, "validation")[:r.num_prompts]

@@ -32,6 +32,7 @@ def _texts(records, limit: int):
 
 
 def run(config, workdir: str, hooks=()) -> dict:
+  runs.resolve(config)  # init_from's architecture, every value checked
   runs.save_config(config, workdir)
   d = config.data
   train_records = preferences.preference_records(
@@ -52,7 +53,7 @@ def run(config, workdir: str, hooks=()) -> dict:
   batches = lambda examples, train: comparisons.batches(
       examples, global_batch_size=d.batch_size, seed=seeds.derived_seed(config.seed, "data"),
       train=train)
-  result, s, train_step = common.train(
+  result, s = common.train(
       config, workdir, model, train_iter=iter(batches(train_ex, True)),
       eval_batches=lambda: iter(batches(eval_ex, False)), hooks=hooks,
       init_subtree=None if config.get("init_head") else "decoder",
@@ -63,7 +64,7 @@ def run(config, workdir: str, hooks=()) -> dict:
              "data": {**data, "label_noise": d.label_noise},
              "train": result.train_metrics, "eval": result.eval_metrics,
              "eval_at_start": result.eval_history.get(0, {}),
-             "compilations": train_step.compilations()}
+             "compilations": s.train_step.compilations()}
   if not result.preempted:
     reward_fn = RewardFunction(model, result.state.params, s.mesh, s.rules)
     analysis = held_out_analysis(reward_fn, eval_ex, eval_records, d.batch_size)

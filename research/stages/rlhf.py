@@ -32,7 +32,7 @@ from research.objectives import clm
 from research.reward_fn import RewardFunction
 from research.rlhf import online, rewards
 from research.rlhf.actor_critic import ActorCritic
-from research.training import loop, optimizer, partitioning, state as state_lib, step as step_lib
+from research.training import loop, partitioning, state as state_lib, step as step_lib, trainer
 
 
 def _value_params(config, model: ActorCritic, sft_params, abstract_value, mesh, rules):
@@ -61,19 +61,23 @@ def _critic_cfg(config):
   return None
 
 
-def build_state(config, model: ActorCritic, sft_params, mesh, rules, total_updates: int):
-  """(state, abstract_state, shardings, tx, schedule) with {'policy', 'value'} params."""
-  tx, schedule = optimizer.make_optimizer(config.optimizer, total_updates)
-  init = lambda rng: model.init(rng, jnp.ones((1, 8), jnp.int32))
-  abstract, shardings = state_lib.abstract_state(init, tx, mesh, rules, config.seed)
-  # The policy's copy: the state is donated each step, the reference must survive.
-  params = {"policy": jax.tree.map(jnp.copy, sft_params)}
-  if "value" in abstract.params:
-    value = _value_params(config, model, sft_params, abstract.params["value"], mesh, rules)
-    params["value"] = value if value is not None else jax.tree.map(
-        lambda x: jnp.zeros(x.shape, x.dtype), abstract.params["value"])
-  state, shardings = state_lib.create_state(init, tx, mesh, rules, config.seed, params)
-  return state, abstract, shardings, tx, schedule
+def build_trainer(config, model: ActorCritic, sft_params, loss) -> trainer.Trainer:
+  """The one trainer build over {'policy', 'value'} params: the policy from a copy of
+  `sft_params` (the state is donated each step; the reference must survive), the
+  critic as `config.objective` says."""
+  mesh, rules = partitioning.mesh_and_rules(config)
+
+  def params(abstract):
+    out = {"policy": jax.tree.map(jnp.copy, sft_params)}
+    if "value" in abstract:
+      value = _value_params(config, model, sft_params, abstract["value"], mesh, rules)
+      out["value"] = value if value is not None else jax.tree.map(
+          lambda x: jnp.zeros(x.shape, x.dtype), abstract["value"])
+    return out
+
+  return trainer.build(config, model, loss, total_steps=total_updates(config), params=params,
+                       init_params=lambda rng: model.init(rng, jnp.ones((1, 8), jnp.int32)),
+                       evaluate=False)
 
 
 def total_updates(config) -> int:
@@ -165,6 +169,7 @@ def curve_ends(history: list[dict], key: str) -> dict:
 
 def run(config, workdir: str, hooks=(), reward=None) -> dict:
   loss_obj, estimator = _validate(config)
+  runs.resolve(config)  # init_from's architecture, every value checked
   runs.save_config(config, workdir)
   runs.record_policy(workdir, subtree="policy")  # params: {'policy', 'value'}
   o = config.objective
@@ -177,12 +182,8 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
   policy = Decoder(model_config.from_config(config.model))
   model = ActorCritic(policy, o.critic, _critic_cfg(config))
   _, ref_params = runs.load_policy(config.init_from, mesh, rules)  # any run's language model
-  state, abstract, shardings, tx, schedule = build_state(config, model, ref_params, mesh, rules,
-                                                         total_updates(config))
-  loss = functools.partial(loss_obj, model=model, config=config)
-  train_step = step_lib.make_train_step(loss, tx=tx, state_shardings=shardings, mesh=mesh,
-                                        rules=rules, schedule=schedule,
-                                        microbatches=config.optimizer.grad_accum_steps)
+  built = build_trainer(config, model, ref_params,
+                        functools.partial(loss_obj, model=model, config=config))
   reward_source = rewards.as_source(reward) if reward is not None else \
       rewards.from_config(config, mesh, rules)
   # A fixed rollout.prompt_width caps the prompts as max_prompt_len does.
@@ -214,16 +215,15 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
     evaluator = lambda s: verifiable.report(  # noqa: E731
         policy, s.params["policy"], tok, *held, check, n=config.evaluate.pass_k_samples,
         max_new_tokens=config.evaluate.max_new_tokens, seed=config.seed, sampler=eval_sampler)
-  result = loop.run(train_cfg=config.train, workdir=workdir, state=state, abstract_state=abstract,
-                    state_shardings=shardings, train_step=train_step, source=source, mesh=mesh,
-                    rules=rules, hooks=hooks, evaluator=evaluator)
+  result = loop.run(built, source, train_cfg=config.train, workdir=workdir, hooks=hooks,
+                    evaluator=evaluator)
 
   summary = {"iteration": result.step, "preempted": result.preempted,
              "objective": o.name, "advantage": o.advantage, "critic": o.critic,
              "samples_per_prompt": config.rollout.samples_per_prompt, "ptx_coef": o.ptx_coef,
              "num_prompts": len(prompts.texts), "prompts": prompt_stats,
              "optimizer_steps": int(result.state.step),
-             "compilations": train_step.compilations()}
+             "compilations": built.train_step.compilations()}
   if result.history:
     summary["curves"] = {k: curve_ends(result.history, k) for k in (
         "objective/raw_scores", "objective/scores", "objective/kl", "objective/beta",

@@ -34,6 +34,7 @@ def _record_texts(records, limit: int):
 
 
 def run(config, workdir: str, hooks=()) -> dict:
+  runs.resolve(config)  # init_from's architecture, every value checked
   runs.save_config(config, workdir)
   train_records = instructions.instruction_records(config.data, "train")
   eval_records = instructions.instruction_records(config.data, "validation")
@@ -52,7 +53,7 @@ def run(config, workdir: str, hooks=()) -> dict:
   batches = lambda data, train: sft.batches(
       data, seq_len=d.seq_len, global_batch_size=d.batch_size,
       seed=seeds.derived_seed(config.seed, "data"), train=train)
-  result, s, train_step = common.train(
+  result, s = common.train(
       config, workdir, model, train_iter=iter(batches(train_data, True)),
       eval_batches=lambda: iter(batches(eval_data, False)),
       tokens_per_batch=d.batch_size * d.seq_len, hooks=hooks)
@@ -61,7 +62,7 @@ def run(config, workdir: str, hooks=()) -> dict:
              "data": data,
              "train": result.train_metrics, "eval": result.eval_metrics,
              "eval_at_start": result.eval_history.get(0, {}),
-             "compilations": train_step.compilations()}
+             "compilations": s.train_step.compilations()}
   if not result.preempted and config.generate.num_examples:
     cases = generation_cases(eval_data.records, config)
     base = (runs.load_params(config.init_from, model, s.mesh, s.rules)

@@ -147,26 +147,29 @@ def _mean(records: list[dict]) -> dict[str, float]:
                    else np.mean([r[k] for r in records])) for k in keys}
 
 
-def run(*, train_cfg, workdir: str, state, abstract_state, state_shardings, train_step,
-        source, mesh, rules, eval_step=None, eval_batches: Callable[[], Iterable] | None = None,
-        tokens_per_batch: int = 0, hooks: Iterable[Callable[[int], None]] = (),
+def run(trainer, source, *, train_cfg, workdir: str,
+        eval_batches: Callable[[], Iterable] | None = None, tokens_per_batch: int = 0,
+        hooks: Iterable[Callable[[int], None]] = (),
         evaluator: Callable[[Any], dict] | None = None) -> LoopResult:
-  """Trains until `train_cfg.steps`; see the module docstring for the contract.
+  """Trains `trainer` (`training/trainer.py`) until `train_cfg.steps`; see the
+  module docstring for the contract.
 
   `source` has `next(state, step) -> Work`, `get_state()` / `set_state(s)` (JSON,
   checkpointed with the state), `compilations() -> {name: count}` and
   `postfix` ({progress-bar field: metric}). `hooks` are called as hook(step)
-  after every step. Held-out evaluation is `eval_step` over `eval_batches`, or
-  `evaluator(state) -> metrics` (an online stage's pass@k, say), at step 0, every
-  `eval_every` steps and at the end.
+  after every step. Held-out evaluation is the trainer's eval step over
+  `eval_batches`, or `evaluator(state) -> metrics` (an online stage's pass@k,
+  say), at step 0, every `eval_every` steps and at the end.
 
   A resumed run reports the whole run: the evaluations and logged steps of earlier
   sessions come back from metrics.jsonl, so rerunning a finished run trains nothing,
   evaluates nothing again and returns what the run ended with."""
+  state, train_step, mesh, rules = trainer.state, trainer.train_step, trainer.mesh, trainer.rules
+  eval_step = trainer.eval_step if eval_batches is not None else None
   total = int(train_cfg.steps)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), train_cfg.max_to_keep)
   start = 0
-  restored = ckpt.restore_newest_good(abstract_state, state_shardings)
+  restored = ckpt.restore_newest_good(trainer.abstract_state, trainer.shardings)
   if restored is not None:
     start, state, meta = restored
     source.set_state(meta["data"])

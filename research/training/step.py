@@ -55,10 +55,15 @@ def grads_and_metrics(loss_fn: LossFn, params, batch: dict, rng, microbatches: i
 
 
 def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn,
-               tx: optax.GradientTransformation, schedule=None, microbatches: int = 1):
-  """One optimizer update; module-level so tests can call it without jit."""
+               tx: optax.GradientTransformation, schedule=None, microbatches: int = 1,
+               trainable=None):
+  """One optimizer update; module-level so tests can call it without jit.
+  `trainable` (a tree of bools like the params): the others' gradients are
+  zero, so XLA never computes them."""
   rng = jax.random.fold_in(state.rng, state.step)
   grads, metrics = grads_and_metrics(loss_fn, state.params, batch, rng, microbatches)
+  if trainable is not None:
+    grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {**metrics, "grad_norm": optax.global_norm(grads),
@@ -88,11 +93,11 @@ class CompiledStep:
 
 
 def make_train_step(loss_fn: LossFn, *, tx, state_shardings, mesh, rules, schedule=None,
-                    microbatches: int = 1, donate: bool = True) -> CompiledStep:
+                    microbatches: int = 1, donate: bool = True, trainable=None) -> CompiledStep:
   """jit(train_step) with the state's shardings in and out, batch over `batch`."""
   def step(state, batch):
     return train_step(state, batch, loss_fn=loss_fn, tx=tx, schedule=schedule,
-                      microbatches=microbatches)
+                      microbatches=microbatches, trainable=trainable)
   # One sharding for the whole batch dict (a pytree prefix): `batch` on axis 0.
   batch_sharding = partitioning.data_sharding(mesh, rules, 1)
   fn = jax.jit(step, in_shardings=(state_shardings, batch_sharding),

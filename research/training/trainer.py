@@ -1,0 +1,104 @@
+"""The one trainer build: a config, a module and its loss -> the sharded state and
+the compiled steps that every stage, bench and test trains through.
+
+  trainer = build(config, module, loss)                 # loss(params, batch, rng)
+  result = loop.run(trainer, source, train_cfg=config.train, workdir=workdir)
+
+What `build` reads from the config: the mesh and sharding rules, the optimizer
+and its schedule (`config.optimizer`, over `config.train.steps` updates unless
+told otherwise), the seed, gradient accumulation, and `config.init_from` (the
+run whose parameters it starts from). `trainable` picks the parameters that
+train; the others stay bit-identical, get no optimizer state and no gradient
+(the seam for adapters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import optax
+
+from research.models.decoder import Decoder
+from research.training import checkpoint, memory, optimizer, partitioning, state as state_lib
+from research.training import step as step_lib
+
+Trainable = Callable[[tuple[str, ...]], bool]  # a parameter's path -> does it train?
+
+
+@dataclasses.dataclass
+class Trainer:
+  mesh: Any
+  rules: Any
+  tx: optax.GradientTransformation
+  schedule: Callable
+  state: state_lib.TrainState           # the starting state (loop.run may resume another)
+  shardings: state_lib.TrainState       # of the state
+  abstract_state: state_lib.TrainState  # shapes only: what a checkpoint restores into
+  train_step: step_lib.CompiledStep     # (state, batch) -> (state, metrics), state donated
+  eval_step: step_lib.CompiledStep | None  # (params, batch) -> metrics
+
+
+def trainable_mask(params, trainable: Trainable):
+  """A tree of bools like `params` (boxed or not): True where the parameter trains."""
+  keys = lambda path: tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+  return jax.tree_util.tree_map_with_path(lambda p, _: bool(trainable(keys(p))), params,
+                                          is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
+def build(config, module, loss: step_lib.LossFn, *, total_steps: int | None = None,
+          params=None, init_params: Callable | None = None, init_subtree: str | None = None,
+          rows: int = 0, evaluate: bool = True, trainable: Trainable | None = None,
+          donate: bool = True) -> Trainer:
+  """The sharded state and the jitted steps of `module` trained on `loss`.
+
+  The parameters: `params` (a tree like the module's, or a function of the
+  abstract parameters that returns one), else those of `config.init_from`'s
+  checkpoint (all of them, or with `init_subtree` only `params[init_subtree]`:
+  a reward model's trunk from an SFT run, with a fresh head), else a fresh init
+  (`init_params(rng)`, default the module's). With `rows` (sequences of
+  `config.data.seq_len` per step), a step that cannot fit the memory is refused
+  before anything is allocated (`training/memory.py`).
+  """
+  mesh, rules = partitioning.mesh_and_rules(config)
+  tx, schedule = optimizer.make_optimizer(config.optimizer, total_steps or config.train.steps)
+  init_params = init_params or state_lib.init_fn(module)
+  mask = None
+  if trainable is not None:
+    mask = trainable_mask(nn.unbox(jax.eval_shape(init_params, jax.random.PRNGKey(0))),
+                          trainable)
+    if not any(jax.tree.leaves(mask)):
+      raise ValueError("the trainable filter selects no parameter")
+    # Frozen parameters get no optimizer state and a zero update: they stay bit-identical.
+    tx = optax.multi_transform({True: tx, False: optax.set_to_zero()},
+                               lambda params: trainable_mask(params, trainable))
+  abstract, shardings = state_lib.abstract_state(init_params, tx, mesh, rules, config.seed)
+  if rows:
+    memory.check_step_fits(
+        config, module.cfg, rows=rows, seq_len=config.data.seq_len,
+        batch_ways=partitioning.batch_axis_size(mesh, rules),
+        tensor_ways=dict(mesh.shape).get("tensor", 1), logits=isinstance(module, Decoder),
+        state_bytes=partitioning.per_device_bytes(abstract.params, shardings.params)
+        + partitioning.per_device_bytes(abstract.opt_state, shardings.opt_state))
+  if callable(params):
+    params = params(abstract.params)
+  if params is None and config.get("init_from"):
+    target = abstract.params[init_subtree] if init_subtree else abstract.params
+    target_shardings = shardings.params[init_subtree] if init_subtree else shardings.params
+    params = checkpoint.restore_params(os.path.join(config.init_from, "checkpoints"),
+                                       target, target_shardings)
+    logging.info("initialised %s from %s", init_subtree or "parameters", config.init_from)
+    if init_subtree:  # Adam's moments start at zero whatever the values
+      fresh, shardings = state_lib.create_state(init_params, tx, mesh, rules, config.seed)
+      params = {**fresh.params, init_subtree: params}
+  state, shardings = state_lib.create_state(init_params, tx, mesh, rules, config.seed, params)
+  train_step = step_lib.make_train_step(
+      loss, tx=tx, state_shardings=shardings, mesh=mesh, rules=rules, schedule=schedule,
+      microbatches=config.optimizer.get("grad_accum_steps", 1), trainable=mask, donate=donate)
+  eval_step = step_lib.make_eval_step(loss, params_sharding=shardings.params, mesh=mesh,
+                                      rules=rules) if evaluate else None
+  return Trainer(mesh, rules, tx, schedule, state, shardings, abstract, train_step, eval_step)

@@ -79,8 +79,9 @@ def _preempt_when_checkpointed(root: str, point: str, done: list):
     time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_a_sweep_on_a_local_ray_instance(tmp_path):
-  """~1 min: points in parallel, a dependency, a failure that skips only what needs
+  """~1-2 min: points in parallel, a dependency, a failure that skips only what needs
   it, and a preempted point retried from its checkpoint."""
   root = str(tmp_path / "sweep")
   killed: list = []

@@ -47,6 +47,15 @@ def abstract_state(init_params: Callable, tx, mesh, rules, seed: int):
   return nn.unbox(boxed), shardings
 
 
+def init_params(init_params_fn: Callable, shardings, mesh, rules, seed: int):
+  """The parameters `create_state` would initialise (the same key), sharded, without
+  an optimizer state."""
+  init_key = jax.random.split(jax.random.PRNGKey(seed))[0]
+  init = jax.jit(lambda r: nn.unbox(init_params_fn(r)), out_shardings=shardings)
+  with partitioning.activate(mesh, rules):
+    return init(init_key)
+
+
 def create_state(init_params: Callable, tx, mesh, rules, seed: int, params=None):
   """Sharded TrainState. `params` (e.g. from an earlier stage) replaces the init."""
   abstract, shardings = abstract_state(init_params, tx, mesh, rules, seed)

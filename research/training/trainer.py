@@ -92,9 +92,9 @@ def build(config, module, loss: step_lib.LossFn, *, total_steps: int | None = No
     params = checkpoint.restore_params(os.path.join(config.init_from, "checkpoints"),
                                        target, target_shardings)
     logging.info("initialised %s from %s", init_subtree or "parameters", config.init_from)
-    if init_subtree:  # Adam's moments start at zero whatever the values
-      fresh, shardings = state_lib.create_state(init_params, tx, mesh, rules, config.seed)
-      params = {**fresh.params, init_subtree: params}
+    if init_subtree:  # the rest as a fresh init gives it (parameters only, no state)
+      params = {**state_lib.init_params(init_params, shardings.params, mesh, rules, config.seed),
+                init_subtree: params}
   state, shardings = state_lib.create_state(init_params, tx, mesh, rules, config.seed, params)
   train_step = step_lib.make_train_step(
       loss, tx=tx, state_shardings=shardings, mesh=mesh, rules=rules, schedule=schedule,

@@ -8,8 +8,9 @@ What `build` reads from the config: the mesh and sharding rules, the optimizer
 and its schedule (`config.optimizer`, over `config.train.steps` updates unless
 told otherwise), the seed, gradient accumulation, and `config.init_from` (the
 run whose parameters it starts from). `trainable` picks the parameters that
-train; the others stay bit-identical, get no optimizer state and no gradient
-(the seam for adapters).
+train; the others stay bit-identical, get no optimizer state and no gradient.
+A module with LoRA adapters (`model.lora_rank`) trains its adapters (and a
+fresh head) by default, its base restored from `init_from` and frozen.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import flax.linen as nn
 import jax
 import optax
 
+from research.models import lora
 from research.models.decoder import Decoder
 from research.training import checkpoint, memory, optimizer, partitioning, state as state_lib
 from research.training import step as step_lib
@@ -67,10 +69,16 @@ def build(config, module, loss: step_lib.LossFn, *, total_steps: int | None = No
   mesh, rules = partitioning.mesh_and_rules(config)
   tx, schedule = optimizer.make_optimizer(config.optimizer, total_steps or config.train.steps)
   init_params = init_params or state_lib.init_fn(module)
+  shapes = nn.unbox(jax.eval_shape(init_params, jax.random.PRNGKey(0)))
+  adapters = lora.has_adapters(shapes)
+  if adapters and trainable is None:
+    # LoRA: the adapters train, and what the run does not take from init_from
+    # (a reward model's head); the base stays as it was.
+    trainable = lambda path: lora.is_adapter(path) or bool(  # noqa: E731
+        init_subtree and path[0] != init_subtree)
   mask = None
   if trainable is not None:
-    mask = trainable_mask(nn.unbox(jax.eval_shape(init_params, jax.random.PRNGKey(0))),
-                          trainable)
+    mask = trainable_mask(shapes, trainable)
     if not any(jax.tree.leaves(mask)):
       raise ValueError("the trainable filter selects no parameter")
     # Frozen parameters get no optimizer state and a zero update: they stay bit-identical.
@@ -89,12 +97,14 @@ def build(config, module, loss: step_lib.LossFn, *, total_steps: int | None = No
   if params is None and config.get("init_from"):
     target = abstract.params[init_subtree] if init_subtree else abstract.params
     target_shardings = shardings.params[init_subtree] if init_subtree else shardings.params
+    if adapters:  # the run holds the base; the adapters start fresh (B = 0)
+      target, target_shardings = lora.strip(target), lora.strip(target_shardings)
     params = checkpoint.restore_params(os.path.join(config.init_from, "checkpoints"),
                                        target, target_shardings)
     logging.info("initialised %s from %s", init_subtree or "parameters", config.init_from)
-    if init_subtree:  # the rest as a fresh init gives it (parameters only, no state)
-      params = {**state_lib.init_params(init_params, shardings.params, mesh, rules, config.seed),
-                init_subtree: params}
+    if init_subtree or adapters:  # the rest fresh (parameters only, no optimizer state)
+      fresh = state_lib.init_params(init_params, shardings.params, mesh, rules, config.seed)
+      params = lora.fill(fresh, {init_subtree: params} if init_subtree else params)
   state, shardings = state_lib.create_state(init_params, tx, mesh, rules, config.seed, params)
   train_step = step_lib.make_train_step(
       loss, tx=tx, state_shardings=shardings, mesh=mesh, rules=rules, schedule=schedule,

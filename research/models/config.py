@@ -149,6 +149,10 @@ class DecoderConfig:
       raise ConfigError("model.lora_targets is empty; name the projections to adapt (or all)")
     return tuple(names)
 
+  def without_lora(self) -> "DecoderConfig":
+    """The base model: no adapters (it reads an adapted tree and ignores them)."""
+    return dataclasses.replace(self, lora_rank=0)
+
   def lora_for(self, projection: str) -> dict[str, Any]:
     """Projection's LoRA arguments for the projection of this name."""
     rank = self.lora_rank if projection in self.lora_projections() else 0

@@ -17,6 +17,7 @@ sees.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.traverse_util
@@ -42,22 +43,47 @@ def has_adapters(params) -> bool:
 
 def merge(params, alpha: float):
   """The base parameters with every adapter folded in: W + (alpha / r) A B, each
-  kernel's dims restored (a scanned stack of layers merged layer by layer)."""
+  kernel's dims restored (a scanned stack of layers merged layer by layer). Each
+  kernel is computed where it lives (its sharding), one at a time."""
   flat = flax.traverse_util.flatten_dict(params)
   out = {k: v for k, v in flat.items() if not is_adapter(k)}
   for key, a in flat.items():
     if key[-1] != "lora_a":
       continue
     prefix = key[:-1]
-    b, kernel = flat[(*prefix, "lora_b")], flat[(*prefix, "kernel")]
-    rank = a.shape[-1]
-    stacked = "layers" in prefix  # nn.scan's leading layer axis
-    lead = (a.shape[0],) if stacked else ()
-    a2 = a.reshape(*lead, -1, rank).astype(jnp.float32)
-    b2 = b.reshape(*lead, rank, -1).astype(jnp.float32)
-    delta = jnp.matmul(a2, b2).reshape(kernel.shape) * (alpha / rank)
-    out[(*prefix, "kernel")] = (kernel.astype(jnp.float32) + delta).astype(kernel.dtype)
+    kernel = flat[(*prefix, "kernel")]
+    sharding = getattr(kernel, "sharding", None)
+    fold = jax.jit(functools.partial(_fold, scale=alpha / a.shape[-1],
+                                     stacked="layers" in prefix),
+                   out_shardings=sharding if isinstance(sharding, jax.sharding.NamedSharding)
+                   else None)
+    out[(*prefix, "kernel")] = fold(kernel, a, flat[(*prefix, "lora_b")])
   return flax.traverse_util.unflatten_dict(out)
+
+
+def _fold(kernel, a, b, *, scale: float, stacked: bool):
+  rank = a.shape[-1]
+  lead = (a.shape[0],) if stacked else ()  # nn.scan's leading layer axis
+  a2 = a.reshape(*lead, -1, rank).astype(jnp.float32)
+  b2 = b.reshape(*lead, rank, -1).astype(jnp.float32)
+  delta = jnp.matmul(a2, b2).reshape(kernel.shape) * scale
+  return (kernel.astype(jnp.float32) + delta).astype(kernel.dtype)
+
+
+def disabled(params):
+  """`params` with every B zeroed: the base model's function with the same base
+  arrays (no copy of the weights) and the adapted module (DPO's and RL's reference)."""
+  flat = flax.traverse_util.flatten_dict(params)
+  return flax.traverse_util.unflatten_dict(
+      {k: _zeros_like(v) if k[-1] == "lora_b" else v for k, v in flat.items()})
+
+
+def _zeros_like(x):
+  """Zeros where `x` lives (its sharding; traced values inside jit as they are)."""
+  sharding = getattr(x, "sharding", None)
+  if isinstance(x, jax.core.Tracer) or sharding is None:
+    return jnp.zeros_like(x)
+  return jnp.zeros_like(x, device=sharding)
 
 
 def fill(full, base):

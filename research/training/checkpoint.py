@@ -11,10 +11,12 @@ import logging
 import os
 from typing import Any
 
+import flax.traverse_util
 import jax
 import orbax.checkpoint as ocp
 
 from research.errors import DataError
+from research.models import lora
 
 
 def _first_line(error: Exception) -> str:
@@ -102,15 +104,22 @@ class Checkpointer:
 
 
 def restore_params(directory: str, abstract_params, shardings, step: int | None = None):
-  """Only the `params` of a TrainState checkpoint (e.g. to start SFT from CLM)."""
+  """Only the `params` of a TrainState checkpoint (e.g. to start SFT from CLM).
+
+  A checkpoint of a LoRA run (its meta's `lora_alpha`) read into parameters
+  without adapters comes back merged, W + (alpha / r) A B: a full fine-tune or a
+  new LoRA run started from a LoRA run, an export, an evaluation."""
   manager = ocp.CheckpointManager(os.path.abspath(directory),
                                   options=ocp.CheckpointManagerOptions(create=False))
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {directory} (config.init_from)")
   abstract = {"params": _abstract(abstract_params, shardings)}
-  restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), abstract)
   try:
+    adapters, alpha = _adapters_to_merge(manager, step, abstract_params, shardings)
+    if adapters:
+      abstract = {"params": lora.fill(abstract["params"], adapters)}
+    restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), abstract)
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args,
                                      partial_restore=True)))
@@ -120,7 +129,33 @@ def restore_params(directory: str, abstract_params, shardings, step: int | None 
                     f"model") from None
   finally:
     manager.close()
-  return restored.state["params"]
+  params = restored.state["params"]
+  return lora.merge(params, alpha) if adapters else params
+
+
+def _adapters_to_merge(manager, step: int, abstract_params, shardings):
+  """({path: abstract} of the LoRA adapters the checkpoint holds beside kernels that
+  `abstract_params` has without them, replicated; the run's lora_alpha)."""
+  # The saved tree's shapes, from its metadata file (a manager opened for reading
+  # has no handler registered to answer item_metadata).
+  saved = ocp.PyTreeCheckpointer().metadata(os.path.join(manager.directory, str(step), "state"))
+  saved = getattr(saved, "item_metadata", saved)
+  saved = getattr(saved, "tree", saved)
+  if "params" not in saved:
+    return {}, None
+  want = flax.traverse_util.flatten_dict(abstract_params)
+  found = {path: leaf for path, leaf in flax.traverse_util.flatten_dict(saved["params"]).items()
+           if lora.is_adapter(path) and path not in want and (*path[:-1], "kernel") in want}
+  if not found:
+    return {}, None
+  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+  if "lora_alpha" not in (meta or {}):
+    raise ValueError("it holds LoRA adapters but its meta no lora_alpha to merge them with")
+  mesh = jax.tree.leaves(shardings)[0].mesh
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  adapters = {k: jax.ShapeDtypeStruct(tuple(v.shape), v.dtype, sharding=replicated)
+              for k, v in found.items()}
+  return flax.traverse_util.unflatten_dict(adapters), float(meta["lora_alpha"])
 
 
 def latest_step(directory: str) -> int | None:

@@ -21,6 +21,7 @@ import os
 from typing import Any, Callable
 
 import flax.linen as nn
+import flax.traverse_util
 import jax
 import optax
 
@@ -43,6 +44,9 @@ class Trainer:
   abstract_state: state_lib.TrainState  # shapes only: what a checkpoint restores into
   train_step: step_lib.CompiledStep     # (state, batch) -> (state, metrics), state donated
   eval_step: step_lib.CompiledStep | None  # (params, batch) -> metrics
+  # Saved with every checkpoint: what reading its parameters needs (a LoRA run's
+  # lora_alpha, so a later run or an export can merge its adapters).
+  checkpoint_meta: dict = dataclasses.field(default_factory=dict)
 
 
 def trainable_mask(params, trainable: Trainable):
@@ -97,18 +101,41 @@ def build(config, module, loss: step_lib.LossFn, *, total_steps: int | None = No
   if params is None and config.get("init_from"):
     target = abstract.params[init_subtree] if init_subtree else abstract.params
     target_shardings = shardings.params[init_subtree] if init_subtree else shardings.params
-    if adapters:  # the run holds the base; the adapters start fresh (B = 0)
+    if adapters:  # the run holds the base (a LoRA run's merged); the adapters start fresh
       target, target_shardings = lora.strip(target), lora.strip(target_shardings)
     params = checkpoint.restore_params(os.path.join(config.init_from, "checkpoints"),
                                        target, target_shardings)
     logging.info("initialised %s from %s", init_subtree or "parameters", config.init_from)
-    if init_subtree or adapters:  # the rest fresh (parameters only, no optimizer state)
-      fresh = state_lib.init_params(init_params, shardings.params, mesh, rules, config.seed)
-      params = lora.fill(fresh, {init_subtree: params} if init_subtree else params)
+    if init_subtree:
+      params = {init_subtree: params}
+  if params is not None:
+    params = _with_fresh(params, abstract.params, init_params, shardings.params, mesh, rules,
+                         config.seed, fresh=lambda p: lora.is_adapter(p) or bool(
+                             init_subtree and p[0] != init_subtree))
   state, shardings = state_lib.create_state(init_params, tx, mesh, rules, config.seed, params)
   train_step = step_lib.make_train_step(
       loss, tx=tx, state_shardings=shardings, mesh=mesh, rules=rules, schedule=schedule,
       microbatches=config.optimizer.get("grad_accum_steps", 1), trainable=mask, donate=donate)
   eval_step = step_lib.make_eval_step(loss, params_sharding=shardings.params, mesh=mesh,
                                       rules=rules) if evaluate else None
-  return Trainer(mesh, rules, tx, schedule, state, shardings, abstract, train_step, eval_step)
+  meta = {"lora_alpha": lora_alpha(module)} if adapters else {}
+  return Trainer(mesh, rules, tx, schedule, state, shardings, abstract, train_step, eval_step,
+                 meta)
+
+
+def _with_fresh(params, abstract, init_params, shardings, mesh, rules, seed, fresh):
+  """`params` completed with what it lacks and `fresh` allows (the adapters, B = 0;
+  a fresh head) as a fresh init gives them; nothing else is computed."""
+  have = set(flax.traverse_util.flatten_dict(params))
+  missing = {k for k in flax.traverse_util.flatten_dict(abstract) if k not in have and fresh(k)}
+  if not missing:
+    return params
+  return lora.fill(state_lib.init_params(init_params, shardings, mesh, rules, seed,
+                                         only=lambda p: p in missing), params)
+
+
+def lora_alpha(module) -> float:
+  """The LoRA alpha of a module with adapters (a decoder, a scalar model, an
+  actor-critic: they share config.model's)."""
+  cfg = getattr(module, "cfg", None) or module.policy.cfg
+  return float(cfg.lora_alpha)

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 
 import flax.linen as nn
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from research.errors import ConfigError
-from research.models import config as model_config, lora
+from research.models import config as model_config, lora, quantize
 from research.models.decoder import Decoder
 from research.objectives import clm
 from research.training import partitioning
@@ -104,3 +105,79 @@ def test_unknown_targets_and_negative_ranks_are_named():
   with pytest.raises(ConfigError, match="model.lora_rank=-1"):
     dataclasses.replace(TINY, lora_rank=-1)
   assert dataclasses.replace(TINY, lora_targets="attn").lora_projections() == ()  # rank 0
+
+
+# --- QLoRA: a frozen int8 base (research/models/quantize.py) -------------------------
+
+def test_int8_codes_match_numpy_and_round_trip():
+  rng = np.random.default_rng(0)
+  w = rng.normal(0, 0.1, (6, 4, 5)).astype(np.float32)  # [in, heads, head_dim]
+  q, scale = quantize.codes_and_scale(jnp.asarray(w), num_in_dims=1)
+  want_scale = np.abs(w).max(axis=0)
+  np.testing.assert_allclose(scale, want_scale, rtol=1e-7)
+  np.testing.assert_array_equal(q, np.round(w / want_scale * 127).astype(np.int8))
+  back = np.asarray(quantize.weight(q, scale, jnp.float32))
+  assert np.abs(back - w).max() <= want_scale.max() / 254 + 1e-7  # half a step
+
+
+def test_qlora_trains_adapters_on_a_frozen_int8_base():
+  cfg = dataclasses.replace(TINY, lora_rank=4, lora_alpha=8.0, quantize_base="int8")
+  float_params = _init(TINY)
+  model = Decoder(cfg)
+  config = ml_collections.ConfigDict({"objective": {"z_loss": 0.0}})
+  loss = functools.partial(clm.loss_fn, model=model, config=config)
+  built = trainers.build(model, loss, (1, 1, 1), config, params=float_params)
+  start = jax.device_get(built.state.params)
+  # B = 0: the model computes the dequantized base, close to the float one.
+  base = Decoder(TINY).apply({"params": quantize.dequantize(lora.strip(start), jnp.float32)},
+                             TOKENS)
+  np.testing.assert_allclose(model.apply({"params": start}, TOKENS), base, atol=1e-5, rtol=0)
+  float_logits = Decoder(TINY).apply({"params": float_params}, TOKENS)
+  assert float(jnp.abs(base - float_logits).max()) < 0.05 * float(jnp.abs(float_logits).max())
+  codes = [x for p, x in flax.traverse_util.flatten_dict(start).items() if p[-1] == "kernel_q"]
+  assert len(codes) == 7 * TINY.num_layers and all(c.dtype == np.int8 for c in codes)
+  state, losses = built.state, []
+  for _ in range(3):
+    state, m = built.train_step(state, partitioning.shard_batch(_batch(seed=0), built.mesh,
+                                                                RULES))
+    losses.append(float(m["loss"]))
+  assert losses[-1] < losses[0] and np.isfinite(float(m["grad_norm"]))
+  end = jax.device_get(state.params)
+  jax.tree.map(np.testing.assert_array_equal, lora.strip(end), lora.strip(start))
+  # A byte per projection weight in place of float32's four.
+  kernels = [x for p, x in flax.traverse_util.flatten_dict(float_params).items()
+             if p[-1] == "kernel" and p[-2] != "unembed"]
+  assert 4 * sum(c.nbytes for c in codes) == sum(k.nbytes for k in kernels)
+
+
+def test_dry_run_memory_of_a_7b_model_full_lora_and_qlora(devices):
+  """What `--dry_run` prints for Llama-2-7B's shape on fsdp=8: LoRA rank 16 on all
+  linear layers trains 40.0M parameters (the known count) with optimizer state for
+  those only; QLoRA holds the projections at a byte per weight."""
+  from configs import clm as clm_config  # pylint: disable=g-import-not-at-top
+  from research.stages import common  # pylint: disable=g-import-not-at-top
+
+  def report(**lora_fields):
+    config = clm_config.get_config("7b")
+    config.mesh.update(data=1, fsdp=8, num_devices=8)
+    config.model.update(lora_fields)
+    return common.describe(config, Decoder(model_config.from_config(config.model)))
+
+  full, lo, q = report(), report(lora_rank=16), report(lora_rank=16, quantize_base="int8")
+  adapters = 32 * 16 * (4 * (4096 + 4096) + 3 * (4096 + 11008))
+  assert adapters == 39_976_960
+  assert lo["trainable_parameters"] == q["trainable_parameters"] == adapters
+  assert lo["parameters"] == full["parameters"] + adapters
+  # The adapters are sharded like their kernels' dims, the rank axis replicated.
+  added = lo["param_bytes_per_device"] - full["param_bytes_per_device"]
+  assert adapters * 4 / 8 <= added < adapters * 4
+  # Adam's two moments for the adapters only, sharded like them.
+  assert abs(lo["optimizer_bytes_per_device"] - 2 * added) <= 64
+  projections = 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008)
+  int8_saved = projections * 3 // 8  # float32 -> int8 codes, split 8 ways
+  assert abs(lo["param_bytes_per_device"] - int8_saved
+             - q["param_bytes_per_device"]) < 32 * 7 * 11008 * 4  # + the scales
+  for r in (full, lo, q):
+    assert r["activation_gib_per_device_estimate"] > 0
+  assert q["step_gib_per_device_estimate"] < lo["step_gib_per_device_estimate"] < \
+      full["step_gib_per_device_estimate"]

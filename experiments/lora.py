@@ -19,7 +19,7 @@ Measured: the held-out SFT loss (response tokens' NLL) at the end. The claim
 holds when `all` is no worse than `full_blocks` beyond the seed spread and
 `attention` is worse than `all` beyond it. The comparison is with the blocks'
 full fine-tuning because the tiny model is half embedding and unembedding
-(131k of 238k weights), which LoRA leaves as they are; in a 7B model they are
+(131k of 230k weights), which LoRA leaves as they are; in a 7B model they are
 4% of the weights. `full` against `full_blocks` shows how much that part moves
 the loss here.
 """

@@ -76,7 +76,10 @@ def run(config, workdir: str, hooks=()) -> dict:
   base = Decoder(model.cfg.without_lora())
   needs_reference = not objectives.get(obj.name).reference_free
   ref_params = None if adapters else runs.load_params(config.init_from, base, mesh, rules)
-  if needs_reference and obj.reference == "precompute":
+  # An int8 base is not the float run it came from: its reference is computed in the
+  # step (the quantized base, adapters off), whatever objective.reference says.
+  precompute = obj.reference == "precompute" and model.cfg.quantize_base == "none"
+  if needs_reference and precompute:
     scorer = reference.ReferenceScorer(
         base, ref_params if ref_params is not None else
         runs.load_params(config.init_from, base, mesh, rules), mesh, rules)

@@ -105,6 +105,24 @@ def _check_empty(workdir: str | None) -> None:
     raise ConfigError(f"--workdir={workdir!r} is a file, not a directory")
 
 
+def _write_run(workdir: str, config, params, meta: dict, write_tokenizer=None) -> None:
+  """An imported run: config.json and the tokenizer (process 0, every process
+  agreeing it worked), then the parameters as checkpoint 0 (every process)."""
+
+  def write_config():
+    if jax.process_index() == 0:
+      os.makedirs(workdir, exist_ok=True)
+      with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+        f.write(config.to_json_best_effort(indent=2))
+      if write_tokenizer is not None:
+        write_tokenizer()
+
+  _on_every_process("writing the workdir", write_config)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1)
+  ckpt.save(0, {"params": params}, meta)
+  ckpt.close()
+
+
 def import_hf(hf_dir: str, workdir: str | None, *, dtype: str = "float32",
               param_dtype: str = "float32", scan_layers: bool = False, fsdp: int = 1,
               tensor: int = 1, dry_run: bool = False) -> dict:
@@ -149,21 +167,12 @@ def import_hf(hf_dir: str, workdir: str | None, *, dtype: str = "float32",
   source = {"source": os.path.abspath(hf_dir), "architecture": (hf.get("architectures") or [""])[0]}
   config = _run_config(model, "reward" if reward else "import", source, mesh_sizes, mesh.size)
 
-  def write_config():
-    if jax.process_index() == 0:
-      os.makedirs(workdir, exist_ok=True)
-      with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        f.write(config.to_json_best_effort(indent=2))
-      if tok is not None:
-        tok.save(os.path.join(workdir, hf_tokenizer.DIRNAME))
-
-  _on_every_process("writing the workdir", write_config)
+  _write_run(workdir, config, params, {"imported_from": source},
+             None if tok is None else lambda: tok.save(os.path.join(workdir,
+                                                                    hf_tokenizer.DIRNAME)))
   if tok is None:
     logging.warning("%s has no tokenizer.json or tokenizer.model: stages will need "
                     "--config.data.tokenizer_path", hf_dir)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1)
-  ckpt.save(0, {"params": params}, {"imported_from": source})
-  ckpt.close()
   return {**summary, "workdir": workdir, "tokenizer": tok is not None}
 
 
@@ -302,19 +311,10 @@ def import_peft(adapter_dir: str, base: str, workdir: str) -> dict:
   config = _run_config(fields, "import", source, dict(base_config.get("mesh", {})), mesh.size)
   tok = runs.tokenizer_path(base)
 
-  def write_config():
-    if jax.process_index() == 0:
-      os.makedirs(workdir, exist_ok=True)
-      with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        f.write(config.to_json_best_effort(indent=2))
-      if tok is not None:
-        copy = shutil.copytree if os.path.isdir(tok) else shutil.copy
-        copy(tok, os.path.join(workdir, os.path.basename(tok)))
-
-  _on_every_process("writing the workdir", write_config)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1)
-  ckpt.save(0, {"params": params}, {"imported_from": source, "lora_alpha": alpha})
-  ckpt.close()
+  copy = shutil.copytree if tok and os.path.isdir(tok) else shutil.copy
+  _write_run(workdir, config, params, {"imported_from": source, "lora_alpha": alpha},
+             None if tok is None else lambda: copy(tok, os.path.join(workdir,
+                                                                     os.path.basename(tok))))
   return {"workdir": workdir, "base": base, "lora_rank": rank, "lora_alpha": alpha,
           "lora_targets": fields["lora_targets"], **lora.count(params)}
 

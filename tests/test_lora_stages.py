@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import dpo as dpo_config, grpo as grpo_config, reward as reward_config
+from configs import dpo as dpo_config, reward as reward_config
 from configs import rlhf as rlhf_config, sft as sft_config
 from research import convert, runs
 from research.models import config as model_config, lora
@@ -135,19 +135,27 @@ def test_reward_model_trains_adapters_and_its_head(lora_sft, tmp_path):
   assert np.abs(params["head"]["kernel"]).max() > 0
 
 
-def test_grpo_trains_policy_adapters_against_its_own_base(lora_sft, tmp_path):
+def test_ppo_trains_policy_and_critic_adapters_against_the_policys_own_base(lora_sft, tmp_path):
+  """PPO with a separate critic started from the policy: each gets its own
+  adapters (and the critic its head) on frozen bases; the reference is the
+  policy's base with the adapters off, so the first iteration's KL is 0."""
   workdir, _, _ = lora_sft
-  config = rlhf_config.on_ground_truth(grpo_config.get_config("tiny"))
-  config = _short(config, workdir)
+  config = _short(rlhf_config.on_ground_truth(rlhf_config.get_config("tiny")), workdir)
   config.train.update(steps=2, checkpoint_every=2)
+  config.ppo.epochs = 1
   config.evaluate.update(num_prompts=0, pretrain_batches=0)
-  summary = rlhf.run(config, str(tmp_path / "grpo"))
-  assert summary["compilations"] == 1 and summary["optimizer_steps"] > 0
+  summary = rlhf.run(config, str(tmp_path / "ppo"))
+  assert summary["compilations"] == 1 and summary["critic"] == "separate"
   assert summary["curves"]["objective/kl"]["start"] == 0.0  # B = 0: the policy is its base
-  cfg = _lora_cfg(str(tmp_path / "grpo"))
-  params = _params(str(tmp_path / "grpo"), Decoder(cfg), subtree="policy")
+  cfg = _lora_cfg(str(tmp_path / "ppo"))
+  policy = _params(str(tmp_path / "ppo"), Decoder(cfg), subtree="policy")
+  value = _params(str(tmp_path / "ppo"), ScalarModel(cfg, head_init="zeros"), subtree="value")
   _, sft_merged = runs.load_policy(workdir)
-  _assert_same(lora.strip(params), jax.device_get(sft_merged))
-  moved = [p for p, x in flax.traverse_util.flatten_dict(params).items()
-           if p[-1] == "lora_b" and np.abs(x).max() > 0]
-  assert moved
+  sft_merged = jax.device_get(sft_merged)
+  _assert_same(lora.strip(policy), sft_merged)
+  trunk = lora.strip(value["decoder"])
+  _assert_same(trunk, {k: sft_merged[k] for k in trunk})
+  for tree in (policy, value["decoder"]):
+    assert [p for p, x in flax.traverse_util.flatten_dict(tree).items()
+            if p[-1] == "lora_b" and np.abs(x).max() > 0]
+  assert np.abs(value["head"]["kernel"]).max() > 0

@@ -50,9 +50,9 @@ def _value_params(config, model: ActorCritic, sft_params, abstract_value, mesh, 
     return runs.load_params(config.reward.model, type(value)(
         value.cfg.without_lora(), head_init=value.head_init), mesh, rules)
   if o.critic_init == "policy":
-    # The trunk only: a scalar model has no unembedding (nor, with LoRA, the policy's adapters).
-    trunk = {k: jax.tree.map(jnp.copy, lora.strip(sft_params[k]))
-             for k in abstract_value["decoder"]}
+    # The trunk only: a scalar model has no unembedding (with LoRA, the build adds the
+    # critic's own fresh adapters).
+    trunk = {k: jax.tree.map(jnp.copy, sft_params[k]) for k in abstract_value["decoder"]}
     head = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), abstract_value["head"])
     return {"decoder": trunk, "head": head}
   raise ConfigError(f"config.objective.critic_init={o.critic_init!r}; expected 'reward_model' "

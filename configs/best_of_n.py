@@ -18,11 +18,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """`arg`: a run size (`configs/presets.py`) or a model preset; the model must match
   the SFT run in `init_from`."""
   run = presets.run(arg)
-  preset = run["model"]
+  model_preset = run["model"]  # the model's shape; the run size is run["name"]
   c = common.base("best_of_n", run)
-  c.init_from = "runs/sft"
-  c.model = common.model(preset)
-  c.reward = common.reward("model", "runs/reward")
+  c.init_from = presets.workdir("sft", run)
+  c.model = common.model(model_preset)
+  c.reward = common.reward("model", presets.workdir("reward", run))
   c.best_of_n = ml_collections.ConfigDict({
       "n": 8,                   # samples per prompt
       "rounds": run["best_of_n_rounds"],
@@ -44,9 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.update(lr=5e-5, warmup_steps=10, weight_decay=0.0)
   # Each round's policy on held-out prompts (the greedy report: configs/evaluate.py).
   c.evaluate = common.evaluate(run)
-  if preset == "tiny":
-    c.init_from = "runs/sft_tiny"
-    c.reward.model = "runs/reward_tiny"
+  if model_preset == "tiny":
     c.optimizer.update(lr=5e-4)
   presets.train_for(c, run["best_of_n"])
   return c

@@ -16,20 +16,20 @@ from configs import common, presets
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """`arg`: a run size, smoke | tiny | small (default), or a model preset 125m .. 7b."""
   run = presets.run(arg)
-  preset = run["model"]
+  model_preset = run["model"]  # the model's shape; the run size is run["name"]
   c = common.base("clm", run)
-  c.model = common.model(preset)
+  c.model = common.model(model_preset)
   c.objective = ml_collections.ConfigDict({"name": "clm", "z_loss": 1e-4,
                                            "loss_normalization": "token"})
   c.data = common.data()
   c.sample = ml_collections.ConfigDict({"num_samples": 4, "prompt_tokens": 8,
                                         "max_new_tokens": 64})
-  if preset == "tiny":
+  if model_preset == "tiny":
     c.data.update(corpus_size=3000, seq_len=128, batch_size=8, tokenizer_train_docs=3000)
     c.train.update(eval_every=100, eval_batches=4, checkpoint_every=100)
     c.optimizer.update(lr=3e-3, warmup_steps=10)
     c.sample.update(num_samples=2, max_new_tokens=24)
-  elif preset == "small":  # ~8 minutes on 2 CPU cores (~1,000 tokens/s)
+  elif model_preset == "small":  # ~8 minutes on 2 CPU cores (~1,000 tokens/s)
     c.data.update(seq_len=256, batch_size=8)
     c.train.update(eval_every=80, checkpoint_every=80)
     c.optimizer.update(lr=2e-3, warmup_steps=24)

@@ -45,6 +45,9 @@ def train(**overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "steps": 1000, "log_every": 10, "eval_every": 200, "eval_batches": 8,
       "checkpoint_every": 200, "max_to_keep": 2,
+      # Parameters that stay as they start: comma-separated patterns over their paths
+      # ("embedding,unembed/*", "layer_0/*"; fnmatch); with LoRA, on top of the base.
+      "freeze": "",
       # A rerun into a trained workdir may change only resumable keys (research/runs.py);
       # True continues it under the new values and records them in config_history.jsonl.
       "allow_config_change": False, **overrides})

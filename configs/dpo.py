@@ -20,10 +20,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """`arg`: a run size (`configs/presets.py`) or a model preset; the model must match
   the SFT run in `init_from`."""
   run = presets.run(arg)
-  preset = run["model"]
+  model_preset = run["model"]  # the model's shape; the run size is run["name"]
   c = common.base("dpo", run)
-  c.init_from = "runs/sft"
-  c.model = common.model(preset)
+  c.init_from = presets.workdir("sft", run)
+  c.model = common.model(model_preset)
   c.objective = ml_collections.ConfigDict({
       "name": "dpo",
       "beta": 0.1,
@@ -40,8 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.update(eval_every=100, checkpoint_every=100, eval_batches=8)
   c.optimizer.update(lr=1e-5, warmup_steps=20, weight_decay=0.0)
   c.evaluate = common.evaluate(run)  # after training, against the SFT model
-  if preset == "tiny":
-    c.init_from = "runs/sft_tiny"
+  if model_preset == "tiny":
     c.data.update(corpus_size=1000, seq_len=256, batch_size=8)
     c.train.update(eval_every=50, checkpoint_every=150, eval_batches=4)
     c.optimizer.update(lr=1e-4, warmup_steps=10)

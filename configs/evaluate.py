@@ -19,11 +19,11 @@ from configs import common, presets
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """`arg`: a run size (`configs/presets.py`) or a model preset."""
   run = presets.run(arg)
-  preset = run["model"]
+  model_preset = run["model"]  # the model's shape; the run size is run["name"]
   c = common.base("evaluate", run)
   c.policy = ""                   # the run to evaluate
   c.init_from = ""                # the reference (and its tokenizer); "": the policy run's
-  c.model = common.model(preset)
+  c.model = common.model(model_preset)
   c.evaluate = common.evaluate(run)
   # Held-out prompts; source "" / template "": the policy run's data and template.
   c.data = common.preference_data(source="", template="")

@@ -13,10 +13,10 @@ from configs import common, presets
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """`arg`: a run size (`configs/presets.py`) or a model preset."""
   run = presets.run(arg)
-  preset = run["model"]
+  model_preset = run["model"]  # the model's shape; the run size is run["name"]
   c = common.base("preferences", run)
-  c.init_from = "runs/sft" if preset != "tiny" else "runs/sft_tiny"
-  c.model = common.model(preset)
+  c.init_from = presets.workdir("sft", run)
+  c.model = common.model(model_preset)
   c.reward = common.reward("ground_truth", "")
   c.preferences = ml_collections.ConfigDict({
       "k": 4,                  # samples per prompt (the DPO paper's IMDb setup)

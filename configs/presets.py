@@ -29,6 +29,13 @@ RUNS = {
 DEFAULT = "small"
 
 
+def workdir(stage: str, run: dict) -> str:
+  """Where a run of `stage` at this size is found by default (a later stage's
+  `init_from`): runs/STAGE for the default size, runs/STAGE_SIZE for the others
+  (`runs/sft_smoke` for the smoke size, though its model preset is `tiny`)."""
+  return f"runs/{stage}" if run["name"] == DEFAULT else f"runs/{stage}_{run['name']}"
+
+
 def run(arg: str | None) -> dict:
   """The run size named by a config argument: a size above, or a model preset
   (the `small` run with that model)."""

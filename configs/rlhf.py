@@ -27,11 +27,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """`arg`: a run size (`configs/presets.py`) or a model preset; the model must match
   the SFT run in `init_from`."""
   run = presets.run(arg)
-  preset = run["model"]
+  model_preset = run["model"]  # the model's shape; the run size is run["name"]
   c = common.base("rlhf", run)
-  c.init_from = "runs/sft"
-  c.model = common.model(preset)
-  c.reward = common.reward("model", "runs/reward")
+  c.init_from = presets.workdir("sft", run)
+  c.model = common.model(model_preset)
+  c.reward = common.reward("model", presets.workdir("reward", run))
   c.objective = ml_collections.ConfigDict({
       "name": "ppo",            # a registered online loss: ppo | a2c | reinforce
       "advantage": "gae",       # a registered estimator: gae | grpo | dr_grpo | rloo | reinforce_pp
@@ -94,9 +94,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # After training: the policy against the SFT model; reward_model "" reports the
   # training reward model's scores.
   c.evaluate = common.evaluate(run, pretrain_batches=8)
-  if preset == "tiny":
-    c.init_from = "runs/sft_tiny"
-    c.reward.model = "runs/reward_tiny"
+  if model_preset == "tiny":
     c.rollout.max_new_tokens = 64
     c.optimizer.update(lr=2e-4)
   return c

@@ -15,10 +15,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """`arg`: a run size (`configs/presets.py`) or a model preset; the model must match
   the CLM run in `init_from`."""
   run = presets.run(arg)
-  preset = run["model"]
+  model_preset = run["model"]  # the model's shape; the run size is run["name"]
   c = common.base("sft", run)
-  c.init_from = "runs/clm"
-  c.model = common.model(preset)
+  c.init_from = presets.workdir("clm", run)
+  c.model = common.model(model_preset)
   # 'sequence': every example weighs the same, so one-word answers are not
   # drowned out by hundred-token reviews (see research/objectives/clm.py).
   c.objective = ml_collections.ConfigDict({"name": "clm", "z_loss": 0.0,
@@ -35,8 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.update(eval_every=100, checkpoint_every=100)
   c.optimizer.update(lr=5e-4, warmup_steps=20, weight_decay=0.0)
   c.generate = ml_collections.ConfigDict({"num_examples": 64, "max_new_tokens": 24})
-  if preset == "tiny":
-    c.init_from = "runs/clm_tiny"
+  if model_preset == "tiny":
     c.data.update(corpus_size=3000, seq_len=256, batch_size=8)
     c.train.update(eval_every=200, checkpoint_every=200, eval_batches=4)
     c.optimizer.update(lr=2e-3, warmup_steps=10)

@@ -3,6 +3,8 @@
   python -m research.convert --from_hf=DIR --workdir=OUT [--dtype=bfloat16] [--scan_layers]
       [--fsdp=N --tensor=N] [--dry_run]
   python -m research.convert --to_hf=DIR --workdir=RUN [--dtype=bfloat16]
+  python -m research.convert --to_peft=DIR --workdir=LORA_RUN
+  python -m research.convert --from_peft=DIR --base=RUN --workdir=OUT
   ... --distributed [--coordinator=HOST0:PORT --num_processes=N --process_id=I]
 
 On several processes (hosts), each one reads only the blocks of the tensors its
@@ -20,7 +22,10 @@ Export writes any run's policy (CLM, SFT, DPO, PPO/A2C, best-of-n) as a
 (`score.weight` [1, d_model], plus `score.bias` [1], which transformers' score
 layer lacks and ignores: its logits are our score minus that constant, which no
 preference loss or whitened reward sees). Runs of the native decoder export as
-Llama, with the sqrt(d) input scale folded into the embedding table.
+Llama, with the sqrt(d) input scale folded into the embedding table. A LoRA run
+exports merged (W + (alpha / r) A B) with --to_hf, or as its adapters alone
+with --to_peft (PEFT's files, for the export of the run it started from);
+--from_peft reads such an adapter onto a run (`models/hf/peft.py`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import os
 import shutil
 
 from absl import app, flags
+import flax.traverse_util
 import jax
 import ml_collections
 import numpy as np
@@ -40,10 +46,10 @@ import numpy as np
 from research import cli, distributed, runs
 from research.errors import ConfigError
 from research.data import hf_tokenizer
-from research.models import config as model_config
-from research.models.decoder import Decoder, unstack_layer_params
+from research.models import config as model_config, lora
+from research.models.decoder import Decoder, stack_layer_params, unstack_layer_params
 from research.models.heads import ScalarModel
-from research.models.hf import checkpoint as hf_checkpoint, families
+from research.models.hf import checkpoint as hf_checkpoint, families, peft
 from research.models.hf.families import CheckpointError, Tensor
 from research.training import checkpoint, partitioning
 
@@ -89,6 +95,34 @@ def _on_every_process(what: str, fn):
   return out
 
 
+def _check_empty(workdir: str | None) -> None:
+  """Importing over a run would replace its config.json and delete its checkpoints."""
+  if workdir and os.path.isdir(workdir) and os.listdir(workdir):
+    held = sorted(os.listdir(workdir))
+    raise ConfigError(f"--workdir={workdir!r} is not empty (it holds {', '.join(held[:4])}"
+                      f"{', ...' if len(held) > 4 else ''}); import into a new directory")
+  if workdir and os.path.isfile(workdir):
+    raise ConfigError(f"--workdir={workdir!r} is a file, not a directory")
+
+
+def _write_run(workdir: str, config, params, meta: dict, write_tokenizer=None) -> None:
+  """An imported run: config.json and the tokenizer (process 0, every process
+  agreeing it worked), then the parameters as checkpoint 0 (every process)."""
+
+  def write_config():
+    if jax.process_index() == 0:
+      os.makedirs(workdir, exist_ok=True)
+      with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+        f.write(config.to_json_best_effort(indent=2))
+      if write_tokenizer is not None:
+        write_tokenizer()
+
+  _on_every_process("writing the workdir", write_config)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1)
+  ckpt.save(0, {"params": params}, meta)
+  ckpt.close()
+
+
 def import_hf(hf_dir: str, workdir: str | None, *, dtype: str = "float32",
               param_dtype: str = "float32", scan_layers: bool = False, fsdp: int = 1,
               tensor: int = 1, dry_run: bool = False) -> dict:
@@ -96,17 +130,9 @@ def import_hf(hf_dir: str, workdir: str | None, *, dtype: str = "float32",
   already holds anything is refused before anything is read or written: importing
   over a run would replace its config.json and delete its checkpoints."""
 
-  def check_workdir():
-    if not dry_run and workdir and os.path.isdir(workdir) and os.listdir(workdir):
-      held = sorted(os.listdir(workdir))
-      raise ConfigError(f"--workdir={workdir!r} is not empty (it holds {', '.join(held[:4])}"
-                        f"{', ...' if len(held) > 4 else ''}); import into a new directory")
-    if not dry_run and workdir and os.path.isfile(workdir):
-      raise ConfigError(f"--workdir={workdir!r} is a file, not a directory")
-
   # Every process decides before process 0 writes anything, or another could find
   # its files and refuse alone.
-  _on_every_process("checking --workdir", check_workdir)
+  _on_every_process("checking --workdir", lambda: None if dry_run else _check_empty(workdir))
   hf = hf_checkpoint.read_config(hf_dir)
   where = os.path.join(hf_dir, "config.json")
   fields = families.decoder_fields(hf, where)
@@ -141,21 +167,12 @@ def import_hf(hf_dir: str, workdir: str | None, *, dtype: str = "float32",
   source = {"source": os.path.abspath(hf_dir), "architecture": (hf.get("architectures") or [""])[0]}
   config = _run_config(model, "reward" if reward else "import", source, mesh_sizes, mesh.size)
 
-  def write_config():
-    if jax.process_index() == 0:
-      os.makedirs(workdir, exist_ok=True)
-      with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        f.write(config.to_json_best_effort(indent=2))
-      if tok is not None:
-        tok.save(os.path.join(workdir, hf_tokenizer.DIRNAME))
-
-  _on_every_process("writing the workdir", write_config)
+  _write_run(workdir, config, params, {"imported_from": source},
+             None if tok is None else lambda: tok.save(os.path.join(workdir,
+                                                                    hf_tokenizer.DIRNAME)))
   if tok is None:
     logging.warning("%s has no tokenizer.json or tokenizer.model: stages will need "
                     "--config.data.tokenizer_path", hf_dir)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1)
-  ckpt.save(0, {"params": params}, {"imported_from": source})
-  ckpt.close()
   return {**summary, "workdir": workdir, "tokenizer": tok is not None}
 
 
@@ -164,7 +181,7 @@ def _load_run(workdir: str):
   config = runs.load_config(workdir)
   reward = config.stage == "reward"
   mesh, rules = partitioning.mesh_and_rules(config)
-  cfg = model_config.from_config(config.model)
+  cfg = model_config.from_config(config.model).without_lora()  # adapters merged on load
   if reward:
     params = runs.load_params(workdir, _module(cfg, True), mesh, rules)
   else:
@@ -258,11 +275,99 @@ def export_hf(workdir: str, out_dir: str, *, dtype: str = "float32") -> dict:
   return {"exported": out_dir, "family": cfg.family, "reward_model": reward, "files": files}
 
 
+def import_peft(adapter_dir: str, base: str, workdir: str) -> dict:
+  """A PEFT LoRA adapter of the run `base` (an imported Hugging Face model, or any
+  run's language model, merged if it is itself a LoRA run) as a new LoRA run in
+  `workdir`: the base's weights plus the adapters (`model.lora_*` from
+  adapter_config.json). Stages take it as `init_from` (merged on load); `--to_peft`
+  writes its adapters back."""
+  _on_every_process("checking --workdir", lambda: _check_empty(workdir))
+  base_config = runs.load_config(base)
+  if base_config.get("stage") == "reward":
+    raise ConfigError(f"--base={base!r} is a reward-model run; a PEFT causal-LM adapter "
+                      f"adapts a language model")
+  mesh, rules = partitioning.mesh_and_rules(base_config)
+  model, params = runs.load_policy(base, mesh, rules)
+  cfg = model.cfg
+  adapter_cfg, found = peft.load(adapter_dir, cfg)
+  targets = [p for p in model_config.LORA_PROJECTIONS if any(k[-1] == p for k in found)]
+  for i in range(cfg.num_layers):
+    missing = [p for p in targets if not any(k[0] == f"layer_{i}" and k[-1] == p for k in found)]
+    if missing:
+      raise CheckpointError(f"{adapter_dir}: layer {i} has no adapter on {missing}; this "
+                            f"decoder adapts the same projections in every layer")
+  dtype = cfg.weight_dtype
+  adapters = {(*prefix, name): np.asarray(x, dtype) for prefix, pair in found.items()
+              for name, x in zip(lora.ADAPTERS, pair)}
+  tree = flax.traverse_util.unflatten_dict(adapters)
+  if cfg.scan_layers:
+    tree = stack_layer_params(tree, cfg.num_layers)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  params = lora.fill(params, jax.device_put(tree, replicated))
+  rank, alpha = int(adapter_cfg["r"]), float(adapter_cfg["lora_alpha"])
+  fields = {**base_config.model.to_dict(), "lora_rank": rank, "lora_alpha": alpha,
+            "lora_targets": ",".join(targets)}
+  source = {"peft": os.path.abspath(adapter_dir), "base": os.path.abspath(base)}
+  config = _run_config(fields, "import", source, dict(base_config.get("mesh", {})), mesh.size)
+  tok = runs.tokenizer_path(base)
+
+  copy = shutil.copytree if tok and os.path.isdir(tok) else shutil.copy
+  _write_run(workdir, config, params, {"imported_from": source, "lora_alpha": alpha},
+             None if tok is None else lambda: copy(tok, os.path.join(workdir,
+                                                                     os.path.basename(tok))))
+  return {"workdir": workdir, "base": base, "lora_rank": rank, "lora_alpha": alpha,
+          "lora_targets": fields["lora_targets"], **lora.count(params)}
+
+
+def export_peft(workdir: str, out_dir: str) -> dict:
+  """A LoRA run's adapters as a PEFT adapter directory, for PEFT to load onto the
+  Hugging Face export of the run it started from (`init_from`, `--to_hf`)."""
+  config = runs.load_config(workdir)
+  if config.get("stage") == "reward":
+    raise ConfigError(f"--workdir={workdir!r} is a reward-model run: export it merged with "
+                      f"--to_hf (a PEFT causal-LM adapter has no score head)")
+  cfg = model_config.from_config(config.model)
+  if not cfg.lora_rank:
+    raise ConfigError(f"--workdir={workdir!r} trained no LoRA adapters (model.lora_rank=0): "
+                      f"export it with --to_hf")
+  peft.modules(cfg, cfg.lora_projections())  # a fused family is refused before reading
+  mesh, rules = partitioning.mesh_and_rules(config)
+  where = runs.policy_location(workdir)
+  if where.get("run"):
+    return export_peft(where["run"], out_dir)
+  params = runs.load_params(workdir, Decoder(cfg), mesh, rules, subtree=where.get("subtree"))
+  if cfg.scan_layers:
+    params = unstack_layer_params(params)
+  host = {k: distributed.host_array(v) for k, v in
+          flax.traverse_util.flatten_dict(params).items() if lora.is_adapter(k)}
+  base = config.get("init_from", "")
+  base_hf = (runs.load_config(base).get("hf", {}) or {}).get("source", "") if base else ""
+  files = []
+  if jax.process_index() == 0:
+    tmp = f"{out_dir.rstrip('/')}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    files = peft.save(tmp, flax.traverse_util.unflatten_dict(host), cfg, alpha=cfg.lora_alpha,
+                      base=base_hf or base)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+  _on_every_process("the export", lambda: None)
+  return {"exported": out_dir, "base_run": base, "base_model": base_hf, "files": files,
+          "lora_rank": cfg.lora_rank, "lora_alpha": cfg.lora_alpha,
+          "targets": list(cfg.lora_projections())}
+
+
 def _define_flags() -> distributed.Flags:
   """CLI flags, defined only when run as a program (importing the library must not
   clash with research.main's --workdir)."""
   flags.DEFINE_string("from_hf", None, "a local Hugging Face model directory to import")
-  flags.DEFINE_string("to_hf", None, "directory to export --workdir's model to")
+  flags.DEFINE_string("to_hf", None, "directory to export --workdir's model to (LoRA "
+                      "adapters merged)")
+  flags.DEFINE_string("from_peft", None, "a PEFT LoRA adapter directory to import as a LoRA "
+                      "run of --base")
+  flags.DEFINE_string("base", None, "--from_peft: the run the adapter adapts (e.g. the "
+                      "--from_hf import of its base model)")
+  flags.DEFINE_string("to_peft", None, "directory to export --workdir's LoRA adapters to, as "
+                      "PEFT's adapter_config.json + adapter_model.safetensors")
   flags.DEFINE_string("workdir", None, "the run to export, or where to import to")
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"],
                     "import: compute dtype; export: the saved tensors' dtype")
@@ -281,17 +386,25 @@ def main(argv, processes: distributed.Flags | None = None) -> None:
     cli.fail(f"unexpected arguments: {argv[1:]}")
   logging.getLogger("absl").setLevel(logging.WARNING)
   f = flags.FLAGS
-  if bool(f.from_hf) == bool(f.to_hf):
-    cli.fail("give exactly one of --from_hf=DIR (import) or --to_hf=DIR (export)")
+  if sum(bool(x) for x in (f.from_hf, f.to_hf, f.from_peft, f.to_peft)) != 1:
+    cli.fail("give exactly one of --from_hf=DIR or --from_peft=DIR (import), --to_hf=DIR or "
+             "--to_peft=DIR (export)")
+  if bool(f.from_peft) != bool(f.base):
+    cli.fail("--from_peft=DIR and --base=RUN go together (the adapter and the run it adapts)")
   if not f.workdir and not f.dry_run:
     cli.fail("--workdir is required")
   with cli.user_errors():  # CheckpointError, TokenizerError, a missing path: exit 2
     if processes is not None:
       processes.initialize()
       distributed.check_same_config(ml_collections.ConfigDict(
-          {k: f[k].value for k in ("from_hf", "to_hf", "dtype", "param_dtype", "scan_layers",
-                                   "fsdp", "tensor", "dry_run")}), f.workdir or "")
-    if f.from_hf:
+          {k: f[k].value for k in ("from_hf", "to_hf", "from_peft", "base", "to_peft", "dtype",
+                                   "param_dtype", "scan_layers", "fsdp", "tensor", "dry_run")}),
+          f.workdir or "")
+    if f.from_peft:
+      out = import_peft(f.from_peft, f.base, f.workdir)
+    elif f.to_peft:
+      out = export_peft(f.workdir, f.to_peft)
+    elif f.from_hf:
       out = import_hf(f.from_hf, f.workdir, dtype=f.dtype, param_dtype=f.param_dtype,
                       scan_layers=f.scan_layers, fsdp=f.fsdp, tensor=f.tensor,
                       dry_run=f.dry_run)

@@ -50,7 +50,8 @@ class RewardFunction:
     config = runs.load_config(workdir)
     if mesh is None:
       mesh, rules = partitioning.mesh_and_rules(config)
-    model = ScalarModel(model_config.from_config(config.model), head_init="reward")
+    # A LoRA reward model is read merged (the adapters folded into the trunk).
+    model = ScalarModel(model_config.from_config(config.model).without_lora(), head_init="reward")
     params = runs.load_params(workdir, model, mesh, rules)
     offset, scale = 0.0, 1.0
     path = os.path.join(workdir, NORMALIZATION_FILE)

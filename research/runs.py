@@ -419,12 +419,13 @@ def policy_location(workdir: str) -> dict:
 
 
 def load_policy(workdir: str, mesh=None, rules=None, step: int | None = None):
-  """(Decoder, params) of the language model trained by any run."""
+  """(Decoder, params) of the language model trained by any run; a LoRA run's
+  adapters merged into its weights (the plain decoder of the same function)."""
   config = load_config(workdir)
   where = policy_location(workdir)
   if where.get("run"):
     return load_policy(where["run"], mesh, rules, step)
   if mesh is None:
     mesh, rules = partitioning.mesh_and_rules(config)
-  model = Decoder(model_config.from_config(config.model))
+  model = Decoder(model_config.from_config(config.model).without_lora())
   return model, load_params(workdir, model, mesh, rules, step=step, subtree=where.get("subtree"))

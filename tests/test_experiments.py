@@ -106,3 +106,15 @@ def test_chains_train_what_the_stage_configs_train(size):
   assert (ev.evaluate.num_prompts, ev.evaluate.max_new_tokens) == (run["eval_prompts"],
                                                                    run["new_tokens"])
   assert chain.preferences(s, "x").preferences.num_prompts == run["preferences"]
+
+
+def test_default_workdirs_follow_the_run_size_not_the_model_preset():
+  """`configs/grpo.py:smoke` starts from runs/sft_smoke (its model preset is `tiny`,
+  but the smoke run is not the tiny run); the default size from runs/sft."""
+  from configs import dpo, grpo, sft  # pylint: disable=g-import-not-at-top
+  assert grpo.get_config("smoke").init_from == "runs/sft_smoke"
+  assert grpo.get_config("smoke").reward.model == "runs/reward_smoke"
+  assert grpo.get_config("smoke").model.preset == "tiny"
+  assert dpo.get_config("tiny").init_from == "runs/sft_tiny"
+  assert sft.get_config().init_from == "runs/clm"
+  assert sft.get_config("125m").init_from == "runs/clm_125m"

@@ -76,3 +76,30 @@ def test_frozen_training_on_a_mesh_matches_one_device(devices, frozen_run):
   np.testing.assert_allclose([m["loss"] for m in metrics8], [m["loss"] for m in metrics],
                              rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), end8, end)
+
+
+def test_config_train_freeze_names_parameters_by_pattern():
+  """config.train.freeze: fnmatch patterns over 'a/b' paths, alone or on top of LoRA."""
+  from configs import common as config_common  # pylint: disable=g-import-not-at-top
+  from research.training import trainer  # pylint: disable=g-import-not-at-top
+  cfg = model_config.DecoderConfig(**model_config.preset("tiny"))
+
+  def mask(freeze, **lora):
+    config = ml_collections.ConfigDict({
+        "seed": 0, "mesh": {"data": 1, "fsdp": 1, "tensor": 1, "num_devices": 1},
+        "sharding": {"rules": RULES}, "optimizer": config_common.optimizer(lr=1e-3, warmup_steps=1),
+        "data": {"batch_size": 8}, "train": {"steps": 10, "freeze": freeze}})
+    model = Decoder(model_config.DecoderConfig(**{**cfg.__dict__, **lora}))
+    p = trainer.plan(config, model)
+    return p.mask and {"/".join(k): v for k, v in __import__("flax").traverse_util
+                       .flatten_dict(p.mask).items()}
+
+  assert mask("") is None  # everything trains
+  m = mask("embedding,unembed/*,*_norm/*")
+  assert not m["embedding"] and not m["unembed/kernel"] and not m["final_norm/scale"]
+  assert not m["layer_0/attention_norm/scale"] and m["layer_0/attention/query/kernel"]
+  m = mask("layer_1/*", lora_rank=2)  # adapters only, and not layer 1's
+  assert m["layer_0/mlp/up/lora_b"] and not m["layer_1/mlp/up/lora_b"]
+  assert not m["layer_0/mlp/up/kernel"]
+  with pytest.raises(ValueError, match="config.train.freeze"):
+    mask("*")

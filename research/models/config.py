@@ -26,10 +26,15 @@ _CHOICES = {"family": FAMILIES, "norm": ("rms", "layer"),
             "norm_placement": ("pre", "sandwich", "post"), "qk_norm": ("none", "head", "full"),
             "mlp": ("gated", "plain"), "activation": ("silu", "gelu_tanh", "gelu"),
             "positions": ("rope", "learned"), "rope_scaling": ("none", "llama3", "linear"),
-            "matmul": ("auto", "gemm", "dot")}
+            "matmul": ("auto", "gemm", "dot"), "quantize_base": ("none", "int8")}
 # How the model computes, not what: a stage started from another run keeps its
 # own; every other field comes from that run (see `architecture`).
-RUNTIME_FIELDS = ("dtype", "remat", "attention_block", "vocab_chunk", "matmul")
+RUNTIME_FIELDS = ("dtype", "remat", "attention_block", "vocab_chunk", "matmul", "lora_rank",
+                  "lora_alpha", "lora_targets", "quantize_base")
+# LoRA's targets: projection names, and the groups a target may name instead.
+LORA_PROJECTIONS = ("query", "key", "value", "out", "gate", "up", "down")
+LORA_GROUPS = {"attention": ("query", "key", "value", "out"), "mlp": ("gate", "up", "down"),
+               "all": LORA_PROJECTIONS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +102,16 @@ class DecoderConfig:
   # "dot" keeps the kernel's dims and autodiff's backward (what a sharded kernel
   # needs); "auto" takes gemm on one device and dot on a mesh.
   matmul: str = "auto"
+  # LoRA adapters (Hu et al. 2021) of this rank on the projections `lora_targets`
+  # names (comma-separated: query, key, value, out, gate, up, down, or the groups
+  # attention, mlp, all), scaled by lora_alpha / lora_rank; 0: none. Runtime
+  # fields: a run started from another keeps its own adapters.
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: str = "all"
+  # QLoRA-style: the frozen base's projection kernels held as int8 codes with a
+  # scale per output unit (models/quantize.py), the adapters trained beside them.
+  quantize_base: str = "none"
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -116,9 +131,40 @@ class DecoderConfig:
     if set(self.attention_pattern) - set("lg"):
       raise ConfigError(f"model.attention_pattern={self.attention_pattern!r}: one letter per "
                         "layer, 'l' (local, windowed) or 'g' (global), repeated cyclically")
+    if self.lora_rank < 0:
+      raise ConfigError(f"model.lora_rank={self.lora_rank} must be >= 0 (0: no adapters)")
+    self.lora_projections()  # names it knows
+    if self.quantize_base != "none" and not self.lora_rank:
+      raise ConfigError(f"model.quantize_base={self.quantize_base!r} freezes the base in int8: "
+                        f"train LoRA adapters on it (set model.lora_rank > 0)")
     for key in ("dtype", "param_dtype"):
       if getattr(self, key) not in _DTYPES:
         raise ConfigError(f"model.{key}={getattr(self, key)!r}; expected one of {sorted(_DTYPES)}")
+
+  def lora_projections(self) -> tuple[str, ...]:
+    """The projections that carry adapters (none without a rank)."""
+    if not self.lora_rank:
+      return ()
+    names = []
+    for target in filter(None, (t.strip() for t in self.lora_targets.split(","))):
+      if target not in LORA_GROUPS and target not in LORA_PROJECTIONS:
+        raise ConfigError(f"model.lora_targets={self.lora_targets!r}: {target!r} is not one of "
+                          f"{list(LORA_PROJECTIONS)} or the groups {list(LORA_GROUPS)}")
+      names += [n for n in LORA_GROUPS.get(target, (target,)) if n not in names]
+    if not names:
+      raise ConfigError("model.lora_targets is empty; name the projections to adapt (or all)")
+    return tuple(names)
+
+  def without_lora(self) -> "DecoderConfig":
+    """The base model in float: no adapters (it reads an adapted tree and ignores
+    them), no int8 base."""
+    return dataclasses.replace(self, lora_rank=0, quantize_base="none")
+
+  def adapters(self, projection: str) -> dict[str, Any]:
+    """Projection's LoRA and quantization arguments for the projection of this name."""
+    rank = self.lora_rank if projection in self.lora_projections() else 0
+    return {"lora_rank": rank, "lora_alpha": self.lora_alpha,
+            "quantized": self.quantize_base == "int8"}
 
   @property
   def compute_dtype(self) -> Any:

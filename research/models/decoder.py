@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.errors import ConfigError
+from research.models import quantize
 from research.models.config import DecoderConfig
 
 # Logical names of the activations, mapped to mesh axes by the config's rules.
@@ -113,21 +114,57 @@ class Projection(nn.Module):
   init_scale: float = 1.0
   use_bias: bool = False
   matmul: str = "auto"  # DecoderConfig.matmul
+  lora_rank: int = 0    # a LoRA adapter of this rank (0: none); DecoderConfig.adapters
+  lora_alpha: float = 16.0
+  quantized: bool = False  # the kernel held as frozen int8 codes + scales (models/quantize.py)
 
   def setup(self):
     n_in, n_out = len(self.in_shape), len(self.out_shape)
     init = nn.initializers.variance_scaling(
         self.init_scale, "fan_in", "truncated_normal",
         in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out)))
-    self.kernel = self.param("kernel", nn.with_logical_partitioning(init, self.names),
-                             self.in_shape + self.out_shape, self.param_dtype)
+    if self.quantized:  # QLoRA: a frozen int8 base (restored from a float checkpoint)
+      self.kernel_q = self.param("kernel_q", nn.with_logical_partitioning(
+          nn.initializers.zeros, self.names), self.in_shape + self.out_shape, jnp.int8)
+      self.kernel_scale = self.param("kernel_scale", nn.with_logical_partitioning(
+          nn.initializers.ones, self.names[n_in:]), self.out_shape, jnp.float32)
+    else:
+      self.kernel = self.param("kernel", nn.with_logical_partitioning(init, self.names),
+                               self.in_shape + self.out_shape, self.param_dtype)
     if self.use_bias:
       self.bias = self.param("bias", nn.with_logical_partitioning(
           nn.initializers.zeros, self.names[n_in:]), self.out_shape, self.param_dtype)
+    if self.lora_rank:
+      # LoRA (Hu et al. 2021, eq. 3): h = W x + (alpha / r) B A x with B = 0 at the
+      # start, so the adapted model starts as the base. A is initialised like
+      # PEFT's (Kaiming uniform, bound 1 / sqrt(fan_in)); each factor is sharded
+      # like the kernel dims it shares, the rank replicated.
+      a_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform",
+                                                in_axis=tuple(range(n_in)), out_axis=(n_in,))
+      self.lora_a = self.param("lora_a", nn.with_logical_partitioning(
+          a_init, self.names[:n_in] + ("lora",)), self.in_shape + (self.lora_rank,),
+          self.param_dtype)
+      self.lora_b = self.param("lora_b", nn.with_logical_partitioning(
+          nn.initializers.zeros, ("lora",) + self.names[n_in:]),
+          (self.lora_rank,) + self.out_shape, self.param_dtype)
+
+  def weight(self, dtype):
+    """The kernel in `dtype` (an int8 base's codes times their scales)."""
+    if self.quantized:
+      return quantize.weight(self.kernel_q, self.kernel_scale, dtype)
+    return self.kernel.astype(dtype)
+
+  def lora_delta(self, x):
+    """(alpha / r) B A x: the adapter's part of the output."""
+    a = dense(x.astype(self.dtype), self.lora_a.astype(self.dtype), len(self.in_shape),
+              self.matmul)
+    return dense(a, self.lora_b.astype(self.dtype), 1, self.matmul) * (
+        self.lora_alpha / self.lora_rank)
 
   def __call__(self, x):
-    out = dense(x.astype(self.dtype), self.kernel.astype(self.dtype), len(self.in_shape),
-                self.matmul)
+    out = dense(x.astype(self.dtype), self.weight(self.dtype), len(self.in_shape), self.matmul)
+    if self.lora_rank:
+      out = out + self.lora_delta(x)
     if not self.use_bias:
       return out
     return out + self.bias.astype(self.dtype).reshape((1,) * (out.ndim - self.bias.ndim)
@@ -358,11 +395,11 @@ class Attention(nn.Module):
     d, h, k, e = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
     bias = c.qkv_bias
     q = Projection((d,), (h, e), ("embed", "heads", "kv"), dt, pdt, use_bias=bias,
-                   matmul=c.matmul, name="query")(x_BxLxD)
+                   matmul=c.matmul, **c.adapters("query"), name="query")(x_BxLxD)
     kk = Projection((d,), (k, e), ("embed", "kv_heads", "kv"), dt, pdt, use_bias=bias,
-                    matmul=c.matmul, name="key")(x_BxLxD)
+                    matmul=c.matmul, **c.adapters("key"), name="key")(x_BxLxD)
     v = Projection((d,), (k, e), ("embed", "kv_heads", "kv"), dt, pdt, use_bias=bias,
-                   matmul=c.matmul, name="value")(x_BxLxD)
+                   matmul=c.matmul, **c.adapters("value"), name="value")(x_BxLxD)
     if c.qk_norm != "none":
       q, kk = QKNorm(c, name="query_norm")(q), QKNorm(c, name="key_norm")(kk)
     if c.positions == "rope":
@@ -390,7 +427,7 @@ class Attention(nn.Module):
     out_BxLxHxE = _constrain(out_BxLxHxE, ACT_BxLxHxE)
     out = Projection((h, e), (d,), ("heads", "kv", "embed"), dt, pdt,
                      init_scale=c.out_init_scale, use_bias=c.out_bias, matmul=c.matmul,
-                     name="out")(out_BxLxHxE)
+                     **c.adapters("out"), name="out")(out_BxLxHxE)
     return out, cache
 
 
@@ -406,23 +443,29 @@ class MLP(nn.Module):
     dt, pdt = c.compute_dtype, c.weight_dtype
     act = _ACTIVATIONS[c.activation]
     proj = lambda name: Projection((c.d_model,), (c.mlp_dim,), ("embed", "mlp"), dt, pdt,
-                                   use_bias=c.mlp_bias, matmul=c.matmul, name=name)
+                                   use_bias=c.mlp_bias, matmul=c.matmul, **c.adapters(name),
+                                   name=name)
     up = proj("up")
     if c.mlp == "gated":
       gate = proj("gate")
       # One GEMM for both: stacked (not concatenated), so a tensor-sharded `mlp`
       # axis stays sharded the same way.
-      kernel_Dx2xF = jnp.stack([gate.kernel, up.kernel], axis=1).astype(dt)
+      kernel_Dx2xF = jnp.stack([gate.weight(dt), up.weight(dt)], axis=1)
       gate_up_BxLx2xF = dense(x_BxLxD.astype(dt), kernel_Dx2xF, 1, c.matmul)
       if c.mlp_bias:
         gate_up_BxLx2xF += jnp.stack([gate.bias, up.bias]).astype(dt)[None, None]
-      hidden_BxLxF = act(gate_up_BxLx2xF[..., 0, :]) * gate_up_BxLx2xF[..., 1, :]
+      gate_BxLxF, up_BxLxF = gate_up_BxLx2xF[..., 0, :], gate_up_BxLx2xF[..., 1, :]
+      if gate.lora_rank:
+        gate_BxLxF = gate_BxLxF + gate.lora_delta(x_BxLxD)
+      if up.lora_rank:
+        up_BxLxF = up_BxLxF + up.lora_delta(x_BxLxD)
+      hidden_BxLxF = act(gate_BxLxF) * up_BxLxF
     else:
       hidden_BxLxF = act(up(x_BxLxD))
     hidden_BxLxF = _constrain(hidden_BxLxF, ACT_BxLxF)
     return Projection((c.mlp_dim,), (c.d_model,), ("mlp", "embed"), dt, pdt,
                       init_scale=c.out_init_scale, use_bias=c.mlp_bias, matmul=c.matmul,
-                      name="down")(hidden_BxLxF)
+                      **c.adapters("down"), name="down")(hidden_BxLxF)
 
 
 class Block(nn.Module):

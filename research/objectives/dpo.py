@@ -3,7 +3,8 @@
 A batch holds pairs (chosen y_w, rejected y_l) as tokens Bx2xL with `mask`
 (real tokens) and `response_mask` (response tokens incl. EOS, never the prompt
 or padding), plus `ref_logps` Bx2 (the frozen reference's summed response
-log-probs, precomputed once; zeros for reference-free losses). One forward pass
+log-probs, precomputed once; zeros for reference-free losses; a LoRA policy
+without them computes them in the step, its adapters off). One forward pass
 runs over the 2B rows. With pi = log pi(y|x), ref = log pi_ref(y|x) (sums) and
 n = response length:
 
@@ -37,6 +38,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from research.models import lora
 from research.models.logprobs import sequence_token_logprobs
 from research.objectives.advantages import masked_mean
 
@@ -51,6 +53,18 @@ def policy_logps(params, batch, model):
   lengths = response.sum(-1).reshape(b, two).astype(jnp.float32)
   nll_chosen = -sums[:, 0].sum() / jnp.maximum(lengths[:, 0].sum(), 1.0)
   return sums, jnp.maximum(lengths, 1.0), nll_chosen
+
+
+def reference_logps(params, batch, model):
+  """The frozen reference's summed response log-probs (Bx2): the batch's
+  `ref_logps`, or for a LoRA policy without them the same parameters with the
+  adapters off (the base model), without gradient and with no copy of the weights."""
+  if "ref_logps" in batch:
+    return batch["ref_logps"].astype(jnp.float32)
+  if not lora.has_adapters(params):
+    raise KeyError("the batch has no ref_logps and the policy no LoRA adapters to switch off")
+  sums, _, _ = policy_logps(lora.disabled(jax.lax.stop_gradient(params)), batch, model)
+  return jax.lax.stop_gradient(sums)
 
 
 # --- pure losses on arrays: per-pair loss, chosen reward, rejected reward -------
@@ -115,7 +129,7 @@ def finish(losses_B, rewards_w, rewards_l, sums, nll_chosen, extra_nll_coef):
 def pieces(params, batch, model):
   """Policy sums, lengths, chosen NLL, and (pi_w, pi_l, ref_w, ref_l) of a pair batch."""
   sums, lengths, nll = policy_logps(params, batch, model)
-  ref = batch["ref_logps"].astype(jnp.float32)
+  ref = reference_logps(params, batch, model)
   return sums, lengths, nll, (sums[:, 0], sums[:, 1], ref[:, 0], ref[:, 1])
 
 
@@ -168,7 +182,7 @@ def kto_fn(params, batch, rng, *, model, config):
   del rng
   o = config.objective
   sums, lengths, _ = policy_logps(params, batch, model)
-  ref = batch["ref_logps"].astype(jnp.float32)
+  ref = reference_logps(params, batch, model)
   desirable = batch["label"] > 0.5
   losses, rewards, z0 = kto_loss(sums[:, 0], ref[:, 0], sums[:, 1], ref[:, 1], desirable,
                                  o.beta, o.desirable_weight, o.undesirable_weight)

@@ -34,7 +34,7 @@ import numpy as np
 from research import sampling
 from research.data import pipeline
 from research.errors import ConfigError
-from research.models import logprobs
+from research.models import logprobs, lora
 from research.objectives import advantages as adv_lib
 from research.objectives import policy_gradient as pg_lib
 from research.rlhf import rollout as rollout_lib
@@ -187,6 +187,7 @@ class Draw:
 class RolloutSource:
   """The loop's batch source of an online stage (see the module docstring).
 
+  `ref_params=None`: the policy's own base, its LoRA adapters off (no copy).
   `records` (optional, aligned with `prompts`) are the data records the prompts
   came from; a reward reads their reference fields (`research/rewards/`)."""
 
@@ -290,8 +291,11 @@ class RolloutSource:
       # minibatches (`_minibatches` then feeds each process its block of each).
       own = partitioning.process_block(self.rows)
       with partitioning.activate(self.mesh, self.rules):
+        # No ref_params: a LoRA policy, whose reference is its own base (adapters off).
+        ref = (self.ref_params if self.ref_params is not None
+               else lora.disabled(state.params["policy"]))
         arrays, stats = self.score_fn(
-            state.params, self.ref_params,
+            state.params, ref,
             partitioning.shard_batch({k: v[own] for k, v in host.items()}, self.mesh,
                                      self.rules), jnp.float32(beta))
       arrays = partitioning.gather_rows(partitioning.local_rows(arrays, self.mesh, self.rules))

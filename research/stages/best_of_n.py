@@ -50,7 +50,9 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
   b = config.best_of_n
   mesh, rules = partitioning.mesh_and_rules(config)
   tok = runs.tokenizer_for(config, workdir, lambda: ())
-  model = Decoder(model_config.from_config(config.model))
+  # Samples from each round's model merged; with model.lora_rank each round's SFT
+  # trains adapters on the last round's (merged) weights.
+  model = Decoder(model_config.from_config(config.model).without_lora())
   ref_params = runs.load_params(config.init_from, model, mesh, rules)
   source = rewards.as_source(reward) if reward is not None else \
       rewards.from_config(config, mesh, rules)

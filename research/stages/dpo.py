@@ -16,7 +16,7 @@ import random
 from research import evaluation, objectives, runs, seeds
 from research.data import comparisons, preferences, prompt_fit, summary as data_summary
 from research.errors import ConfigError
-from research.models import config as model_config
+from research.models import config as model_config, lora
 from research.models.decoder import Decoder
 from research.reward_fn import RewardFunction
 from research.rlhf import reference
@@ -66,21 +66,33 @@ def run(config, workdir: str, hooks=()) -> dict:
   data_summary.check_heldout_batch(eval_stats, d, train_records.holdout)
   model = Decoder(model_config.from_config(config.model))
   mesh, rules = partitioning.mesh_and_rules(config)
-  ref_params = runs.load_params(config.init_from, model, mesh, rules)
-
-  scorer = None if objectives.get(obj.name).reference_free else \
-      reference.ReferenceScorer(model, ref_params, mesh, rules)
-  if scorer is not None and obj.reference == "precompute":
-    train_ex = reference.precompute(train_ex, scorer, d.batch_size, workdir, "train")
-    eval_ex = reference.precompute(eval_ex, scorer, d.batch_size, workdir, "eval")
-    scorer = None  # already in the examples
-  elif obj.reference not in ("precompute", "online"):
+  if obj.reference not in ("precompute", "online"):
     raise ConfigError(f"config.objective.reference={obj.reference!r}; expected 'precompute' "
                       f"or 'online'")
+  # With LoRA the reference is the policy's own base (its adapters off): precomputed
+  # from the base before training (that copy freed before the trainer's), or
+  # online inside the step (objectives/dpo.reference_logps); never a second copy.
+  adapters = bool(model.cfg.lora_rank)
+  base = Decoder(model.cfg.without_lora())
+  needs_reference = not objectives.get(obj.name).reference_free
+  ref_params = None if adapters else runs.load_params(config.init_from, base, mesh, rules)
+  # An int8 base is not the float run it came from: its reference is computed in the
+  # step (the quantized base, adapters off), whatever objective.reference says.
+  precompute = obj.reference == "precompute" and model.cfg.quantize_base == "none"
+  if needs_reference and precompute:
+    scorer = reference.ReferenceScorer(
+        base, ref_params if ref_params is not None else
+        runs.load_params(config.init_from, base, mesh, rules), mesh, rules)
+    train_ex = reference.precompute(train_ex, scorer, d.batch_size, workdir, "train")
+    eval_ex = reference.precompute(eval_ex, scorer, d.batch_size, workdir, "eval")
+    del scorer
   batches = lambda examples, train: comparisons.batches(
       examples, global_batch_size=d.batch_size, seed=seeds.derived_seed(config.seed, "data"),
       train=train)
-  wrap = lambda it: it if "ref_logps" in train_ex[0] else reference.WithReference(it, scorer)
+  online_scorer = (reference.ReferenceScorer(base, ref_params, mesh, rules)
+                   if needs_reference and not adapters else None)
+  wrap = lambda it: (it if "ref_logps" in train_ex[0] or (adapters and needs_reference)
+                     else reference.WithReference(it, online_scorer))
   result, s = common.train(
       config, workdir, model, train_iter=wrap(iter(batches(train_ex, True))),
       eval_batches=lambda: wrap(iter(batches(eval_ex, False))), hooks=hooks,
@@ -97,7 +109,8 @@ def run(config, workdir: str, hooks=()) -> dict:
     reward_fn = (RewardFunction.load(config.evaluate.reward_model, mesh, rules)
                  if config.evaluate.reward_model else None)
     summary["policy"] = evaluation.policy_report(
-        model, result.state.params, ref_params, tok, prompts, data_cfg=d,
+        model, result.state.params, lora.disabled(result.state.params) if adapters else
+        ref_params, tok, prompts, data_cfg=d,
         prompt_format=evaluation.ground_truth_format(config), mesh=mesh, rules=rules,
         max_new_tokens=config.evaluate.max_new_tokens, seed=config.seed, reward_fn=reward_fn,
         samples_per_prompt=config.evaluate.samples_per_prompt)

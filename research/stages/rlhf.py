@@ -16,6 +16,7 @@ and the CLM loss on held-out pretraining text (what PPO-ptx protects).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -26,7 +27,7 @@ import numpy as np
 from research import evaluation, objectives, runs, sampling, seeds, verifiable
 from research.data import pipeline, preferences, prompt_fit, sources
 from research.errors import ConfigError
-from research.models import config as model_config
+from research.models import config as model_config, lora
 from research.models.decoder import Decoder
 from research.objectives import clm
 from research.reward_fn import RewardFunction
@@ -43,9 +44,14 @@ def _value_params(config, model: ActorCritic, sft_params, abstract_value, mesh, 
     if not config.reward.model:
       raise ConfigError("config.objective.critic_init='reward_model' needs config.reward.model; "
                         "or set critic_init='policy' or critic='shared'")
-    return runs.load_params(config.reward.model, model.value_module, mesh, rules)
+    # The reward model's weights (merged if a LoRA run); a LoRA critic's fresh
+    # adapters are added by the build.
+    value = model.value_module
+    return runs.load_params(config.reward.model, type(value)(
+        value.cfg.without_lora(), head_init=value.head_init), mesh, rules)
   if o.critic_init == "policy":
-    # The trunk only: a scalar model has no unembedding.
+    # The trunk only: a scalar model has no unembedding (with LoRA, the build adds the
+    # critic's own fresh adapters).
     trunk = {k: jax.tree.map(jnp.copy, sft_params[k]) for k in abstract_value["decoder"]}
     head = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), abstract_value["head"])
     return {"decoder": trunk, "head": head}
@@ -57,18 +63,28 @@ def _critic_cfg(config):
   """A separate critic from a reward model takes that model's size."""
   o = config.objective
   if o.critic == "separate" and o.critic_init == "reward_model" and config.reward.model:
-    return model_config.from_config(runs.load_config(config.reward.model).model)
+    # Its architecture; the adapters (model.lora_*) are this run's.
+    cfg = model_config.from_config(runs.load_config(config.reward.model).model)
+    lora_fields = {k: config.model[k] for k in ("lora_rank", "lora_alpha", "lora_targets")
+                   if k in config.model}
+    return dataclasses.replace(cfg, **lora_fields)
   return None
 
 
 def build_trainer(config, model: ActorCritic, sft_params, loss) -> trainer.Trainer:
   """The one trainer build over {'policy', 'value'} params: the policy from a copy of
   `sft_params` (the state is donated each step; the reference must survive), the
-  critic as `config.objective` says."""
+  critic as `config.objective` says.
+
+  With LoRA (`model.lora_rank`) the policy's base is `sft_params` itself, not a
+  copy (the reference is that base with the adapters off, read from the state);
+  what trains is the adapters and the critic's head (and a separate critic's
+  own adapters)."""
   mesh, rules = partitioning.mesh_and_rules(config)
+  adapters = bool(model.policy.cfg.lora_rank)
 
   def params(abstract):
-    out = {"policy": jax.tree.map(jnp.copy, sft_params)}
+    out = {"policy": sft_params if adapters else jax.tree.map(jnp.copy, sft_params)}
     if "value" in abstract:
       value = _value_params(config, model, sft_params, abstract["value"], mesh, rules)
       out["value"] = value if value is not None else jax.tree.map(
@@ -77,7 +93,8 @@ def build_trainer(config, model: ActorCritic, sft_params, loss) -> trainer.Train
 
   return trainer.build(config, model, loss, total_steps=total_updates(config), params=params,
                        init_params=lambda rng: model.init(rng, jnp.ones((1, 8), jnp.int32)),
-                       evaluate=False)
+                       evaluate=False, trainable=(lambda path: lora.is_adapter(path) or (
+                           path[0] == "value" and path[1] != "decoder")) if adapters else None)
 
 
 def total_updates(config) -> int:
@@ -181,9 +198,16 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
   tok = runs.tokenizer_for(config, workdir, lambda: ())
   policy = Decoder(model_config.from_config(config.model))
   model = ActorCritic(policy, o.critic, _critic_cfg(config))
-  _, ref_params = runs.load_policy(config.init_from, mesh, rules)  # any run's language model
-  built = build_trainer(config, model, ref_params,
+  _, sft_params = runs.load_policy(config.init_from, mesh, rules)  # any run's language model
+  built = build_trainer(config, model, sft_params,
                         functools.partial(loss_obj, model=model, config=config))
+  # The reference: the SFT weights, or with LoRA the state's base with its adapters
+  # off (None here; sft_params became the state's, donated each step).
+  adapters = bool(policy.cfg.lora_rank)
+  ref_params = None if adapters else sft_params
+  del sft_params
+  reference_of = lambda policy_params: (  # noqa: E731
+      lora.disabled(policy_params) if adapters else ref_params)
   reward_source = rewards.as_source(reward) if reward is not None else \
       rewards.from_config(config, mesh, rules)
   # A fixed rollout.prompt_width caps the prompts as max_prompt_len does.
@@ -235,7 +259,7 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
     rm = config.evaluate.reward_model or (config.reward.model
                                           if config.reward.source == "model" else "")
     summary["policy"] = evaluation.policy_report(
-        policy, policy_params, ref_params, tok, eval_prompts, data_cfg=config.data,
+        policy, policy_params, reference_of(policy_params), tok, eval_prompts, data_cfg=config.data,
         prompt_format=evaluation.ground_truth_format(config), mesh=mesh, rules=rules,
         max_new_tokens=config.evaluate.max_new_tokens, seed=config.seed,
         reward_fn=RewardFunction.load(rm, mesh, rules) if rm else None,
@@ -246,7 +270,8 @@ def run(config, workdir: str, hooks=(), reward=None) -> dict:
   if not result.preempted and config.evaluate.pretrain_batches:
     summary["pretrain_loss"] = {
         "policy": pretrain_loss(config, policy, result.state.params["policy"], tok, mesh, rules),
-        "reference": pretrain_loss(config, policy, ref_params, tok, mesh, rules)}
+        "reference": pretrain_loss(config, policy, reference_of(result.state.params["policy"]),
+                                   tok, mesh, rules)}
   runs.write_json(workdir, "summary.json", summary)
   return summary
 

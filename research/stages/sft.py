@@ -17,7 +17,7 @@ import numpy as np
 from research import runs, sampling, seeds
 from research.data import instructions, layouts, prompt_fit, sft, summary as data_summary
 from research.data import templates
-from research.models import config as model_config
+from research.models import config as model_config, lora
 from research.models.decoder import Decoder
 from research.stages import common
 
@@ -65,8 +65,11 @@ def run(config, workdir: str, hooks=()) -> dict:
              "compilations": s.train_step.compilations()}
   if not result.preempted and config.generate.num_examples:
     cases = generation_cases(eval_data.records, config)
-    base = (runs.load_params(config.init_from, model, s.mesh, s.rules)
-            if config.init_from else None)
+    if model.cfg.lora_rank:  # the base is the same weights with the adapters off
+      base = lora.disabled(result.state.params)
+    else:
+      base = (runs.load_params(config.init_from, model, s.mesh, s.rules)
+              if config.init_from else None)
     summary["generate"] = {}
     outputs = {}
     for name, params in (("base", base), ("tuned", result.state.params)):

@@ -11,10 +11,13 @@ import logging
 import os
 from typing import Any
 
+from etils import epath
+import flax.traverse_util
 import jax
 import orbax.checkpoint as ocp
 
 from research.errors import DataError
+from research.models import lora, quantize
 
 
 def _first_line(error: Exception) -> str:
@@ -102,15 +105,21 @@ class Checkpointer:
 
 
 def restore_params(directory: str, abstract_params, shardings, step: int | None = None):
-  """Only the `params` of a TrainState checkpoint (e.g. to start SFT from CLM)."""
+  """Only the `params` of a TrainState checkpoint (e.g. to start SFT from CLM).
+
+  A LoRA run's checkpoint (its meta's `lora_alpha`) read into parameters without
+  adapters comes back merged, W + (alpha / r) A B, and an int8 base (QLoRA) read
+  into float kernels comes back dequantized: a full fine-tune or a new LoRA run
+  started from such a run, an export, an evaluation."""
   manager = ocp.CheckpointManager(os.path.abspath(directory),
                                   options=ocp.CheckpointManagerOptions(create=False))
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {directory} (config.init_from)")
-  abstract = {"params": _abstract(abstract_params, shardings)}
-  restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), abstract)
   try:
+    target, alpha = _restore_target(manager, step, abstract_params, shardings)
+    abstract = {"params": target}
+    restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), abstract)
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args,
                                      partial_restore=True)))
@@ -120,7 +129,52 @@ def restore_params(directory: str, abstract_params, shardings, step: int | None 
                     f"model") from None
   finally:
     manager.close()
-  return restored.state["params"]
+  params = restored.state["params"]
+  want = flax.traverse_util.flatten_dict(abstract_params)
+  if quantize.is_quantized(params) and not quantize.is_quantized(abstract_params):
+    dtypes = {k[:-1]: v.dtype for k, v in want.items() if k[-1] == "kernel"}
+    params = quantize.dequantize(params, dtypes)
+  return lora.merge(params, alpha) if alpha is not None else params
+
+
+def _restore_target(manager, step: int, abstract_params, shardings):
+  """(the abstract tree to restore, the LoRA alpha to merge with or None): what
+  `abstract_params` asks for, where the checkpoint holds it as LoRA adapters beside
+  its kernel (read to be merged) or int8 codes and scales (read to be dequantized)."""
+  # The saved tree's shapes, from its metadata file (a manager opened for reading
+  # has no handler registered to answer item_metadata).
+  saved = ocp.PyTreeCheckpointHandler().metadata(
+      epath.Path(os.path.join(manager.directory, str(step), "state")))
+  saved = getattr(saved, "tree", saved)
+  target = flax.traverse_util.flatten_dict(_abstract(abstract_params, shardings))
+  if "params" not in saved:
+    return flax.traverse_util.unflatten_dict(target), None
+  saved = flax.traverse_util.flatten_dict(saved["params"])
+  mesh = jax.tree.leaves(shardings)[0].mesh
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  like = lambda leaf, sharding: jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype,  # noqa: E731
+                                                     sharding=sharding)
+  alpha = None
+  for path, leaf in saved.items():
+    kernel = (*path[:-1], "kernel")
+    if path in target or kernel not in target:
+      continue
+    if lora.is_adapter(path):
+      target[path] = like(leaf, replicated)
+      alpha = alpha or _lora_alpha(manager, step)
+    elif path[-1] in (quantize.CODES, quantize.SCALE) and kernel not in saved:
+      codes = path[-1] == quantize.CODES
+      target[path] = like(leaf, target[kernel].sharding if codes else replicated)
+  for path in [k for k in target if k[-1] == "kernel" and (*k[:-1], quantize.CODES) in target]:
+    del target[path]
+  return flax.traverse_util.unflatten_dict(target), alpha
+
+
+def _lora_alpha(manager, step: int) -> float:
+  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+  if "lora_alpha" not in (meta or {}):
+    raise ValueError("it holds LoRA adapters but its meta no lora_alpha to merge them with")
+  return float(meta["lora_alpha"])
 
 
 def latest_step(directory: str) -> int | None:

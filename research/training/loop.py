@@ -181,7 +181,7 @@ def run(trainer, source, *, train_cfg, workdir: str,
       {k: v for k, v in read_metrics(workdir, "eval").items() if k <= start} if start else {})
 
   def save(step: int, data_state) -> None:
-    ckpt.save(step, state, {"data": data_state, "step": step})
+    ckpt.save(step, state, {**trainer.checkpoint_meta, "data": data_state, "step": step})
 
   def do_eval(step: int) -> dict[str, float]:
     if eval_step is not None:

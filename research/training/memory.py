@@ -46,6 +46,32 @@ def step_lower_bound(model_cfg, *, rows: int, seq_len: int, batch_ways: int, ten
   return probs + vocab
 
 
+def activation_bytes(model_cfg, *, rows: int, seq_len: int, batch_ways: int, tensor_ways: int,
+                     microbatches: int = 1) -> int:
+  """An estimate of the activations one step keeps for its backward pass, per
+  device, for one microbatch (in the manner of Korthikanti et al. 2022, sec. 4.1,
+  counted for this decoder). Per token and layer, in the compute dtype: the
+  norms' and projections' inputs (4 d), q/k/v and the attention output
+  ((2 h + 2 k) e), the MLP's gate, up and hidden (3 f), and the attention
+  probabilities in float32 (h s, the causal half). `remat` keeps less: 'full'
+  the layer inputs only (plus one layer's worth, recomputed in the backward),
+  'dots' the matmul outputs, 'dots_no_batch' those without the attention's
+  batched dots. The logits and their gradient come on top (`step_lower_bound`)."""
+  c = model_cfg
+  rows = max(rows // max(microbatches, 1) // max(batch_ways, 1), 1)
+  t = max(tensor_ways, 1)
+  h, k = max(c.num_heads // t, 1), max(c.num_kv_heads // t, 1)
+  e, d, f = c.head_dim, c.d_model, -(-c.mlp_dim // t)
+  width = 2 if c.dtype in ("bfloat16", "float16") else 4
+  probs = 4 * h * (seq_len + 1) // 2
+  full = width * (4 * d + (2 * h + 2 * k) * e + 3 * f) + probs
+  dots = width * ((h + 2 * k) * e + 2 * d + 2 * f)
+  per_token_layer = {"none": full, "dots": dots + probs, "dots_no_batch": dots,
+                     "full": width * d}.get(c.remat, full)
+  layers = c.num_layers * per_token_layer + (full if c.remat == "full" else 0)
+  return rows * seq_len * layers
+
+
 def check_step_fits(config, model_cfg, *, rows: int, seq_len: int, batch_ways: int,
                     tensor_ways: int, state_bytes: int = 0, logits: bool = True) -> None:
   """Raises ConfigError when the lower bound (+ `state_bytes`) exceeds the memory."""

@@ -35,6 +35,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("kv", None),
     ("norm", None),
     ("layers", None),
+    ("lora", None),          # a LoRA adapter's rank
     ("act_batch", ("data", "fsdp")),
     ("act_length", None),
     ("act_embed", None),

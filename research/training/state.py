@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import flax
 import flax.linen as nn
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import optax
@@ -47,11 +48,16 @@ def abstract_state(init_params: Callable, tx, mesh, rules, seed: int):
   return nn.unbox(boxed), shardings
 
 
-def init_params(init_params_fn: Callable, shardings, mesh, rules, seed: int):
+def init_params(init_params_fn: Callable, shardings, mesh, rules, seed: int,
+                only: Callable[[tuple], bool] | None = None):
   """The parameters `create_state` would initialise (the same key), sharded, without
-  an optimizer state."""
+  an optimizer state. `only` (a parameter's path -> bool): just those, as a partial
+  tree; the others are never computed (a fresh head or adapters beside a restored
+  base)."""
   init_key = jax.random.split(jax.random.PRNGKey(seed))[0]
-  init = jax.jit(lambda r: nn.unbox(init_params_fn(r)), out_shardings=shardings)
+  pick = (lambda tree: tree) if only is None else (lambda tree: flax.traverse_util.unflatten_dict(
+      {k: v for k, v in flax.traverse_util.flatten_dict(tree).items() if only(k)}))
+  init = jax.jit(lambda r: pick(nn.unbox(init_params_fn(r))), out_shardings=pick(shardings))
   with partitioning.activate(mesh, rules):
     return init(init_key)
 

@@ -58,16 +58,32 @@ def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn,
                tx: optax.GradientTransformation, schedule=None, microbatches: int = 1,
                trainable=None):
   """One optimizer update; module-level so tests can call it without jit.
-  `trainable` (a tree of bools like the params): the others' gradients are
-  zero, so XLA never computes them."""
+  `trainable` (a tree of bools like the params): only those are differentiated;
+  the others' gradients are zero (never computed). Norms count real-valued leaves
+  (an int8 base's codes are not weights)."""
   rng = jax.random.fold_in(state.rng, state.step)
-  grads, metrics = grads_and_metrics(loss_fn, state.params, batch, rng, microbatches)
-  if trainable is not None:
-    grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable)
+  if trainable is None:
+    grads, metrics = grads_and_metrics(loss_fn, state.params, batch, rng, microbatches)
+  else:  # differentiate the trainable leaves only: a frozen one may be an integer (QLoRA)
+    leaves, treedef = jax.tree.flatten(state.params)
+    picked = [i for i, t in enumerate(jax.tree.leaves(trainable)) if t]
+
+    def with_trainable(values):
+      full = list(leaves)
+      for i, value in zip(picked, values):
+        full[i] = value
+      return treedef.unflatten(full)
+
+    some, metrics = grads_and_metrics(lambda values, b, r: loss_fn(with_trainable(values), b, r),
+                                      [leaves[i] for i in picked], batch, rng, microbatches)
+    grads = dict(zip(picked, some))
+    grads = treedef.unflatten([grads[i] if i in grads else jnp.zeros_like(x)
+                               for i, x in enumerate(leaves)])
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {**metrics, "grad_norm": optax.global_norm(grads),
-             "param_norm": optax.global_norm(params)}
+  real = lambda tree: [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  metrics = {**metrics, "grad_norm": optax.global_norm(real(grads)),
+             "param_norm": optax.global_norm(real(params))}
   if schedule is not None:
     metrics["learning_rate"] = schedule(state.step)
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics

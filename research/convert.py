@@ -316,7 +316,9 @@ def import_peft(adapter_dir: str, base: str, workdir: str) -> dict:
              None if tok is None else lambda: copy(tok, os.path.join(workdir,
                                                                      os.path.basename(tok))))
   return {"workdir": workdir, "base": base, "lora_rank": rank, "lora_alpha": alpha,
-          "lora_targets": fields["lora_targets"], **lora.count(params)}
+          "lora_targets": fields["lora_targets"],
+          "adapter_parameters": lora.count(params)["adapters"],
+          "base_parameters": lora.count(params)["base"]}
 
 
 def export_peft(workdir: str, out_dir: str) -> dict:

@@ -63,10 +63,11 @@ def _critic_cfg(config):
   """A separate critic from a reward model takes that model's size."""
   o = config.objective
   if o.critic == "separate" and o.critic_init == "reward_model" and config.reward.model:
-    # Its architecture; the adapters (model.lora_*) are this run's.
+    # Its architecture; the adapters and an int8 base (model.lora_*, quantize_base)
+    # are this run's.
     cfg = model_config.from_config(runs.load_config(config.reward.model).model)
-    lora_fields = {k: config.model[k] for k in ("lora_rank", "lora_alpha", "lora_targets")
-                   if k in config.model}
+    lora_fields = {k: config.model[k] for k in ("lora_rank", "lora_alpha", "lora_targets",
+                                                "quantize_base") if k in config.model}
     return dataclasses.replace(cfg, **lora_fields)
   return None
 

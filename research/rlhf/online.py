@@ -97,6 +97,8 @@ def rollout_arrays(params, ref_params, batch, beta, *, model: ActorCritic, confi
   cfg = config.objective
   mask, response = batch["mask"], batch["response_mask"].astype(bool)
   logp, entropy, values, _ = model.forward(params, batch["tokens"], mask, cfg.temperature)
+  if ref_params is None:  # a LoRA policy: its reference is its own base, adapters off
+    ref_params = lora.disabled(params["policy"])
   ref_logp, _ = logprobs.sequence_token_logprobs(model.policy, ref_params, batch["tokens"],
                                                  mask, cfg.temperature)
   ref_logp = jnp.where(response, ref_logp, 0.0)
@@ -291,11 +293,8 @@ class RolloutSource:
       # minibatches (`_minibatches` then feeds each process its block of each).
       own = partitioning.process_block(self.rows)
       with partitioning.activate(self.mesh, self.rules):
-        # No ref_params: a LoRA policy, whose reference is its own base (adapters off).
-        ref = (self.ref_params if self.ref_params is not None
-               else lora.disabled(state.params["policy"]))
         arrays, stats = self.score_fn(
-            state.params, ref,
+            state.params, self.ref_params,
             partitioning.shard_batch({k: v[own] for k, v in host.items()}, self.mesh,
                                      self.rules), jnp.float32(beta))
       arrays = partitioning.gather_rows(partitioning.local_rows(arrays, self.mesh, self.rules))

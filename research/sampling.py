@@ -159,7 +159,7 @@ def segment_ends(max_new_tokens: int, segment: int) -> list[int]:
 
 def generate(params, prompts_BxP, prompt_lengths_B, rng, *, model: Decoder,
              cfg: SamplingConfig, eos_id, pad_id: int, segment: int = 0,
-             samples: int = 1) -> SampleOutput:
+             samples: int = 1, limits_B=None) -> SampleOutput:
   """Pure generation from left-aligned prompts (jit it; see `Sampler`).
 
   With `segment` > 0 the decode loop runs in segments of that many tokens, the
@@ -170,6 +170,9 @@ def generate(params, prompts_BxP, prompt_lengths_B, rng, *, model: Decoder,
   and masks are repeated G times (rows i*G .. i*G+G-1 share prompt i, like
   `np.repeat`): the same result as passing every prompt G times, for 1/G of the
   prefill (RL groups: GRPO, RLOO, best-of-n).
+
+  `limits_B` (optional, one per returned row): a row stops (truncated, not
+  ended) after that many new tokens, at most `cfg.max_new_tokens`.
   """
   b, p = prompts_BxP.shape
   n = cfg.max_new_tokens
@@ -208,6 +211,8 @@ def generate(params, prompts_BxP, prompt_lengths_B, rng, *, model: Decoder,
            "model_logprobs": out["model_logprobs"].at[:, i].set(
                jnp.where(alive_B, model_lp_B, 0.0))}
     done_B = done_B | is_stop(token_B, eos_id)
+    if limits_B is not None:
+      done_B = done_B | (i + 1 >= limits_B)
     kv_valid = kv_valid.at[:, p + i].set(True)
     logits, cache = last_logits(token_B[:, None], next_pos_B[:, None], kv_valid, cache, p + i)
     return i + 1, cache, kv_valid, logits, next_pos_B + 1, done_B, out
@@ -226,11 +231,11 @@ def generate(params, prompts_BxP, prompt_lengths_B, rng, *, model: Decoder,
                *carry[3:])
     cond = lambda carry, end=end: (carry[0] < end) & ~jnp.all(carry[5])
     carry = jax.lax.while_loop(cond, body, carry)
-  _, _, _, _, _, done_B, out = carry
+  out = carry[-1]
   return SampleOutput(prompts=prompts_BxP, prompt_lengths=prompt_lengths_B,
                       tokens=out["tokens"], mask=out["mask"], lengths=out["mask"].sum(1),
                       logprobs=out["logprobs"], model_logprobs=out["model_logprobs"],
-                      ended=done_B)
+                      ended=jnp.any(out["mask"] & is_stop(out["tokens"], eos_id), axis=1))
 
 
 def _each_layer(fn, cache):
@@ -294,12 +299,35 @@ class Sampler:
 
   def __call__(self, params, prompts, rng, cfg: SamplingConfig, *, lengths=None,
                padding: str = "right", prompt_width: int = 0,
-               samples_per_prompt: int = 1) -> SampleOutput:
+               samples_per_prompt: int = 1, max_new_per_row=None) -> SampleOutput:
     """`prompt_width` > 0 fixes the prompt bucket (one compilation for a whole run).
 
     `samples_per_prompt` = G returns G rows per prompt (prompt i in rows
-    i*G .. i*G+G-1), prefilling each prompt once.
+    i*G .. i*G+G-1), prefilling each prompt once. `max_new_per_row` (optional,
+    one per returned row) stops a row after that many tokens (truncated).
     """
+    prompts_NxP, lengths, g = self.prepare(prompts, cfg, lengths=lengths, padding=padding,
+                                           prompt_width=prompt_width,
+                                           samples_per_prompt=samples_per_prompt)
+    padded, _ = partitioning.pad_rows(
+        {"prompts": prompts_NxP, "lengths": lengths}, self.mesh, self.rules,
+        fill={"prompts": self.pad_id, "lengths": 1})  # filler rows: one pad token
+    batch = partitioning.shard_batch(padded, self.mesh, self.rules)
+    rows = len(lengths) * g
+    extra = {}
+    if max_new_per_row is not None:
+      limits = np.full(len(padded["lengths"]) * g, cfg.max_new_tokens, np.int32)
+      limits[:rows] = row_limits(max_new_per_row, rows, cfg)
+      extra["limits_B"] = partitioning.shard_batch({"l": limits}, self.mesh, self.rules)["l"]
+    with partitioning.activate(self.mesh, self.rules):
+      out = self._fn(cfg, g)(params, batch["prompts"], batch["lengths"], rng, **extra)
+    return jax.tree.map(lambda x: x[:rows], out)
+
+  def prepare(self, prompts, cfg: SamplingConfig, *, lengths=None, padding: str = "right",
+              prompt_width: int = 0, samples_per_prompt: int = 1):
+    """(left-aligned prompts NxP at the bucketed width, lengths N, samples per
+    prompt G); G becomes 1 with the prompts repeated where the prefill's rows
+    would not split evenly over the mesh."""
     if samples_per_prompt < 1:
       raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
     if lengths is None:
@@ -327,14 +355,17 @@ class Sampler:
     if width + cfg.max_new_tokens > self.model.cfg.max_len:
       raise ValueError(f"prompt bucket {width} + max_new_tokens {cfg.max_new_tokens} exceeds "
                        f"model.max_len={self.model.cfg.max_len}")
-    padded, _ = partitioning.pad_rows(
-        {"prompts": left_align(tokens_BxP, lengths, padding, width, self.pad_id),
-         "lengths": lengths}, self.mesh, self.rules,
-        fill={"prompts": self.pad_id, "lengths": 1})  # filler rows: one pad token
-    batch = partitioning.shard_batch(padded, self.mesh, self.rules)
-    with partitioning.activate(self.mesh, self.rules):
-      out = self._fn(cfg, g)(params, batch["prompts"], batch["lengths"], rng)
-    return jax.tree.map(lambda x: x[:len(lengths) * g], out)
+    return left_align(tokens_BxP, lengths, padding, width, self.pad_id), lengths, g
+
+
+def row_limits(max_new_per_row, rows: int, cfg: SamplingConfig) -> np.ndarray:
+  """Checked per-row token budgets: `rows` integers in [1, cfg.max_new_tokens]."""
+  limits = np.asarray(max_new_per_row, np.int32).reshape(-1)
+  if len(limits) != rows:
+    raise ValueError(f"max_new_per_row has {len(limits)} entries for {rows} returned rows")
+  if (limits < 1).any() or (limits > cfg.max_new_tokens).any():
+    raise ValueError(f"max_new_per_row must lie in [1, max_new_tokens={cfg.max_new_tokens}]")
+  return limits
 
 
 def right_pad(token_lists: Sequence[Sequence[int]], pad_id: int, length: int | None = None):

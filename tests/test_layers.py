@@ -16,6 +16,7 @@ LAYERS = (
     ("data", "distributed", "errors", "host_memory", "models", "ratings", "rewards", "seeds",
      "validate"),                                  # text, modules, checks, reward functions
     ("training", "objectives", "sampling"),        # steps, losses, the sampler
+    ("continuous_batching",),                      # the sampler with slots refilled
     ("runs",),                                     # a workdir: config, tokenizer, parameters
     ("reward_fn", "rlhf", "evaluation", "verifiable"),  # RL machinery over trained runs
     ("stages",),                                   # run(config, workdir) per stage

@@ -603,20 +603,27 @@ class Decoder(nn.Module):
                               None, None)
     return self.final_norm(x_BxLxD)
 
-  def decode(self, tokens_BxT, positions_BxT, kv_valid_BxS, cache, cache_index):
+  def decode(self, tokens_BxT, positions_BxT, kv_valid_BxS, cache, cache_index,
+             kv_positions_BxS=None):
     """Runs T new tokens against a KV cache (prefill: T = prompt width; decode: 1).
 
     The tokens occupy cache slots [cache_index, cache_index + T); each attends to
     every valid slot at or before its own (within the window in local layers).
     `kv_valid_BxS` marks the slots that hold real tokens (after this call's
-    writes). Returns (hidden_BxTxD, cache).
+    writes). With `kv_positions_BxS` (each slot's token position, this call's
+    included), "before" and the window compare positions, not slots: rows whose
+    slots are not in token order (a ring buffer refilled row by row,
+    `research.continuous_batching`). Returns (hidden_BxTxD, cache).
     """
     b, t = tokens_BxT.shape
-    slots_BxT = jnp.broadcast_to(cache_index + jnp.arange(t, dtype=jnp.int32), (b, t))
-    s = kv_valid_BxS.shape[1]
-    kv_slots_BxS = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
     valid = kv_valid_BxS.astype(jnp.int32)
-    masks = self._masks(jnp.ones((b, t), jnp.int32), valid, slots_BxT, kv_slots_BxS)
+    if kv_positions_BxS is None:
+      q_index_BxT = jnp.broadcast_to(cache_index + jnp.arange(t, dtype=jnp.int32), (b, t))
+      s = kv_valid_BxS.shape[1]
+      kv_index_BxS = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+    else:
+      q_index_BxT, kv_index_BxS = positions_BxT, kv_positions_BxS
+    masks = self._masks(jnp.ones((b, t), jnp.int32), valid, q_index_BxT, kv_index_BxS)
     x_BxTxD, cache = self._layers(self._embed(tokens_BxT, positions_BxT), positions_BxT,
                                   masks, cache, cache_index)
     return self.final_norm(x_BxTxD), cache

@@ -75,6 +75,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "max_new_tokens": 96, "top_k": 0, "top_p": 1.0,
       "samples_per_prompt": 1,  # G responses per prompt (group baselines need G >= 2)
       "prompt_width": 0,        # 0: the longest prompt, rounded up to the sampler's bucket
+      # Continuous batching: decode the iteration's rows through this many KV-cache
+      # rows, a row's slot refilled with the next prompt when it ends
+      # (research/continuous_batching.py); 0: all rows in one batch.
+      "slots": 0,
       # DAPO's dynamic sampling: drop groups whose scores all tie and sample more
       # prompts until the batch is full, at most max_draws batches per iteration.
       "dynamic_sampling": False,

@@ -124,9 +124,10 @@ def insert(params, state, prompts_RxP, lengths_R, limits_R, slots_R, *, model: D
   return s
 
 
-def decode_chunk(params, state, rng, refill, *, model: Decoder, cfg: sampling.SamplingConfig,
-                 eos_id, pad_id: int):
-  """Decodes every live slot until `refill` of them have ended or all have.
+def decode_chunk(params, state, rng, refill, patience, *, model: Decoder,
+                 cfg: sampling.SamplingConfig, eos_id, pad_id: int):
+  """Decodes every live slot until `refill` of them have ended, or the first to
+  end has waited `patience` steps for company, or all have ended.
 
   Step t draws each live row's next token from its last logits (the key is
   rng folded with t), records it at the row's own count, and runs it through
@@ -136,7 +137,7 @@ def decode_chunk(params, state, rng, refill, *, model: Decoder, cfg: sampling.Sa
   rows_B = jnp.arange(b)
 
   def body(carry):
-    s, ended_here = carry
+    s, ended_here, waited = carry
     token_B, lp_B, model_lp_B = sampling._choose(  # pylint: disable=protected-access
         s["logits"], jax.random.fold_in(rng, s["t"]), cfg)
     alive_B = ~s["done"]
@@ -157,10 +158,12 @@ def decode_chunk(params, state, rng, refill, *, model: Decoder, cfg: sampling.Sa
     s["logits"] = logits.astype(jnp.float32)
     s["next_pos"] = s["next_pos"] + 1
     s["t"] = s["t"] + 1
-    return s, ended_here + jnp.sum(alive_B & s["done"])
+    waited = waited + (ended_here > 0).astype(jnp.int32)
+    return s, ended_here + jnp.sum(alive_B & s["done"]), waited
 
-  cond = lambda carry: (carry[1] < refill) & ~jnp.all(carry[0]["done"])
-  return jax.lax.while_loop(cond, body, (state, jnp.int32(0)))[0]
+  cond = lambda carry: ((carry[1] < refill) & (carry[2] < patience)
+                        & ~jnp.all(carry[0]["done"]))
+  return jax.lax.while_loop(cond, body, (state, jnp.int32(0), jnp.int32(0)))[0]
 
 
 def _pow2_at_least(k: int) -> int:
@@ -170,13 +173,15 @@ def _pow2_at_least(k: int) -> int:
 class ContinuousSampler:
   """`sampling.Sampler`'s call, decoded through `slots` rows refilled as rows end.
 
-  `refill`: the decode chunk returns to the host (to prefill the next prompts)
-  once this many rows have ended; 0 picks an eighth of the slots. Fewer means
-  less idle slot time and more (smaller) prefills and host round trips.
+  The decode chunk returns to the host (to prefill the next prompts into the
+  freed slots) once `refill` rows have ended (0: an eighth of the slots), or
+  once the first of them has waited `patience` steps. Smaller values leave
+  fewer slots idle, at the price of more (smaller) prefills and host round
+  trips: an insert costs about as much as a decode step or two.
   """
 
   def __init__(self, model: Decoder, *, eos_id, slots: int, pad_id: int = 0, refill: int = 0,
-               mesh=None, rules=None, bucket: int = sampling.BUCKET,
+               patience: int = 4, mesh=None, rules=None, bucket: int = sampling.BUCKET,
                segment: int = sampling.SEGMENT):
     if jax.process_count() > 1:
       raise ValueError("continuous batching (rollout.slots > 0) runs in one process; "
@@ -190,6 +195,7 @@ class ContinuousSampler:
       raise ValueError(f"slots must be >= 1, got {slots}")
     self.slots = -(-slots // self.split) * self.split
     self.refill = refill or max(self.slots // 8, 1)
+    self.patience = max(int(patience), 1)
     self._init = jax.jit(functools.partial(init_state, model), static_argnums=(0, 1, 2))
     self._insert = jax.jit(functools.partial(insert, model=model, pad_id=pad_id),
                            donate_argnums=(1,))
@@ -259,10 +265,20 @@ class ContinuousSampler:
         queued += k
       if (holder < 0).all():
         return out
-      refill = min(self.refill, rows - queued) if queued < rows else b + 1
-      state = chunk(params, state, rng, np.int32(refill))
+      # With nothing left to queue, run until every row has ended.
+      refill, patience = ((min(self.refill, rows - queued), self.patience) if queued < rows
+                          else (b + 1, cfg.max_new_tokens + 1))
+      state = chunk(params, state, rng, np.int32(refill), np.int32(patience))
       got = jax.device_get({k: state[k] for k in fields + ("done",)})
       for slot in np.flatnonzero(got["done"] & (holder >= 0)):
         for k in fields:
           out[k][holder[slot]] = got[k][slot]
         holder[slot] = -1
+
+
+def sampler(model: Decoder, *, eos_id, pad_id: int, mesh, rules, slots: int = 0):
+  """The static sampler (slots 0: every row of a call in one batch) or this one."""
+  if slots:
+    return ContinuousSampler(model, eos_id=eos_id, pad_id=pad_id, slots=slots, mesh=mesh,
+                             rules=rules)
+  return sampling.Sampler(model, eos_id=eos_id, pad_id=pad_id, mesh=mesh, rules=rules)

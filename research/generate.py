@@ -3,6 +3,7 @@
   python -m research.generate --workdir=runs/sft --prompt="I watched" --prompt="The plot"
   python -m research.generate --workdir=runs/ppo --prompts_file=prompts.txt \
       --temperature=0.8 --top_p=0.9 --num_samples=3 --max_new_tokens=96
+  python -m research.generate --workdir=runs/sft --prompts_file=many.txt --slots=64
 
 Prompts come one per `--prompt` flag or one per line of `--prompts_file`; each
 is preceded by the tokenizer's BOS. A prompt too long for the model's context with
@@ -21,7 +22,7 @@ import sys
 from absl import app, flags
 import jax
 
-from research import cli, runs, sampling
+from research import cli, continuous_batching, runs, sampling
 from research.data import prompt_fit
 from research.errors import ConfigError
 from research.training import partitioning
@@ -37,6 +38,9 @@ _TOP_P = flags.DEFINE_float("top_p", 1.0, "nucleus mass (1: off)")
 _GREEDY = flags.DEFINE_bool("greedy", False, "argmax decoding")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "samples per prompt")
 _SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
+_SLOTS = flags.DEFINE_integer("slots", 0, "decode through this many KV-cache rows, each refilled "
+                              "with the next prompt when its row ends (continuous batching); "
+                              "0: every prompt in one batch")
 
 
 def read_prompts() -> list[str]:
@@ -66,14 +70,16 @@ def generate() -> None:
   for flag, value, ok in (("--max_new_tokens", _MAX_NEW.value, _MAX_NEW.value >= 1),
                           ("--num_samples", _NUM_SAMPLES.value, _NUM_SAMPLES.value >= 1),
                           ("--temperature", _TEMPERATURE.value, _TEMPERATURE.value > 0),
-                          ("--top_p", _TOP_P.value, 0 < _TOP_P.value <= 1)):
+                          ("--top_p", _TOP_P.value, 0 < _TOP_P.value <= 1),
+                          ("--slots", _SLOTS.value, _SLOTS.value >= 0)):
     if not ok:
       raise ConfigError(f"{flag}={value} is out of range")
   prompts = read_prompts()
   tok = runs.load_tokenizer(path)
   mesh, rules = partitioning.mesh_and_rules(runs.load_config(workdir))
   model, params = runs.load_policy(workdir, mesh, rules, step=_STEP.value)
-  sampler = sampling.Sampler(model, eos_id=tok.stop_ids, pad_id=tok.pad_id, mesh=mesh, rules=rules)
+  sampler = continuous_batching.sampler(model, eos_id=tok.stop_ids, pad_id=tok.pad_id,
+                                        mesh=mesh, rules=rules, slots=_SLOTS.value)
   room = model.cfg.max_len - _MAX_NEW.value  # the sampler narrows its bucket to fit
   if room < 1:
     raise ConfigError(f"--max_new_tokens={_MAX_NEW.value} leaves no room for a prompt in the "

@@ -59,6 +59,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "rollout.samples_per_prompt": (_int_at_least(1), "an integer >= 1"),
     "rollout.max_new_tokens": (_int_at_least(1), "an integer >= 1"),
     "rollout.max_draws": (_int_at_least(1), "an integer >= 1"),
+    "rollout.slots": (_int_at_least(0), "an integer >= 0 (0: every row in one batch)"),
     "objective.tis_cap": (_number_in(0, INF), "a number >= 0 (0: off)"),
     "objective.overlong_buffer": (_int_at_least(0), "an integer >= 0 (0: off)"),
     "objective.overlong_penalty": (_number_in(0, INF), "a number >= 0"),

@@ -81,11 +81,14 @@ def test_grpo_on_checkers_logs_each_one_and_evaluates_pass_at_k(arith_sft, tmp_p
 
 
 def test_gspo_and_dapo_overrides_run(arith_sft, tmp_path):
+  """Also with continuous batching: the 16 rows of an iteration through 8 slots."""
   s = rlhf.run(rlvr(arith_sft, steps=2, **{"objective.name": "gspo", "objective.clip": 3e-4,
-                                           "objective.clip_high": 4e-4}), str(tmp_path / "g"))
+                                           "objective.clip_high": 4e-4, "rollout.slots": 8}),
+               str(tmp_path / "g"))
   last = s["last"]
   assert np.isfinite(last["loss"]) and 0 <= last["policy/clipfrac"] <= 1
   assert last["val/ratio"] == pytest.approx(1.0, abs=0.05)
+  assert last["sampler/logp_gap_max"] < 1e-3  # the slots' log-probs are the trainer's
 
 
 def test_records_without_the_checkers_field_are_refused_before_sampling(arith_sft, tmp_path):

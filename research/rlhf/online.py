@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research import sampling
+from research import continuous_batching, sampling
 from research.data import pipeline
 from research.errors import ConfigError
 from research.models import logprobs, lora
@@ -209,8 +209,9 @@ class RolloutSource:
     self.kl_ctl = adv_lib.kl_controller(o.kl)
     self.moments = RunningMoments()
     self.drawn = None  # prompt batches drawn so far (more than steps with dynamic sampling)
-    self.sampler = sampling.Sampler(model.policy, eos_id=tok.stop_ids, pad_id=tok.pad_id,
-                                    mesh=mesh, rules=rules)
+    self.sampler = continuous_batching.sampler(
+        model.policy, eos_id=tok.stop_ids, pad_id=tok.pad_id, mesh=mesh, rules=rules,
+        slots=int(r.get("slots", 0) or 0))
     self.sample_cfg = sampling.SamplingConfig(r.max_new_tokens, temperature=o.temperature,
                                               top_k=r.top_k, top_p=r.top_p)
     bucket = self.sampler.bucket

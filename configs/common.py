@@ -93,6 +93,11 @@ def preference_data(**overrides) -> ml_collections.ConfigDict:
                              "completion", "label"),  # the last two: KTO's unpaired layout
       "corpus_size": 2000,
       "batch_size": 8,
+      # Padding-free batches for the reward and DPO stages: a batch's responses
+      # packed end to end into packed_rows rows of seq_len tokens (0: the most a
+      # sample of batches needs); research/data/packing.py.
+      "packing": False,
+      "packed_rows": 0,
       **overrides})
 
 

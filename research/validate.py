@@ -50,6 +50,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.batch_size": (_int_at_least(1), "an integer >= 1"),
     "data.holdout_every": (_int_at_least(2), "an integer >= 2 (every n-th record is held out)"),
     "data.corpus_size": (_int_at_least(1), "an integer >= 1"),
+    "data.packed_rows": (_int_at_least(0), "an integer >= 0 (0: from the data)"),
     "mesh.data": (_AXIS, "-1 (the remaining devices) or an integer >= 1"),
     "mesh.fsdp": (_AXIS, "-1 (the remaining devices) or an integer >= 1"),
     "mesh.tensor": (_AXIS, "-1 (the remaining devices) or an integer >= 1"),

@@ -12,6 +12,7 @@ N(0, 1/(d_model + 1)) variance; value head zeros.
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from research.models.config import DecoderConfig
@@ -59,6 +60,18 @@ class ScalarModel(nn.Module):
     values_BxL = self.head(self.decoder.trunk(tokens_BxL, positions_BxL, segment_ids))
     score_B = jnp.take_along_axis(values_BxL, last_token_index(mask_BxL)[:, None], axis=1)[:, 0]
     return values_BxL, score_B
+
+
+def packed_scores(values_RxL, sequence_RxL, num_sequences: int):
+  """The value at each source row's last token in packed rows
+  (`research/data/packing.py`); 0 for a row with no tokens."""
+  flat_index = jnp.arange(values_RxL.size, dtype=jnp.int32).reshape(values_RxL.shape)
+  ids = jnp.where(sequence_RxL >= 0, sequence_RxL, num_sequences).reshape(-1)
+  last = jax.ops.segment_max(flat_index.reshape(-1), ids, num_segments=num_sequences + 1)
+  last = last[:num_sequences]
+  present = last >= 0
+  score = values_RxL.reshape(-1)[jnp.where(present, last, 0)]
+  return jnp.where(present, score, 0.0)
 
 
 def scores(model: ScalarModel, params, tokens_BxL, mask_BxL):

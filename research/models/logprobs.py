@@ -46,3 +46,29 @@ def response_logprob_sums(model, params, tokens_BxT, mask_BxT, response_mask_BxT
   logp_BxT, _ = sequence_token_logprobs(model, params, tokens_BxT, mask_BxT)
   response = response_mask_BxT.astype(bool)
   return jnp.where(response, logp_BxT, 0.0).sum(-1), response.sum(-1)
+
+
+def packed_token_logprobs(model, params, packed: dict, temperature: float = 1.0):
+  """Per-token log-probs of packed rows (`research/data/packing.py`): index t holds
+  log p(token_t | its own sequence before t), 0 on padding and on each sequence's
+  first token (which the row's previous token, another sequence's, cannot predict)."""
+  tokens, segments = packed["tokens"], packed["segment_ids"]
+  targets = jnp.pad(tokens[:, 1:], ((0, 0), (0, 1)))
+  logp, _, _ = model.apply({"params": params}, tokens, targets, packed["positions"], segments,
+                           temperature, method="target_logprobs")
+  shift = lambda x: jnp.pad(x[:, :-1], ((0, 0), (1, 0)))
+  same = (segments == shift(segments)) & (segments > 0)
+  return jnp.where(same, shift(logp), 0.0)
+
+
+def packed_response_sums(model, params, packed: dict, num_sequences: int):
+  """(sum of response-token log-probs, response length) of each of `num_sequences`
+  source rows of a packed batch, by its `sequence` index (absent ones: 0, 0)."""
+  logp = packed_token_logprobs(model, params, packed)
+  response = packed["response_mask"].astype(bool) & (packed["sequence"] >= 0)
+  ids = jnp.where(response, packed["sequence"], num_sequences).reshape(-1)
+  sums = jax.ops.segment_sum(jnp.where(response, logp, 0.0).reshape(-1), ids,
+                             num_segments=num_sequences + 1)[:num_sequences]
+  counts = jax.ops.segment_sum(response.reshape(-1).astype(jnp.int32), ids,
+                               num_segments=num_sequences + 1)[:num_sequences]
+  return sums, counts

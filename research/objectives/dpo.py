@@ -2,7 +2,7 @@
 
 A batch holds pairs (chosen y_w, rejected y_l) as tokens Bx2xL with `mask`
 (real tokens) and `response_mask` (response tokens incl. EOS, never the prompt
-or padding), plus `ref_logps` Bx2 (the frozen reference's summed response
+or padding), or those rows packed end to end (`research/data/packing.py`), plus `ref_logps` Bx2 (the frozen reference's summed response
 log-probs, precomputed once; zeros for reference-free losses; a LoRA policy
 without them computes them in the step, its adapters off). One forward pass
 runs over the 2B rows. With pi = log pi(y|x), ref = log pi_ref(y|x) (sums) and
@@ -39,18 +39,24 @@ import jax
 import jax.numpy as jnp
 
 from research.models import lora
-from research.models.logprobs import sequence_token_logprobs
+from research.models.logprobs import packed_response_sums, sequence_token_logprobs
 from research.objectives.advantages import masked_mean
 
 
 def policy_logps(params, batch, model):
-  """Summed response log-probs (Bx2), lengths (Bx2), per-token NLL of chosen (scalar)."""
-  b, two, l = batch["tokens"].shape
-  flat = lambda x: x.reshape(b * two, l)
-  logp_NxL, _ = sequence_token_logprobs(model, params, flat(batch["tokens"]), flat(batch["mask"]))
-  response = flat(batch["response_mask"]).astype(bool)
-  sums = jnp.where(response, logp_NxL, 0.0).sum(-1).reshape(b, two)
-  lengths = response.sum(-1).reshape(b, two).astype(jnp.float32)
+  """Summed response log-probs (Bx2), lengths (Bx2), per-token NLL of chosen (scalar).
+  The batch's rows are BxKxL, or packed (`research/data/packing.py`)."""
+  if "packed" in batch:
+    b, two = batch["ranks"].shape
+    sums, lengths = packed_response_sums(model, params, batch["packed"], b * two)
+  else:
+    b, two, l = batch["tokens"].shape
+    flat = lambda x: x.reshape(b * two, l)
+    logp_NxL, _ = sequence_token_logprobs(model, params, flat(batch["tokens"]),
+                                          flat(batch["mask"]))
+    response = flat(batch["response_mask"]).astype(bool)
+    sums, lengths = jnp.where(response, logp_NxL, 0.0).sum(-1), response.sum(-1)
+  sums, lengths = sums.reshape(b, two), lengths.reshape(b, two).astype(jnp.float32)
   nll_chosen = -sums[:, 0].sum() / jnp.maximum(lengths[:, 0].sum(), 1.0)
   return sums, jnp.maximum(lengths, 1.0), nll_chosen
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from research.models.heads import packed_scores
+
 
 def ranking_loss(scores_BxK, ranks_BxK, *, margin: float = 0.0, margin_B=None,
                  center_coef: float = 0.0):
@@ -57,12 +59,19 @@ def ranking_loss(scores_BxK, ranks_BxK, *, margin: float = 0.0, margin_B=None,
 
 
 def loss_fn(params, batch, rng, *, model, config):
-  """batch: tokens/mask BxKxL (prompt + response, right-padded), ranks BxK,
-  optional margin B. One forward pass per response (B*K rows), none per pair."""
+  """batch: tokens/mask BxKxL (prompt + response, right-padded) or those rows
+  packed (`research/data/packing.py`), ranks BxK, optional margin B. One forward pass per response (B*K rows), none per pair."""
   del rng
-  b, k, l = batch["tokens"].shape
-  _, scores_N = model.apply({"params": params}, batch["tokens"].reshape(b * k, l),
-                            batch["mask"].reshape(b * k, l))
+  b, k = batch["ranks"].shape
+  if "packed" in batch:  # research/data/packing.py: the rows' segments as the mask
+    p = batch["packed"]
+    values_RxL, _ = model.apply({"params": params}, p["tokens"], p["segment_ids"],
+                                p["positions"])
+    scores_N = packed_scores(values_RxL, p["sequence"], b * k)
+  else:
+    l = batch["tokens"].shape[-1]
+    _, scores_N = model.apply({"params": params}, batch["tokens"].reshape(b * k, l),
+                              batch["mask"].reshape(b * k, l))
   obj = config.objective
   return ranking_loss(scores_N.reshape(b, k), batch["ranks"], margin=obj.margin,
                       margin_B=batch.get("margin"), center_coef=obj.center_coef)

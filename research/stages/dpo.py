@@ -14,7 +14,8 @@ from __future__ import annotations
 import random
 
 from research import evaluation, objectives, runs, seeds
-from research.data import comparisons, preferences, prompt_fit, summary as data_summary
+from research.data import comparisons, packing, preferences, prompt_fit
+from research.data import summary as data_summary
 from research.errors import ConfigError
 from research.models import config as model_config, lora
 from research.models.decoder import Decoder
@@ -93,14 +94,19 @@ def run(config, workdir: str, hooks=()) -> dict:
                    if needs_reference and not adapters else None)
   wrap = lambda it: (it if "ref_logps" in train_ex[0] or (adapters and needs_reference)
                      else reference.WithReference(it, online_scorer))
+  # Packed after the online reference is scored (its scorer reads the padded rows).
+  rows = packing.rows_for(d, train_ex, partitioning.batch_axis_size(mesh, rules),
+                          seeds.derived_seed(config.seed, "packing"))
+  pack = (lambda it: packing.Packed(it, rows)) if rows else (lambda it: it)
+  train_iter = pack(wrap(iter(batches(train_ex, True))))
   result, s = common.train(
-      config, workdir, model, train_iter=wrap(iter(batches(train_ex, True))),
-      eval_batches=lambda: wrap(iter(batches(eval_ex, False))), hooks=hooks,
+      config, workdir, model, train_iter=train_iter,
+      eval_batches=lambda: pack(wrap(iter(batches(eval_ex, False)))), hooks=hooks,
       rows_per_example=2)
 
   summary = {"step": result.step, "preempted": result.preempted, "objective": obj.name,
              "beta": obj.beta,
-             "data": data,
+             "data": {**data, **packing.report(train_iter, d.batch_size * 2)},
              "train": result.train_metrics, "eval": result.eval_metrics,
              "eval_at_start": result.eval_history.get(0, {}),
              "compilations": s.train_step.compilations()}

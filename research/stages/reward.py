@@ -18,11 +18,13 @@ import jax
 import numpy as np
 
 from research import runs, seeds
-from research.data import comparisons, preferences, prompt_fit, summary as data_summary
+from research.data import comparisons, packing, preferences, prompt_fit
+from research.data import summary as data_summary
 from research.models import config as model_config
 from research.models.heads import ScalarModel
 from research.reward_fn import NORMALIZATION_FILE, RewardFunction
 from research.stages import common
+from research.training import partitioning
 
 
 def _texts(records, limit: int):
@@ -53,15 +55,20 @@ def run(config, workdir: str, hooks=()) -> dict:
   batches = lambda examples, train: comparisons.batches(
       examples, global_batch_size=d.batch_size, seed=seeds.derived_seed(config.seed, "data"),
       train=train)
+  rows = packing.rows_for(d, train_ex, partitioning.batch_axis_size(
+      *partitioning.mesh_and_rules(config)), seeds.derived_seed(config.seed, "packing"))
+  pack = (lambda it: packing.Packed(it, rows)) if rows else (lambda it: it)
+  train_iter = pack(iter(batches(train_ex, True)))
   result, s = common.train(
-      config, workdir, model, train_iter=iter(batches(train_ex, True)),
-      eval_batches=lambda: iter(batches(eval_ex, False)), hooks=hooks,
+      config, workdir, model, train_iter=train_iter,
+      eval_batches=lambda: pack(iter(batches(eval_ex, False))), hooks=hooks,
       init_subtree=None if config.get("init_head") else "decoder",
       rows_per_example=d.num_responses)
 
   summary = {"step": result.step, "preempted": result.preempted,
              "lineage": runs.lineage(config), "init_head": bool(config.get("init_head")),
-             "data": {**data, "label_noise": d.label_noise},
+             "data": {**data, "label_noise": d.label_noise,
+                      **packing.report(train_iter, d.batch_size * d.num_responses)},
              "train": result.train_metrics, "eval": result.eval_metrics,
              "eval_at_start": result.eval_history.get(0, {}),
              "compilations": s.train_step.compilations()}

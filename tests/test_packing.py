@@ -13,6 +13,7 @@ from research.models import config as model_config
 from research.models.decoder import Decoder
 from research.models.heads import ScalarModel
 from research.objectives import dpo, reward
+from research.rlhf import reference
 from research.stages import dpo as dpo_stage
 from research.training import partitioning
 
@@ -101,6 +102,18 @@ def test_packed_loss_and_gradients_equal_padded(stage):
                                err_msg=key)
   for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_online_reference_scores_packed_rows_as_padded(devices):
+  model, params = _tiny()
+  batch = uneven_batch(6)
+  packed = packing.pack(batch, packing.rows_needed(packing.sequence_lengths(batch), L))
+  mesh = partitioning.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices[:1])
+  scorer = reference.ReferenceScorer(model, params, mesh, partitioning.DEFAULT_RULES)
+  padded_batch = {k: v for k, v in batch.items() if k != "ref_logps"}
+  want = next(reference.WithReference(iter([padded_batch]), scorer))["ref_logps"]
+  got = next(reference.WithReference(iter([packed]), scorer))["ref_logps"]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
 def test_packed_dpo_sharded_equals_one_device(devices):

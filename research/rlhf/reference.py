@@ -27,7 +27,8 @@ class ReferenceScorer:
   """Summed response log-probs under fixed params; one jitted forward, reused."""
 
   def __init__(self, model, params, mesh, rules):
-    self.params, self.mesh, self.rules = params, mesh, rules
+    self.model, self.params, self.mesh, self.rules = model, params, mesh, rules
+    self._packed_fns = {}
     self._fn = jax.jit(lambda p, t, m, r: logprobs.response_logprob_sums(model, p, t, m, r)[0],
                        out_shardings=partitioning.data_sharding(mesh, rules, 1))
 
@@ -42,11 +43,27 @@ class ReferenceScorer:
     return partitioning.local_rows(scores, self.mesh, self.rules)[:n]
 
   def pairs(self, batch: dict) -> np.ndarray:
-    """Bx2 for a batch whose tokens are BxKxL."""
+    """BxK for a batch whose tokens are BxKxL, or packed (`research/data/packing.py`)."""
+    if "packed" in batch:
+      return self._packed(batch)
     b, k, l = batch["tokens"].shape
     flat = lambda x: np.asarray(x).reshape(b * k, l)
     return self(flat(batch["tokens"]), flat(batch["mask"]),
                 flat(batch["response_mask"])).reshape(b, k)
+
+
+  def _packed(self, batch: dict) -> np.ndarray:
+    """The packed rows' sequence sums: one forward over R rows, not B*K padded ones."""
+    b, k = np.shape(batch["ranks"])
+    n = b * k * jax.process_count()  # sequence ids are global (packing.Packed's offset)
+    if n not in self._packed_fns:
+      self._packed_fns[n] = jax.jit(
+          lambda p, rows: logprobs.packed_response_sums(self.model, p, rows, n)[0])
+    rows = partitioning.shard_batch(batch["packed"], self.mesh, self.rules)
+    with partitioning.activate(self.mesh, self.rules):
+      sums = np.asarray(jax.device_get(self._packed_fns[n](self.params, rows)))
+    mine = jax.process_index() * b * k
+    return sums[mine:mine + b * k].reshape(b, k)
 
 
 def precompute(examples: list[dict], scorer: ReferenceScorer, batch_size: int,
@@ -81,7 +98,7 @@ class WithReference:
 
   def __next__(self) -> dict:
     batch = dict(next(self._it))
-    b, k = batch["tokens"].shape[:2]
+    b, k = np.shape(batch["ranks"]) if "packed" in batch else batch["tokens"].shape[:2]
     batch["ref_logps"] = (np.zeros((b, k), np.float32) if self._scorer is None
                           else self._scorer.pairs(batch).astype(np.float32))
     return batch

@@ -94,19 +94,19 @@ def run(config, workdir: str, hooks=()) -> dict:
                    if needs_reference and not adapters else None)
   wrap = lambda it: (it if "ref_logps" in train_ex[0] or (adapters and needs_reference)
                      else reference.WithReference(it, online_scorer))
-  # Packed after the online reference is scored (its scorer reads the padded rows).
+  # Packed before the online reference scores them: its forward runs on the packed rows too.
   rows = packing.rows_for(d, train_ex, partitioning.batch_axis_size(mesh, rules),
                           seeds.derived_seed(config.seed, "packing"))
   pack = (lambda it: packing.Packed(it, rows)) if rows else (lambda it: it)
-  train_iter = pack(wrap(iter(batches(train_ex, True))))
+  packed_iter = pack(iter(batches(train_ex, True)))
   result, s = common.train(
-      config, workdir, model, train_iter=train_iter,
-      eval_batches=lambda: pack(wrap(iter(batches(eval_ex, False)))), hooks=hooks,
+      config, workdir, model, train_iter=wrap(packed_iter),
+      eval_batches=lambda: wrap(pack(iter(batches(eval_ex, False)))), hooks=hooks,
       rows_per_example=2)
 
   summary = {"step": result.step, "preempted": result.preempted, "objective": obj.name,
              "beta": obj.beta,
-             "data": {**data, **packing.report(train_iter, d.batch_size * 2)},
+             "data": {**data, **packing.report(packed_iter, d.batch_size * 2)},
              "train": result.train_metrics, "eval": result.eval_metrics,
              "eval_at_start": result.eval_history.get(0, {}),
              "compilations": s.train_step.compilations()}

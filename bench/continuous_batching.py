@@ -40,6 +40,7 @@ import numpy as np
 from research import continuous_batching, sampling
 from research.models import config as model_config
 from research.models.decoder import Decoder
+import timing  # bench/timing.py; bench/ is on sys.path when run as a script
 
 
 def budgets(kind: str, rows: int, new_tokens: int, rng) -> np.ndarray:
@@ -97,11 +98,7 @@ def main() -> None:
            "new_tokens": args.new_tokens, "generated_tokens": int(limits.sum()),
            "mean_length": float(limits.mean()), "same_tokens": not differ.any(),
            "rows_differing": int(differ.sum())}
-    for name, ts in times.items():
-      row[f"{name}_s"] = round(float(np.median(ts)), 3)
-      row[f"{name}_tokens_per_sec"] = round(int(limits.sum()) / float(np.median(ts)), 1)
-    row["speedup"] = round(row["static_s"] / row["continuous_s"], 3)
-    results.append(row)
+    results.append(timing.add_rates(row, times, int(limits.sum()), "static", "continuous"))
     print(json.dumps(row), flush=True)
   dev = jax.devices()[0]
   print(json.dumps({"benchmark": "continuous_batching", "preset": args.preset,

@@ -39,19 +39,21 @@ from research.models import config as model_config
 from research.models.decoder import Decoder
 from research.models.heads import ScalarModel
 from research.objectives import dpo, reward
+import timing  # bench/timing.py; bench/ is on sys.path when run as a script
 
 
-def hh_like_batch(rng, pairs: int, seq_len: int, prompt_median: int, response_median: int):
+def hh_like_batch(rng, pairs: int, seq_len: int, prompt_median: int, response_median: int,
+                  vocab: int):
   lognormal = lambda median, n: np.maximum(rng.lognormal(np.log(median), 0.9, n), 1).astype(int)
   tokens = np.zeros((pairs, 2, seq_len), np.int32)
   mask = np.zeros((pairs, 2, seq_len), bool)
   response = np.zeros((pairs, 2, seq_len), bool)
   for b in range(pairs):
     n_prompt = min(int(lognormal(prompt_median, 1)[0]), seq_len // 2)
-    prompt = [2, *rng.integers(4, 4000, n_prompt)]
+    prompt = [2, *rng.integers(4, vocab, n_prompt)]
     for j in range(2):
       n = min(int(lognormal(response_median, 1)[0]), seq_len - len(prompt))
-      row = prompt + list(rng.integers(4, 4000, n))
+      row = prompt + list(rng.integers(4, vocab, n))
       tokens[b, j, :len(row)], mask[b, j, :len(row)] = row, True
       response[b, j, len(prompt):len(row)] = True
   return {"tokens": tokens, "mask": mask, "response_mask": response,
@@ -74,7 +76,7 @@ def main() -> None:
   cfg = model_config.DecoderConfig(**{**model_config.preset(args.preset),
                                       "max_len": max(args.seq_len, 256)})
   batch = hh_like_batch(np.random.default_rng(0), args.pairs, args.seq_len, args.prompt_median,
-                        args.response_median)
+                        args.response_median, cfg.vocab_size)
   lengths = packing.sequence_lengths(batch)
   rows = packing.rows_needed(lengths, args.seq_len)
   packed = packing.pack(batch, rows)
@@ -98,11 +100,7 @@ def main() -> None:
     row = {"stage": stage, "pairs": args.pairs, "seq_len": args.seq_len,
            "real_tokens": int(lengths.sum()), "padded_rows": int(lengths.size),
            "packed_rows": rows, "loss_padded": losses["padded"], "loss_packed": losses["packed"]}
-    for name, ts in times.items():
-      row[f"{name}_s"] = round(float(np.median(ts)), 4)
-      row[f"{name}_tokens_per_sec"] = round(int(lengths.sum()) / float(np.median(ts)), 1)
-    row["speedup"] = round(row["padded_s"] / row["packed_s"], 3)
-    results.append(row)
+    results.append(timing.add_rates(row, times, int(lengths.sum()), "padded", "packed", 4))
     print(json.dumps(row), flush=True)
   dev = jax.devices()[0]
   print(json.dumps({"benchmark": "packing", "preset": args.preset,

@@ -26,6 +26,7 @@ nothing to refill, and its cache grows with the decoded length.
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import flax
 import jax
@@ -199,7 +200,7 @@ class ContinuousSampler:
     self._init = jax.jit(functools.partial(init_state, model), static_argnums=(0, 1, 2))
     self._insert = jax.jit(functools.partial(insert, model=model, pad_id=pad_id),
                            donate_argnums=(1,))
-    self._chunks: dict[sampling.SamplingConfig, callable] = {}
+    self._chunks: dict[sampling.SamplingConfig, Callable] = {}
 
   def _chunk(self, cfg):
     if cfg not in self._chunks:

@@ -211,7 +211,8 @@ class ContinuousSampler:
 
   def compilations(self) -> int:
     fns = [self._init, self._insert, *self._chunks.values()]
-    return sum(fn._cache_size() for fn in fns) + self.static.compilations()  # pylint: disable=protected-access
+    own = sum(fn._cache_size() for fn in fns)  # pylint: disable=protected-access
+    return own + self.static.compilations()
 
   def _rows_per_insert(self, k: int) -> int:
     """Rows of an insert of k prompts: a power of two, split evenly over the mesh."""

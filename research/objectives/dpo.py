@@ -2,9 +2,10 @@
 
 A batch holds pairs (chosen y_w, rejected y_l) as tokens Bx2xL with `mask`
 (real tokens) and `response_mask` (response tokens incl. EOS, never the prompt
-or padding), or those rows packed end to end (`research/data/packing.py`), plus `ref_logps` Bx2 (the frozen reference's summed response
-log-probs, precomputed once; zeros for reference-free losses; a LoRA policy
-without them computes them in the step, its adapters off). One forward pass
+or padding), or those rows packed end to end (`research/data/packing.py`), plus
+`ref_logps` Bx2 (the frozen reference's summed response log-probs, precomputed
+once; zeros for reference-free losses; a LoRA policy without them computes them
+in the step, its adapters off). One forward pass
 runs over the 2B rows. With pi = log pi(y|x), ref = log pi_ref(y|x) (sums) and
 n = response length:
 

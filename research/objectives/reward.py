@@ -60,7 +60,8 @@ def ranking_loss(scores_BxK, ranks_BxK, *, margin: float = 0.0, margin_B=None,
 
 def loss_fn(params, batch, rng, *, model, config):
   """batch: tokens/mask BxKxL (prompt + response, right-padded) or those rows
-  packed (`research/data/packing.py`), ranks BxK, optional margin B. One forward pass per response (B*K rows), none per pair."""
+  packed (`research/data/packing.py`), ranks BxK, optional margin B. One forward
+  pass per response (B*K rows), none per pair."""
   del rng
   b, k = batch["ranks"].shape
   if "packed" in batch:  # research/data/packing.py: the rows' segments as the mask

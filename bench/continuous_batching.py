@@ -97,7 +97,9 @@ def main() -> None:
     row = {"distribution": kind, "rows": args.rows, "slots": args.slots,
            "new_tokens": args.new_tokens, "generated_tokens": int(limits.sum()),
            "mean_length": float(limits.mean()), "same_tokens": not differ.any(),
-           "rows_differing": int(differ.sum())}
+           "rows_differing": int(differ.sum()),
+           "cache_resizes": len(continuous.capacities) - 1,
+           "compilations": continuous.compilations()}
     results.append(timing.add_rates(row, times, int(limits.sum()), "static", "continuous"))
     print(json.dumps(row), flush=True)
   dev = jax.devices()[0]

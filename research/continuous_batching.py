@@ -7,20 +7,23 @@ cache; when a row ends (EOS or its budget), its slot takes the next queued
 prompt, prefilled on its own and written into that slot while the other rows
 keep their caches (iteration-level scheduling, Yu et al. 2022, "Orca", sec. 3).
 
-The cache is a ring of W = prompt width + max_new_tokens slots written at one
-shared index: step t writes slot t mod W of every row (an in-place update, as in
-the static sampler). A row placed before step t holds its left-aligned prompt in
-the P slots before t mod W and its at most max_new_tokens tokens after, so it
-never overwrites itself. Slots are then not in token order, so attention masks
-by each slot's token position (`Decoder.decode(kv_positions_BxS=...)`).
+Each slot holds its row as the static sampler does: the left-aligned prompt in
+cache slots [0, P), the token after it at slot P + count, so slots are in token
+order. Rows started at different times are at different lengths, so every row
+writes at its own index (`Decoder.decode` with one cache index per row). The
+cache's capacity follows the longest live row up the static sampler's ladder
+(P + 64, P + 128, ..., P + max_new_tokens) and back down once that row ends:
+attention reads the part of the cache in use, as in the static sampler, instead
+of P + max_new_tokens slots on every step.
 
 The host drives the loop: a jitted decode chunk runs until `refill` rows have
-ended (or every row), then a jitted insert prefills the next prompts into the
-freed slots (a few compilations: one per power-of-two count of rows inserted).
-Results come back in prompt order with the static sampler's fields; greedy
-decoding gives the static sampler's tokens (tests/test_continuous_batching.py).
-With no more rows than slots the static sampler runs instead: one batch has
-nothing to refill, and its cache grows with the decoded length.
+ended (or every row), or a row needs more capacity; then the cache is resized
+and the next prompts are prefilled into the freed slots. Compilations: the
+chunk once per capacity, the prefill once per power-of-two count of rows, their
+placement per (capacity, count). Results come back in prompt order with the
+static sampler's fields; greedy decoding gives the static sampler's tokens
+(tests/test_continuous_batching.py). With no more rows than slots the static
+sampler runs instead: one batch has nothing to refill.
 """
 
 from __future__ import annotations
@@ -57,13 +60,13 @@ def _each_layer(fn, *caches):
   return tuple(fn(*c) for c in zip(*caches))
 
 
-def init_state(model: Decoder, slots: int, width: int, max_new: int) -> dict:
-  """Every slot empty (done), the ring cache zeroed. Jit it (the mesh shards it)."""
-  w = width + max_new
+def init_state(model: Decoder, slots: int, capacity: int, max_new: int) -> dict:
+  """Every slot empty (done), a zeroed cache of `capacity` slots per row. Jit it
+  (the mesh shards it)."""
   zeros = lambda shape, dt: _rows(jnp.zeros(shape, dt))
   return {"t": jnp.int32(0),
-          "cache": _constrain_cache(init_cache(model.cfg, slots, w)),
-          "kv_valid": zeros((slots, w), bool), "kv_pos": zeros((slots, w), jnp.int32),
+          "cache": _constrain_cache(init_cache(model.cfg, slots, capacity)),
+          "kv_valid": zeros((slots, capacity), bool), "write": zeros((slots,), jnp.int32),
           "logits": zeros((slots, model.cfg.vocab_size), jnp.float32),
           "next_pos": zeros((slots,), jnp.int32), "count": zeros((slots,), jnp.int32),
           "limit": zeros((slots,), jnp.int32), "done": _rows(jnp.ones((slots,), bool)),
@@ -73,50 +76,72 @@ def init_state(model: Decoder, slots: int, width: int, max_new: int) -> dict:
           "model_logprobs": zeros((slots, max_new), jnp.float32)}
 
 
-def _last_logits(model, params, tokens, positions, kv_valid, cache, index, kv_pos=None):
+def resize(state, capacity: int) -> dict:
+  """The cache (and its valid mask) cut or zero-padded to `capacity` slots per
+  row. The caller keeps every live row's data: its next write is below `capacity`."""
+  def fit(x, axis):
+    axis %= x.ndim
+    now = x.shape[axis]
+    if capacity <= now:
+      return jax.lax.slice_in_dim(x, 0, capacity, axis=axis)
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, capacity - now)
+    return jnp.pad(x, widths)
+  s = dict(state)
+  s["cache"] = _constrain_cache(_each_layer(
+      lambda c: {"k": fit(c["k"], -1), "v": fit(c["v"], -2)}, state["cache"]))
+  s["kv_valid"] = _rows(fit(state["kv_valid"], -1))
+  return s
+
+
+def _last_logits(model, params, tokens, positions, kv_valid, cache, index):
   def fn(m, *args):
     hidden, new_cache = m.decode(*args)
     return m.logits(hidden[:, -1:])[:, 0], new_cache
-  return model.apply({"params": params}, tokens, positions, kv_valid, cache, index, kv_pos,
-                     method=fn)
+  return model.apply({"params": params}, tokens, positions, kv_valid, cache, index, method=fn)
 
 
-def insert(params, state, prompts_RxP, lengths_R, limits_R, slots_R, *, model: Decoder,
-           pad_id: int):
-  """Prefills R left-aligned prompts and puts them in slots `slots_R` (an index
-  >= the slot count drops that row: filler). Their prompts fill the P ring slots
-  before the next write, t mod W, so their first token goes there."""
+def prefill(params, prompts_RxP, lengths_R, *, model: Decoder) -> dict:
+  """R left-aligned prompts through the model: their cache (P slots), valid
+  slots, and the logits of each one's next token."""
   r, p = prompts_RxP.shape
-  w = state["kv_valid"].shape[1]
-  pad_R = p - lengths_R
   slots_P = jnp.arange(p, dtype=jnp.int32)
+  pad_R = p - lengths_R
   valid_RxP = slots_P[None] >= pad_R[:, None]
   pos_RxP = jnp.maximum(slots_P[None] - pad_R[:, None], 0)
   cache = _constrain_cache(init_cache(model.cfg, r, p))
   logits_RxV, cache = _last_logits(model, params, prompts_RxP, pos_RxP, valid_RxP, cache, 0)
-  shift = (state["t"] - p) % w
+  return {"cache": cache, "valid": valid_RxP, "logits": logits_RxV}
 
-  def place(x, axis):  # P slots -> W ring slots ending just before t mod W
+
+def place(state, new: dict, lengths_R, limits_R, slots_R, *, pad_id: int) -> dict:
+  """Puts prefilled rows (`prefill`) in slots `slots_R` (an index >= the slot
+  count drops that row: filler): their prompts in cache slots [0, P), the rest
+  of each row cleared."""
+  r, p = new["valid"].shape
+  capacity = state["kv_valid"].shape[1]
+
+  def widen(x, axis):  # P slots -> the cache's capacity
     widths = [(0, 0)] * x.ndim
-    widths[axis] = (0, w - p)
-    return jnp.roll(jnp.pad(x, widths), shift, axis=axis)
+    widths[axis % x.ndim] = (0, capacity - p)
+    return jnp.pad(x, widths)
 
   def set_rows(big, small, axis=0):  # rows `slots_R` of `big` along its batch axis
     index = (slice(None),) * (axis % big.ndim) + (slots_R,)
     return big.at[index].set(small.astype(big.dtype), mode="drop")
 
-  def layer(big, new):
+  def layer(big, small):
     b = -4  # batch axis of k (B,K,E,S) and v (B,K,S,E), after any layers axis
-    return {"k": set_rows(big["k"], place(new["k"], -1), b),
-            "v": set_rows(big["v"], place(new["v"], -2), b)}
+    return {"k": set_rows(big["k"], widen(small["k"], -1), b),
+            "v": set_rows(big["v"], widen(small["v"], -2), b)}
 
   n = state["tokens"].shape[1]
   s = dict(state)
-  s["cache"] = _constrain_cache(_each_layer(layer, state["cache"], cache))
-  s["kv_valid"] = set_rows(state["kv_valid"], place(valid_RxP, -1))
-  s["kv_pos"] = set_rows(state["kv_pos"], place(pos_RxP, -1))
-  s["logits"] = set_rows(state["logits"], logits_RxV)
+  s["cache"] = _constrain_cache(_each_layer(layer, state["cache"], new["cache"]))
+  s["kv_valid"] = set_rows(state["kv_valid"], widen(new["valid"], -1))
+  s["logits"] = set_rows(state["logits"], new["logits"])
   s["next_pos"] = set_rows(state["next_pos"], lengths_R)
+  s["write"] = set_rows(state["write"], jnp.full((r,), p, jnp.int32))
   s["limit"] = set_rows(state["limit"], limits_R)
   for name, value in (("count", 0), ("done", False), ("ended", False)):
     s[name] = set_rows(state[name], jnp.full((r,), value, state[name].dtype))
@@ -128,12 +153,14 @@ def insert(params, state, prompts_RxP, lengths_R, limits_R, slots_R, *, model: D
 def decode_chunk(params, state, rng, refill, patience, *, model: Decoder,
                  cfg: sampling.SamplingConfig, eos_id, pad_id: int):
   """Decodes every live slot until `refill` of them have ended, or the first to
-  end has waited `patience` steps for company, or all have ended.
+  end has waited `patience` steps for company, or all have ended, or a live row's
+  next write would not fit the cache (the host then grows it).
 
-  Step t draws each live row's next token from its last logits (the key is
-  rng folded with t), records it at the row's own count, and runs it through
-  the model at ring slot t mod W."""
-  w = state["kv_valid"].shape[1]
+  Step t draws each live row's next token from its last logits (the key is rng
+  folded with t), records it at the row's own count, and runs it through the
+  model at the row's own cache slot. Ended rows run too, at a slot inside the
+  cache, and nothing of theirs is kept."""
+  capacity = state["kv_valid"].shape[1]
   b, n = state["tokens"].shape
   rows_B = jnp.arange(b)
 
@@ -151,19 +178,22 @@ def decode_chunk(params, state, rng, refill, patience, *, model: Decoder,
     s["count"] = s["count"] + alive_B.astype(jnp.int32)
     s["ended"] = s["ended"] | stop_B
     s["done"] = s["done"] | stop_B | (s["count"] >= s["limit"])
-    slot = s["t"] % w
-    s["kv_valid"] = s["kv_valid"].at[:, slot].set(True)
-    s["kv_pos"] = s["kv_pos"].at[:, slot].set(s["next_pos"])
+    write_B = jnp.minimum(s["write"], capacity - 1)
+    s["kv_valid"] = s["kv_valid"].at[rows_B, write_B].set(True)
     logits, s["cache"] = _last_logits(model, params, token_B[:, None], s["next_pos"][:, None],
-                                      s["kv_valid"], s["cache"], slot, s["kv_pos"])
+                                      s["kv_valid"], s["cache"], write_B)
     s["logits"] = logits.astype(jnp.float32)
     s["next_pos"] = s["next_pos"] + 1
+    s["write"] = s["write"] + alive_B.astype(jnp.int32)
     s["t"] = s["t"] + 1
     waited = waited + (ended_here > 0).astype(jnp.int32)
     return s, ended_here + jnp.sum(alive_B & s["done"]), waited
 
-  cond = lambda carry: ((carry[1] < refill) & (carry[2] < patience)
-                        & ~jnp.all(carry[0]["done"]))
+  def cond(carry):
+    s, ended_here, waited = carry
+    room = jnp.all(s["done"] | (s["write"] < capacity))
+    return (ended_here < refill) & (waited < patience) & ~jnp.all(s["done"]) & room
+
   return jax.lax.while_loop(cond, body, (state, jnp.int32(0), jnp.int32(0)))[0]
 
 
@@ -178,7 +208,8 @@ class ContinuousSampler:
   freed slots) once `refill` rows have ended (0: an eighth of the slots), or
   once the first of them has waited `patience` steps. Smaller values leave
   fewer slots idle, at the price of more (smaller) prefills and host round
-  trips: an insert costs about as much as a decode step or two.
+  trips: an insert costs about as much as a decode step or two. `segment`: the
+  cache grows and shrinks in steps of this many slots (the static sampler's).
   """
 
   def __init__(self, model: Decoder, *, eos_id, slots: int, pad_id: int = 0, refill: int = 0,
@@ -190,7 +221,8 @@ class ContinuousSampler:
     self.static = sampling.Sampler(model, eos_id=eos_id, pad_id=pad_id, mesh=mesh, rules=rules,
                                    bucket=bucket, segment=segment)
     self.model, self.eos_id, self.pad_id = model, eos_id, pad_id
-    self.mesh, self.rules, self.bucket = self.static.mesh, self.static.rules, bucket
+    self.mesh, self.rules = self.static.mesh, self.static.rules
+    self.bucket, self.segment = bucket, segment
     self.split = partitioning.batch_axis_size(self.mesh, self.rules)
     if slots < 1:
       raise ValueError(f"slots must be >= 1, got {slots}")
@@ -198,9 +230,12 @@ class ContinuousSampler:
     self.refill = refill or max(self.slots // 8, 1)
     self.patience = max(int(patience), 1)
     self._init = jax.jit(functools.partial(init_state, model), static_argnums=(0, 1, 2))
-    self._insert = jax.jit(functools.partial(insert, model=model, pad_id=pad_id),
-                           donate_argnums=(1,))
+    # Not donated: the cache changes shape, so its buffers could not be reused.
+    self._resize = jax.jit(resize, static_argnums=(1,))
+    self._prefill = jax.jit(functools.partial(prefill, model=model))
+    self._place = jax.jit(functools.partial(place, pad_id=pad_id), donate_argnums=(0,))
     self._chunks: dict[sampling.SamplingConfig, Callable] = {}
+    self.capacities: list[int] = []  # the last call's cache capacities, in order
 
   def _chunk(self, cfg):
     if cfg not in self._chunks:
@@ -210,7 +245,7 @@ class ContinuousSampler:
     return self._chunks[cfg]
 
   def compilations(self) -> int:
-    fns = [self._init, self._insert, *self._chunks.values()]
+    fns = [self._init, self._resize, self._prefill, self._place, *self._chunks.values()]
     own = sum(fn._cache_size() for fn in fns)  # pylint: disable=protected-access
     return own + self.static.compilations()
 
@@ -218,6 +253,14 @@ class ContinuousSampler:
     """Rows of an insert of k prompts: a power of two, split evenly over the mesh."""
     r = _pow2_at_least(k)
     return min(-(-r // self.split) * self.split, max(self.slots, k))
+
+  def _capacity(self, prompt_width: int, max_new: int, next_write: int) -> int:
+    """The smallest capacity on the ladder P + segment, P + 2 segment, ...,
+    P + max_new that has room for a write at slot `next_write`."""
+    for end in sampling.segment_ends(max_new, self.segment):
+      if prompt_width + end > next_write:
+        return prompt_width + end
+    raise AssertionError(f"write at {next_write} beyond {prompt_width} + {max_new}")
 
   def __call__(self, params, prompts, rng, cfg: sampling.SamplingConfig, *, lengths=None,
                padding: str = "right", prompt_width: int = 0, samples_per_prompt: int = 1,
@@ -244,7 +287,9 @@ class ContinuousSampler:
   def _run(self, params, prompts_NxP, lengths_N, limits_N, rng, cfg) -> dict:
     rows, p = prompts_NxP.shape
     b, n = self.slots, cfg.max_new_tokens
-    state = self._init(b, p, n)
+    capacity = self._capacity(p, n, p)
+    state = self._init(b, capacity, n)
+    self.capacities = [capacity]
     chunk = self._chunk(cfg)
     fields = ("tokens", "logprobs", "model_logprobs", "count", "ended")
     out = {"tokens": np.full((rows, n), self.pad_id, np.int32),
@@ -252,29 +297,36 @@ class ContinuousSampler:
            "model_logprobs": np.zeros((rows, n), np.float32),
            "count": np.zeros(rows, np.int32), "ended": np.zeros(rows, bool)}
     holder = np.full(b, -1)  # the row each slot decodes (-1: free)
+    write = np.zeros(b, np.int64)  # each live slot's next cache write (P + its count)
     queued = 0
     while True:
       free = np.flatnonzero(holder < 0)
-      if queued < rows and len(free):
-        k = min(len(free), rows - queued)
+      k = min(len(free), rows - queued)
+      if not k and (holder < 0).all():
+        return out
+      # The cache follows the longest live row (a new row writes at P next).
+      need = self._capacity(p, n, max([p] * bool(k) + write[holder >= 0].tolist()))
+      if need != capacity:
+        state, capacity = self._resize(state, need), need
+        self.capacities.append(capacity)
+      if k:
         r = self._rows_per_insert(k)
         take = np.arange(queued, queued + k)
         pick = np.concatenate([take, np.full(r - k, take[0])])
         slots = np.concatenate([free[:k], np.full(r - k, b)]).astype(np.int32)  # b: dropped
-        state = self._insert(params, state, prompts_NxP[pick], lengths_N[pick],
-                             limits_N[pick], slots)
-        holder[free[:k]] = take
+        new = self._prefill(params, prompts_NxP[pick], lengths_N[pick])
+        state = self._place(state, new, lengths_N[pick], limits_N[pick], slots)
+        holder[free[:k]], write[free[:k]] = take, p
         queued += k
-      if (holder < 0).all():
-        return out
       # With nothing left to queue, run until every row has ended.
       refill, patience = ((min(self.refill, rows - queued), self.patience) if queued < rows
                           else (b + 1, cfg.max_new_tokens + 1))
       state = chunk(params, state, rng, np.int32(refill), np.int32(patience))
-      got = jax.device_get({k: state[k] for k in fields + ("done",)})
+      got = jax.device_get({name: state[name] for name in fields + ("done", "write")})
+      write[:] = got["write"]
       for slot in np.flatnonzero(got["done"] & (holder >= 0)):
-        for k in fields:
-          out[k][holder[slot]] = got[k][slot]
+        for name in fields:
+          out[name][holder[slot]] = got[name][slot]
         holder[slot] = -1
 
 

@@ -34,7 +34,7 @@ def test_greedy_equals_static_sampler():
   refilled one and several at a time, and the ring wraps; every row's tokens,
   lengths, EOS flags and log-probs equal the static sampler's. Scanned layers
   with sliding-window ones (masked by position in the ring); the other tests run
-  unrolled layers."""
+  unrolled layers. The cache grows and shrinks in segments of 4 slots."""
   model, params = make_model(11, scan_layers=True, sliding_window=6, attention_pattern="lg")
   prompts = random_prompts(np.random.default_rng(11), LENGTHS)
   n = 13
@@ -46,12 +46,17 @@ def test_greedy_equals_static_sampler():
   assert len(set(np.asarray(static.lengths).tolist())) > 3  # uneven rows
   assert 0 < np.asarray(static.ended).sum() < len(prompts)
   sampler = continuous_batching.ContinuousSampler(model, eos_id=eos, pad_id=PAD, slots=4,
-                                                  refill=2)
+                                                  refill=2, segment=4)
   out = sampler(params, prompts, jax.random.PRNGKey(0), cfg, max_new_per_row=budgets)
   _assert_same(static, out)  # log-probs: prefills of other row counts round differently
-  # Again at the same shapes: nothing recompiles.
-  before = sampler.compilations()
+  steps = np.diff(sampler.capacities)
+  assert (steps > 0).any() and (steps < 0).any(), sampler.capacities  # grew and shrank
+  # Other rows compile what their capacities and insert sizes need (bounded: the
+  # chunk per capacity, a placement per capacity and insert size, a resize per
+  # pair of capacities); the first call's shapes again compile nothing.
   sampler(params, prompts[::-1], jax.random.PRNGKey(1), cfg, max_new_per_row=budgets[::-1])
+  before = sampler.compilations()
+  sampler(params, prompts, jax.random.PRNGKey(2), cfg, max_new_per_row=budgets)
   assert sampler.compilations() == before
 
 
@@ -99,14 +104,15 @@ def test_sharded_slots_match_one_device(devices):
   n = 8
   eos = _eos_from_static(model, params, prompts, n)
   cfg = sampling.SamplingConfig(n, greedy=True)
-  single = continuous_batching.ContinuousSampler(model, eos_id=eos, pad_id=PAD, slots=4)(
+  single = continuous_batching.ContinuousSampler(model, eos_id=eos, pad_id=PAD, slots=4,
+                                                 segment=4)(
       params, prompts, jax.random.PRNGKey(0), cfg)
   rules = partitioning.DEFAULT_RULES
   mesh = partitioning.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}, devices)
   boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32))
   shardings = partitioning.logical_shardings(boxed, mesh, rules)["params"]
   sampler = continuous_batching.ContinuousSampler(model, eos_id=eos, pad_id=PAD, slots=4,
-                                                  mesh=mesh, rules=rules)
+                                                  segment=4, mesh=mesh, rules=rules)
   sharded = sampler(jax.device_put(params, shardings), prompts, jax.random.PRNGKey(0), cfg)
   _assert_same(single, sharded)
 

@@ -329,6 +329,16 @@ def grouped_query_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, mask_BxLxS, block: 
   return out_BxLxKxGxE.reshape(b, l, h, e)
 
 
+def _write_cache(cache_BxKx__, new_BxKx__, index, axis: int):
+  """Writes `new` into the cache along `axis` at `index`: one slot shared by every
+  row (an in-place dynamic-update-slice), or one per row (a B-vector: rows at
+  different lengths, `research.continuous_batching`; a scatter)."""
+  if jnp.ndim(index) == 0:
+    return jax.lax.dynamic_update_slice_in_dim(cache_BxKx__, new_BxKx__, index, axis=axis)
+  write = lambda c, n, i: jax.lax.dynamic_update_slice_in_dim(c, n, i, axis=axis - 1)
+  return jax.vmap(write)(cache_BxKx__, new_BxKx__, index)
+
+
 def cached_attention(q_BxLxHxE, k_BxKxExS, v_BxKxSxE, mask_BxLxS, *,
                      scale: float | None = None, softcap: float = 0.0):
   """`grouped_query_attention` against the KV cache's layout (`init_cache`)."""
@@ -385,7 +395,8 @@ class Attention(nn.Module):
   def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache=None, cache_index=None,
                inv_freq=None, window: int = 0):
     """With `cache` ({'k', 'v'}: BxKxSxE), writes this call's keys and values at
-    slots [cache_index, cache_index + L) and attends over all S slots; returns
+    slots [cache_index, cache_index + L) (a scalar, or one index per row: B) and
+    attends over all S slots; returns
     (output, updated cache). Without, attends within x; returns (output, None).
     `inv_freq`: this layer's RoPE frequencies (default: `rope_frequencies`);
     `window`: this layer's sliding window when known statically (query blocks skip
@@ -415,10 +426,10 @@ class Attention(nn.Module):
       # S x E), values as S x E. A slots-first cache was transposed every step.
       k_BxKxExL = kk.astype(cache["k"].dtype).transpose(0, 2, 3, 1)
       v_BxKxLxE = v.astype(cache["v"].dtype).transpose(0, 2, 1, 3)
-      cache = {"k": _constrain(jax.lax.dynamic_update_slice_in_dim(
-                   cache["k"], k_BxKxExL, cache_index, axis=3), CACHE_K_BxKxExS),
-               "v": _constrain(jax.lax.dynamic_update_slice_in_dim(
-                   cache["v"], v_BxKxLxE, cache_index, axis=2), CACHE_V_BxKxSxE)}
+      cache = {"k": _constrain(_write_cache(cache["k"], k_BxKxExL, cache_index, axis=3),
+                               CACHE_K_BxKxExS),
+               "v": _constrain(_write_cache(cache["v"], v_BxKxLxE, cache_index, axis=2),
+                               CACHE_V_BxKxSxE)}
       out_BxLxHxE = cached_attention(q, cache["k"], cache["v"], mask_BxLxS, scale=scale,
                                      softcap=c.attn_softcap)
     else:
@@ -603,27 +614,22 @@ class Decoder(nn.Module):
                               None, None)
     return self.final_norm(x_BxLxD)
 
-  def decode(self, tokens_BxT, positions_BxT, kv_valid_BxS, cache, cache_index,
-             kv_positions_BxS=None):
+  def decode(self, tokens_BxT, positions_BxT, kv_valid_BxS, cache, cache_index):
     """Runs T new tokens against a KV cache (prefill: T = prompt width; decode: 1).
 
-    The tokens occupy cache slots [cache_index, cache_index + T); each attends to
+    The tokens occupy cache slots [cache_index, cache_index + T) (`cache_index`:
+    a scalar, or one per row, B, for rows at different lengths); each attends to
     every valid slot at or before its own (within the window in local layers).
     `kv_valid_BxS` marks the slots that hold real tokens (after this call's
-    writes). With `kv_positions_BxS` (each slot's token position, this call's
-    included), "before" and the window compare positions, not slots: rows whose
-    slots are not in token order (a ring buffer refilled row by row,
-    `research.continuous_batching`). Returns (hidden_BxTxD, cache).
+    writes). Returns (hidden_BxTxD, cache).
     """
     b, t = tokens_BxT.shape
-    valid = kv_valid_BxS.astype(jnp.int32)
-    if kv_positions_BxS is None:
-      q_index_BxT = jnp.broadcast_to(cache_index + jnp.arange(t, dtype=jnp.int32), (b, t))
-      s = kv_valid_BxS.shape[1]
-      kv_index_BxS = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
-    else:
-      q_index_BxT, kv_index_BxS = positions_BxT, kv_positions_BxS
-    masks = self._masks(jnp.ones((b, t), jnp.int32), valid, q_index_BxT, kv_index_BxS)
+    s = kv_valid_BxS.shape[1]
+    start_Bx1 = jnp.reshape(cache_index, (-1, 1))
+    q_index_BxT = jnp.broadcast_to(start_Bx1 + jnp.arange(t, dtype=jnp.int32)[None], (b, t))
+    kv_index_BxS = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+    masks = self._masks(jnp.ones((b, t), jnp.int32), kv_valid_BxS.astype(jnp.int32),
+                        q_index_BxT, kv_index_BxS)
     x_BxTxD, cache = self._layers(self._embed(tokens_BxT, positions_BxT), positions_BxT,
                                   masks, cache, cache_index)
     return self.final_norm(x_BxTxD), cache

@@ -39,3 +39,30 @@ def dpo_pairs(batch: int, length: int, vocab_size: int, prompt_tokens: int,
   tokens[:, 1, :prompt_tokens] = tokens[:, 0, :prompt_tokens]
   tokens[:, :, -1] = EOS_ID
   return tokens
+
+
+def hh_like_pairs(rng, pairs: int, seq_len: int, vocab: int, prompt_median: int = 40,
+                  response_median: int = 60, eos_id: int | None = None) -> dict:
+  """Comparison pairs with HH-like uneven lengths (Anthropic HH-RLHF: most
+  exchanges short, a long tail): a shared prompt (BOS id 2, then ids) and two
+  responses, lengths drawn log-normally around the medians and cut so a row fits
+  `seq_len`; with `eos_id`, every response ends with it. The project's
+  comparison layout: tokens / mask / response_mask (pairs x 2 x seq_len), ranks,
+  margin, and placeholder reference log-probs."""
+  lognormal = lambda median: max(int(rng.lognormal(np.log(median), 0.9)), 1)
+  tokens = np.zeros((pairs, 2, seq_len), np.int32)
+  mask = np.zeros((pairs, 2, seq_len), bool)
+  response = np.zeros((pairs, 2, seq_len), bool)
+  for b in range(pairs):
+    prompt = [2, *rng.integers(4, vocab, min(lognormal(prompt_median), seq_len // 2))]
+    for j in range(2):
+      n = min(lognormal(response_median), seq_len - len(prompt))
+      row = prompt + list(rng.integers(4, vocab, n))
+      if eos_id is not None:
+        row[-1] = eos_id
+      tokens[b, j, :len(row)], mask[b, j, :len(row)] = row, True
+      response[b, j, len(prompt):len(row)] = True
+  return {"tokens": tokens, "mask": mask, "response_mask": response,
+          "ranks": np.tile(np.arange(2, dtype=np.int32), (pairs, 1)),
+          "margin": np.zeros(pairs, np.float32),
+          "ref_logps": rng.normal(-200, 20, (pairs, 2)).astype(np.float32)}

@@ -5,7 +5,8 @@
   python bench/compare.py --tunix_python=/tmp/tunix/bin/python --tasks=tunix_generate,ppo_iteration
 
 Tasks: `generate` (Hugging Face `generate`), `clm_step` (a torch step),
-`dpo_step` (TRL's DPOTrainer), `tunix_generate` (tunix's sampler) and
+`dpo_step` (TRL's DPOTrainer), `dpo_packed` (our packed DPO step against
+TRL's on HH-like uneven pairs), `tunix_generate` (tunix's sampler) and
 `ppo_iteration` (tunix's PPOLearner). The HF/torch/TRL peers run with
 --peer_python, the tunix ones with --tunix_python (each its own environment).
 Generation: this project's KV-cache sampler against the peer's on the same
@@ -61,7 +62,7 @@ class PeerServer:
 
   def __init__(self, python: str, script: str, threads: int = 0, **flags):
     cmd = [python, os.path.join(PEERS, script), "--serve",
-           *(f"--{k}={v}" for k, v in flags.items())]
+           *(f"--{k}" if v is True else f"--{k}={v}" for k, v in flags.items() if v is not False)]
     if threads:
       cmd.append(f"--threads={threads}")
     env = {**os.environ, **(host_memory.ENV if KEPT_FREED_MEMORY else {})}
@@ -234,6 +235,67 @@ def compare_dpo_step(args, peak: float) -> dict:
                                                               "trl": info["trl"]}}
 
 
+def compare_dpo_packed(args, peak: float) -> dict:
+  """DPO on uneven pairs (bench/batches.py `hh_like_pairs`, HH-like lengths): our
+  step on packed rows (research/data/packing.py) against TRL's DPOTrainer on the
+  same pairs and weights (TRL pads each batch to its longest row), with our
+  padded step (pairs x 2 x seq_len) beside them; A B C rounds. TRL's
+  `padding_free` is tried too and reported as TRL sets it (1.16.0 turns it off)."""
+  from dpo import make_dpo_step  # pylint: disable=g-import-not-at-top  # bench/
+  from research.data import packing  # pylint: disable=g-import-not-at-top
+  from research.training import partitioning  # pylint: disable=g-import-not-at-top
+  b, length = args.pairs, args.pair_len
+  train_step, state, _, _, scorer, model_cfg, config = make_dpo_step(args.preset, batch_size=b,
+                                                                     seq_len=length)
+  host = batches.hh_like_pairs(np.random.default_rng(args.seed), b, length, model_cfg.vocab_size,
+                               eos_id=batches.EOS_ID)
+  host["ref_logps"] = scorer.pairs(host)  # the initial weights' scores
+  lengths = packing.sequence_lengths(host)
+  rows = packing.rows_needed(lengths, length)
+  shard = lambda x: partitioning.shard_batch(x, scorer.mesh, scorer.rules)
+  packed = timed_step(train_step, jax.tree.map(jnp.copy, state), shard(packing.pack(host, rows)))
+  padded = timed_step(train_step, state, shard(host))
+  flags = dict(model_dir="", batch=b, seq_len=length, lr=config.optimizer.lr,
+               beta=config.objective.beta, steps=args.rounds + 3, hh_like=True)
+  with tempfile.TemporaryDirectory() as model_dir:
+    convert.write_hf_model(model_cfg, jax.device_get(scorer.params), model_dir)
+    flags["model_dir"] = model_dir
+    for fn in (packed, padded):
+      fn(), fn()  # compile, warm up
+    peer = PeerServer(args.peer_python, "trl_dpo_step.py", args.threads, **flags)
+    mine, mine_padded, theirs = [], [], []
+    try:
+      for _ in range(args.rounds):
+        mine.append(packed())
+        mine_padded.append(padded())
+        info = peer.run()
+        theirs.append(info["seconds"])
+    finally:
+      peer.close()
+    free = PeerServer(args.peer_python, "trl_dpo_step.py", args.threads, padding_free=True,
+                      **flags)
+    free.close()  # started only to learn whether TRL keeps padding_free on
+  if free.ready["padding_free"]:
+    raise NotImplementedError("this TRL keeps padding_free: time it (TRL 1.16.0 did not)")
+  real = int(lengths.sum())
+  ours_s, padded_s, peer_s = map(statistics.median, (mine, mine_padded, theirs))
+  # Model FLOPs of the real sequences (each attends over its own length).
+  flops = sum(model_cfg.flops_per_token(int(n)) * int(n) for n in lengths)
+  peer_logps = np.asarray(peer.ready["first_chosen_logps"])
+  return {"task": "dpo_packed", "batch": b, "seq_len": length, "real_tokens": real,
+          "packed_rows": rows, "padded_rows": 2 * b, "ours_s": ours_s, "ours_padded_s": padded_s,
+          "peer_s": peer_s, "ours_tokens_per_sec": real / ours_s,
+          "ours_padded_tokens_per_sec": real / padded_s, "peer_tokens_per_sec": real / peer_s,
+          "speedup_vs_peer": peer_s / ours_s, "packed_vs_padded": padded_s / ours_s,
+          "ours_mfu": flops / ours_s / peak, "peer_mfu": flops / peer_s / peak,
+          "rounds": args.rounds, "ours_all_s": mine, "ours_padded_all_s": mine_padded,
+          "peer_all_s": theirs,
+          "same_loss": bool(np.allclose(host["ref_logps"][:, 0], peer_logps, rtol=1e-4)),
+          "peer_padding_free": free.ready["padding_free"],
+          "compilations": train_step.compilations(), "peer": {**peer_versions(info),
+                                                              "trl": info["trl"]}}
+
+
 def compare_ppo_iteration(args, critic: str) -> dict:
   """One PPO iteration (bench/ppo_iteration.py: rollout, scoring pass, one update of
   the policy and the critic) against tunix's PPOLearner (bench/peers/tunix_ppo.py,
@@ -282,12 +344,16 @@ def _shape(r: dict) -> str:
   if r["task"] == "ppo_iteration":
     return (f"{r['prompts']} prompts x {r['samples']} samples x {r['new_tokens']} tokens, "
             f"our critic {r['critic']}")
+  if r["task"] == "dpo_packed":
+    return (f"{r['batch']} HH-like pairs, {r['real_tokens']:,} tokens, {r['packed_rows']} packed "
+            f"rows of {r['seq_len']} (MFU {r['ours_mfu']:.2f} vs {r['peer_mfu']:.2f})")
   pairs = "2 x " if r["task"] == "dpo_step" else ""
   return f"{r['batch']} x {pairs}{r['seq_len']} (MFU {r['ours_mfu']:.2f} vs {r['peer_mfu']:.2f})"
 
 
 PEER_NAMES = {"generate": "HF generate", "tunix_generate": "tunix sampler",
               "clm_step": "torch step", "dpo_step": "TRL DPOTrainer",
+              "dpo_packed": "TRL DPOTrainer (padded)",
               "ppo_iteration": "tunix PPOLearner"}
 
 
@@ -337,6 +403,8 @@ def main() -> None:
   parser.add_argument("--ppo_new_tokens", type=int, default=64)
   parser.add_argument("--ppo_critics", default="separate,shared",
                       help="our critic in the PPO rows: separate (like tunix's) and/or shared")
+  parser.add_argument("--pairs", type=int, default=16, help="dpo_packed: pairs per batch")
+  parser.add_argument("--pair_len", type=int, default=512, help="dpo_packed: longest row")
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--threads", type=int, default=0, help="the peer's torch threads")
@@ -374,7 +442,8 @@ def main() -> None:
                                        "tunix_generate.py" if tunix else "hf_generate.py"))
         rows[-1]["kept_freed_memory"] = KEPT_FREED_MEMORY
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-  for task, compare in (("clm_step", compare_clm_step), ("dpo_step", compare_dpo_step)):
+  for task, compare in (("clm_step", compare_clm_step), ("dpo_step", compare_dpo_step),
+                        ("dpo_packed", compare_dpo_packed)):
     if task in tasks:
       rows.append({**compare(args, peak["flops_per_sec"]), "kept_freed_memory": KEPT_FREED_MEMORY})
       print(json.dumps(rows[-1]), file=sys.stderr, flush=True)

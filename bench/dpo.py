@@ -49,10 +49,11 @@ def _median_time(fn, steps: int) -> float:
   return float(np.median(times))
 
 
-def make_dpo_step(preset: str, steps: int = 100):
+def make_dpo_step(preset: str, steps: int = 100, batch_size: int = 0, seq_len: int = 0):
   """(compiled-once DPO step, state, sharded batch with the reference log-probs,
-  host batch, reference scorer, model config, config) at `preset`, one device,
-  on bench/batches.py's pairs."""
+  host batch, reference scorer, model config, config) at `preset` (its
+  `data.batch_size` and `data.seq_len` unless given), one device, on
+  bench/batches.py's pairs."""
   from configs import dpo as dpo_config
   from research import objectives
   from research.models import config as model_config
@@ -63,6 +64,9 @@ def make_dpo_step(preset: str, steps: int = 100):
   config = dpo_config.get_config(preset)
   config.init_from = ""  # random weights: throughput does not depend on them
   config.mesh.num_devices = 1
+  config.data.batch_size = batch_size or config.data.batch_size
+  config.data.seq_len = seq_len or config.data.seq_len
+  config.model.max_len = max(config.model.max_len, config.data.seq_len)
   model_cfg = model_config.from_config(config.model)
   model = Decoder(model_cfg)
   config.optimizer.warmup_steps = 1

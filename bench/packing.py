@@ -39,27 +39,8 @@ from research.models import config as model_config
 from research.models.decoder import Decoder
 from research.models.heads import ScalarModel
 from research.objectives import dpo, reward
-import timing  # bench/timing.py; bench/ is on sys.path when run as a script
-
-
-def hh_like_batch(rng, pairs: int, seq_len: int, prompt_median: int, response_median: int,
-                  vocab: int):
-  lognormal = lambda median, n: np.maximum(rng.lognormal(np.log(median), 0.9, n), 1).astype(int)
-  tokens = np.zeros((pairs, 2, seq_len), np.int32)
-  mask = np.zeros((pairs, 2, seq_len), bool)
-  response = np.zeros((pairs, 2, seq_len), bool)
-  for b in range(pairs):
-    n_prompt = min(int(lognormal(prompt_median, 1)[0]), seq_len // 2)
-    prompt = [2, *rng.integers(4, vocab, n_prompt)]
-    for j in range(2):
-      n = min(int(lognormal(response_median, 1)[0]), seq_len - len(prompt))
-      row = prompt + list(rng.integers(4, vocab, n))
-      tokens[b, j, :len(row)], mask[b, j, :len(row)] = row, True
-      response[b, j, len(prompt):len(row)] = True
-  return {"tokens": tokens, "mask": mask, "response_mask": response,
-          "ranks": np.tile(np.arange(2, dtype=np.int32), (pairs, 1)),
-          "margin": np.zeros(pairs, np.float32),
-          "ref_logps": rng.normal(-200, 20, (pairs, 2)).astype(np.float32)}
+import batches  # bench/batches.py; bench/ is on sys.path when run as a script
+import timing
 
 
 def main() -> None:
@@ -75,8 +56,8 @@ def main() -> None:
 
   cfg = model_config.DecoderConfig(**{**model_config.preset(args.preset),
                                       "max_len": max(args.seq_len, 256)})
-  batch = hh_like_batch(np.random.default_rng(0), args.pairs, args.seq_len, args.prompt_median,
-                        args.response_median, cfg.vocab_size)
+  batch = batches.hh_like_pairs(np.random.default_rng(0), args.pairs, args.seq_len,
+                                cfg.vocab_size, args.prompt_median, args.response_median)
   lengths = packing.sequence_lengths(batch)
   rows = packing.rows_needed(lengths, args.seq_len)
   packed = packing.pack(batch, rows)

@@ -98,6 +98,9 @@ def main() -> None:
            "new_tokens": args.new_tokens, "generated_tokens": int(limits.sum()),
            "mean_length": float(limits.mean()), "same_tokens": not differ.any(),
            "rows_differing": int(differ.sum()),
+           "static_steps": sum(int(limits[i:i + args.slots].max())
+                               for i in range(0, args.rows, args.slots)),
+           "continuous_steps": continuous.steps,
            "cache_resizes": len(continuous.capacities) - 1,
            "compilations": continuous.compilations()}
     results.append(timing.add_rates(row, times, int(limits.sum()), "static", "continuous"))

@@ -236,6 +236,7 @@ class ContinuousSampler:
     self._place = jax.jit(functools.partial(place, pad_id=pad_id), donate_argnums=(0,))
     self._chunks: dict[sampling.SamplingConfig, Callable] = {}
     self.capacities: list[int] = []  # the last call's cache capacities, in order
+    self.steps = 0  # the last call's decode steps
 
   def _chunk(self, cfg):
     if cfg not in self._chunks:
@@ -322,8 +323,8 @@ class ContinuousSampler:
       refill, patience = ((min(self.refill, rows - queued), self.patience) if queued < rows
                           else (b + 1, cfg.max_new_tokens + 1))
       state = chunk(params, state, rng, np.int32(refill), np.int32(patience))
-      got = jax.device_get({name: state[name] for name in fields + ("done", "write")})
-      write[:] = got["write"]
+      got = jax.device_get({name: state[name] for name in fields + ("done", "write", "t")})
+      write[:], self.steps = got["write"], int(got["t"])
       for slot in np.flatnonzero(got["done"] & (holder >= 0)):
         for name in fields:
           out[name][holder[slot]] = got[name][slot]

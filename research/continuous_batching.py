@@ -4,8 +4,9 @@ A static batch decodes until its longest row ends, so when most responses end
 early (RL on checkable answers: some stop after a line, some run to the limit)
 most of its steps decode padding. Here the batch is `slots` rows of one KV
 cache; when a row ends (EOS or its budget), its slot takes the next queued
-prompt, prefilled on its own and written into that slot while the other rows
-keep their caches (iteration-level scheduling, Yu et al. 2022, "Orca", sec. 3).
+row, prefilled on its own and written into that slot while the other rows keep
+their caches (iteration-level scheduling, Yu et al. 2022, "Orca", sec. 3).
+Samples of one prompt (RL groups) that start together share one prefill.
 
 Each slot holds its row as the static sampler does: the left-aligned prompt in
 cache slots [0, P), the token after it at slot P + count, so slots are in token
@@ -114,12 +115,17 @@ def prefill(params, prompts_RxP, lengths_R, *, model: Decoder) -> dict:
   return {"cache": cache, "valid": valid_RxP, "logits": logits_RxV}
 
 
-def place(state, new: dict, lengths_R, limits_R, slots_R, *, pad_id: int) -> dict:
+def place(state, new: dict, source_R, lengths_R, limits_R, slots_R, *, pad_id: int) -> dict:
   """Puts prefilled rows (`prefill`) in slots `slots_R` (an index >= the slot
-  count drops that row: filler): their prompts in cache slots [0, P), the rest
-  of each row cleared."""
-  r, p = new["valid"].shape
+  count drops that row: filler): slot `slots_R[i]` gets prefilled row
+  `source_R[i]` (samples of one prompt share its prefill), its prompt in cache
+  slots [0, P), the rest of the row cleared."""
+  r, p = source_R.shape[0], new["valid"].shape[1]
   capacity = state["kv_valid"].shape[1]
+  new = {"cache": _each_layer(lambda c: {"k": jnp.take(c["k"], source_R, axis=-4),
+                                         "v": jnp.take(c["v"], source_R, axis=-4)},
+                              new["cache"]),
+         "valid": new["valid"][source_R], "logits": new["logits"][source_R]}
 
   def widen(x, axis):  # P slots -> the cache's capacity
     widths = [(0, 0)] * x.ndim
@@ -237,6 +243,7 @@ class ContinuousSampler:
     self._chunks: dict[sampling.SamplingConfig, Callable] = {}
     self.capacities: list[int] = []  # the last call's cache capacities, in order
     self.steps = 0  # the last call's decode steps
+    self.prefilled_rows = 0  # the last call's prompt rows prefilled (fillers included)
 
   def _chunk(self, cfg):
     if cfg not in self._chunks:
@@ -274,23 +281,24 @@ class ContinuousSampler:
       return self.static(params, prompts, rng, cfg, lengths=lengths, padding=padding,
                          prompt_width=prompt_width, samples_per_prompt=samples_per_prompt,
                          max_new_per_row=max_new_per_row)
-    prompts_NxP, lengths_N = np.repeat(prompts_NxP, g, 0), np.repeat(lengths_N, g)
     limits_N = (np.full(rows, cfg.max_new_tokens, np.int32) if max_new_per_row is None else
                 sampling.row_limits(max_new_per_row, rows, cfg))
     with partitioning.activate(self.mesh, self.rules):
-      out = self._run(params, prompts_NxP, lengths_N, limits_N, rng, cfg)
+      out = self._run(params, prompts_NxP, lengths_N, g, limits_N, rng, cfg)
     mask = np.arange(cfg.max_new_tokens)[None] < out["count"][:, None]
     return sampling.SampleOutput(
-        prompts=prompts_NxP, prompt_lengths=lengths_N, tokens=out["tokens"], mask=mask,
+        prompts=np.repeat(prompts_NxP, g, 0), prompt_lengths=np.repeat(lengths_N, g),
+        tokens=out["tokens"], mask=mask,
         lengths=out["count"], logprobs=out["logprobs"], model_logprobs=out["model_logprobs"],
         ended=out["ended"])
 
-  def _run(self, params, prompts_NxP, lengths_N, limits_N, rng, cfg) -> dict:
-    rows, p = prompts_NxP.shape
+  def _run(self, params, prompts_NxP, lengths_N, g, limits_N, rng, cfg) -> dict:
+    """Rows i*g .. i*g+g-1 are samples of prompt i (`limits_N`: one per row)."""
+    rows, p = len(limits_N), prompts_NxP.shape[1]
     b, n = self.slots, cfg.max_new_tokens
     capacity = self._capacity(p, n, p)
     state = self._init(b, capacity, n)
-    self.capacities = [capacity]
+    self.capacities, self.prefilled_rows = [capacity], 0
     chunk = self._chunk(cfg)
     fields = ("tokens", "logprobs", "model_logprobs", "count", "ended")
     out = {"tokens": np.full((rows, n), self.pad_id, np.int32),
@@ -315,8 +323,14 @@ class ContinuousSampler:
         take = np.arange(queued, queued + k)
         pick = np.concatenate([take, np.full(r - k, take[0])])
         slots = np.concatenate([free[:k], np.full(r - k, b)]).astype(np.int32)  # b: dropped
-        new = self._prefill(params, prompts_NxP[pick], lengths_N[pick])
-        state = self._place(state, new, lengths_N[pick], limits_N[pick], slots)
+        # One prefill per prompt, however many of its samples start now.
+        prompt_ids, source = np.unique(pick // g, return_inverse=True)
+        u = self._rows_per_insert(len(prompt_ids))
+        prompt_ids = np.concatenate([prompt_ids, np.full(u - len(prompt_ids), prompt_ids[0])])
+        new = self._prefill(params, prompts_NxP[prompt_ids], lengths_N[prompt_ids])
+        self.prefilled_rows += u
+        state = self._place(state, new, source.astype(np.int32), lengths_N[pick // g],
+                            limits_N[pick], slots)
         holder[free[:k]], write[free[:k]] = take, p
         queued += k
       # With nothing left to queue, run until every row has ended.

@@ -70,6 +70,9 @@ def test_groups_and_sampled_draws_come_back_in_prompt_order():
   sampler = continuous_batching.ContinuousSampler(model, eos_id=5, pad_id=PAD, slots=2)
   out = sampler(params, prompts, jax.random.PRNGKey(3), cfg, samples_per_prompt=3)
   assert out.tokens.shape == (9, 9)
+  # Samples of one prompt inserted together share a prefill: the first insert
+  # fills both slots from prompt 0 with one prefilled row.
+  assert sampler.prefilled_rows < 9
   np.testing.assert_array_equal(out.prompt_lengths, np.repeat([4, 9, 2], 3))
   for row in range(9):
     prompt = prompts[row // 3]
@@ -85,6 +88,20 @@ def test_groups_and_sampled_draws_come_back_in_prompt_order():
     want = logp[np.arange(len(prompt) - 1, len(prompt) - 1 + length), response]
     np.testing.assert_allclose(out.model_logprobs[row, :length], want, atol=1e-4)
     np.testing.assert_allclose(out.logprobs[row, :length], want, atol=1e-4)  # temperature 1
+
+
+def test_greedy_groups_share_prefills_and_equal_static_sampler():
+  """4 samples of each of 3 prompts through 4 slots, greedy: every row equals the
+  static sampler's, and each prompt was prefilled once per insert, not per row."""
+  model, params = make_model(16)
+  prompts = random_prompts(np.random.default_rng(16), [5, 2, 8])
+  cfg = sampling.SamplingConfig(6, greedy=True)
+  static = sampling.Sampler(model, eos_id=-1, pad_id=PAD)(
+      params, prompts, jax.random.PRNGKey(0), cfg, samples_per_prompt=4)
+  sampler = continuous_batching.ContinuousSampler(model, eos_id=-1, pad_id=PAD, slots=4)
+  out = sampler(params, prompts, jax.random.PRNGKey(0), cfg, samples_per_prompt=4)
+  _assert_same(static, out)
+  assert sampler.prefilled_rows == 3  # one row per prompt: its 4 samples start together
 
 
 def test_no_more_rows_than_slots_runs_the_static_sampler():

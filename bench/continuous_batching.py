@@ -2,6 +2,7 @@
 
   python bench/continuous_batching.py                  # small preset, ~3 min on 2 cores
   python bench/continuous_batching.py --rows=256 --slots=64 --new_tokens=256
+  python bench/continuous_batching.py --samples=8 --distributions=uneven   # RL groups
 
 `rows` prompts (16 tokens each), greedy, through `slots` rows of KV cache:
 static: `Sampler` on `slots` rows at a time, each batch decoding until its
@@ -60,15 +61,21 @@ def main() -> None:
   parser.add_argument("--new_tokens", type=int, default=256)
   parser.add_argument("--distributions", default="uneven,full")
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--samples", type=int, default=1,
+                      help="samples per prompt (RL groups): rows / samples prompts")
   args = parser.parse_args()
+  g = args.samples
+  if args.rows % g or args.slots % g:
+    parser.error("--rows and --slots must be multiples of --samples")
 
   cfg = model_config.DecoderConfig(**model_config.preset(args.preset))
   model = Decoder(cfg)
   params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32))["params"])
   sample_cfg = sampling.SamplingConfig(args.new_tokens, greedy=True)
   rng = np.random.default_rng(0)
-  prompts = rng.integers(4, cfg.vocab_size, (args.rows, 16)).astype(np.int32)
-  lengths = np.full(args.rows, 16, np.int32)
+  prompts = rng.integers(4, cfg.vocab_size, (args.rows // g, 16)).astype(np.int32)
+  lengths = np.full(args.rows // g, 16, np.int32)
+  per_batch = args.slots // g  # prompts per static batch
   static = sampling.Sampler(model, eos_id=-1, pad_id=0)
   continuous = continuous_batching.ContinuousSampler(model, eos_id=-1, pad_id=0,
                                                      slots=args.slots, refill=args.refill)
@@ -77,15 +84,16 @@ def main() -> None:
     limits = budgets(kind, args.rows, args.new_tokens, rng)
 
     def run_static():
-      parts = [static(params, prompts[i:i + args.slots], jax.random.PRNGKey(0), sample_cfg,
-                      lengths=lengths[i:i + args.slots],
-                      max_new_per_row=limits[i:i + args.slots])
-               for i in range(0, args.rows, args.slots)]
+      parts = [static(params, prompts[i:i + per_batch], jax.random.PRNGKey(0), sample_cfg,
+                      lengths=lengths[i:i + per_batch], samples_per_prompt=g,
+                      max_new_per_row=limits[i * g:(i + per_batch) * g])
+               for i in range(0, len(prompts), per_batch)]
       return np.concatenate([np.asarray(p.tokens) for p in parts])
 
     def run_continuous():
       return np.asarray(continuous(params, prompts, jax.random.PRNGKey(0), sample_cfg,
-                                   lengths=lengths, max_new_per_row=limits).tokens)
+                                   lengths=lengths, samples_per_prompt=g,
+                                   max_new_per_row=limits).tokens)
 
     differ = (run_static() != run_continuous()).any(1)  # also compiles both
     times = {"static": [], "continuous": []}
@@ -94,13 +102,14 @@ def main() -> None:
         start = time.perf_counter()
         fn()
         times[name].append(time.perf_counter() - start)
-    row = {"distribution": kind, "rows": args.rows, "slots": args.slots,
+    row = {"distribution": kind, "rows": args.rows, "samples_per_prompt": g, "slots": args.slots,
            "new_tokens": args.new_tokens, "generated_tokens": int(limits.sum()),
            "mean_length": float(limits.mean()), "same_tokens": not differ.any(),
            "rows_differing": int(differ.sum()),
            "static_steps": sum(int(limits[i:i + args.slots].max())
                                for i in range(0, args.rows, args.slots)),
            "continuous_steps": continuous.steps,
+           "continuous_prefilled_rows": continuous.prefilled_rows,
            "cache_resizes": len(continuous.capacities) - 1,
            "compilations": continuous.compilations()}
     results.append(timing.add_rates(row, times, int(limits.sum()), "static", "continuous"))

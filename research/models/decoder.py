@@ -396,8 +396,8 @@ class Attention(nn.Module):
                inv_freq=None, window: int = 0):
     """With `cache` ({'k', 'v'}: BxKxSxE), writes this call's keys and values at
     slots [cache_index, cache_index + L) (a scalar, or one index per row: B) and
-    attends over all S slots; returns
-    (output, updated cache). Without, attends within x; returns (output, None).
+    attends over all S slots; returns (output, updated cache). Without, attends
+    within x; returns (output, None).
     `inv_freq`: this layer's RoPE frequencies (default: `rope_frequencies`);
     `window`: this layer's sliding window when known statically (query blocks skip
     the keys outside it; the mask holds it either way)."""

@@ -100,8 +100,8 @@ def generate() -> None:
     ending = "" if out.ended[i] else " [truncated]"
     shown = prompts[i // _NUM_SAMPLES.value]
     shown = shown if len(shown) <= 80 else shown[:60] + "..." + shown[-17:]
-    print(f"--- {shown!r}\n{tok.decode(tokens[start:])}"
-          f"{tok.decode(out.tokens[i])}{ending}")
+    # Decoded together: a continuation decoded alone loses its leading space.
+    print(f"--- {shown!r}\n{tok.decode([*tokens[start:], *out.tokens[i]])}{ending}")
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ of P + max_new_tokens slots on every step.
 The host drives the loop: a jitted decode chunk runs until `refill` rows have
 ended (or every row), or a row needs more capacity; then the cache is resized
 and the next prompts are prefilled into the freed slots. Compilations: the
-chunk once per capacity, the prefill once per power-of-two count of rows, their
-placement per (capacity, count). Results come back in prompt order with the
+chunk once per capacity, a resize per pair of capacities, the prefill once per
+power-of-two count of prompts, and their placement per (capacity, prompts,
+rows). Results come back in prompt order with the
 static sampler's fields; greedy decoding gives the static sampler's tokens
 (tests/test_continuous_batching.py). With no more rows than slots the static
 sampler runs instead: one batch has nothing to refill.

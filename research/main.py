@@ -1,7 +1,7 @@
 """Runs one stage of the pipeline from a config file.
 
   python -m research.main --config=configs/clm.py[:preset] [--workdir=DIR] \
-      [--config.a.b=value ...] [--dry_run]
+      [--config.a.b=value ...] [--dry_run [--nodry_run_compile]]
 
 Exit codes (`research/cli.py`): 0 finished, 1 a non-finite loss (the last good
 checkpoint is kept), 2 a user error: a bad flag, config file, config value, data
@@ -28,6 +28,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/STAGE.py[:arg
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory (default: runs/<stage>)")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "report parameter count and per-device memory "
                              "from abstract shapes, then exit")
+_DRY_RUN_COMPILE = flags.DEFINE_bool(
+    "dry_run_compile", True, "with --dry_run: also compile the train step on abstract inputs and "
+    "report XLA's memory analysis per device (research/stages/dry_run.py)")
 _PROCESSES = distributed.define_flags()
 
 # Stages that only sample: on a CPU, keeping freed memory (research/host_memory.py)
@@ -54,10 +57,11 @@ def _run(config, workdir: str) -> dict | None:
   objectives.import_modules(config)  # config.imports: modules that register objectives
   runs.check_model_overrides(config, cli.explicit_overrides(sys.argv[1:], "model."))
   if _DRY_RUN.value:
-    from research.models import config as model_config
-    from research.models.decoder import Decoder
-    from research.stages import common
-    report = common.describe(config, Decoder(model_config.from_config(config.model)))
+    from research.stages import dry_run
+    module = dry_run.module_for(config)
+    report = dry_run.describe(config, module)
+    if _DRY_RUN_COMPILE.value:
+      report["compiled"] = dry_run.compiled(config, module)
     print(json.dumps({"preset": config.model.get("preset", ""), **report}, indent=2))
     return None
   return stage_module(config.stage).run(config, workdir)

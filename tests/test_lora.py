@@ -155,13 +155,13 @@ def test_dry_run_memory_of_a_7b_model_full_lora_and_qlora(devices):
   linear layers trains 40.0M parameters (the known count) with optimizer state for
   those only; QLoRA holds the projections at a byte per weight."""
   from configs import clm as clm_config  # pylint: disable=g-import-not-at-top
-  from research.stages import common  # pylint: disable=g-import-not-at-top
+  from research.stages import dry_run  # pylint: disable=g-import-not-at-top
 
   def report(**lora_fields):
     config = clm_config.get_config("7b")
     config.mesh.update(data=1, fsdp=8, num_devices=8)
     config.model.update(lora_fields)
-    return common.describe(config, Decoder(model_config.from_config(config.model)))
+    return dry_run.describe(config, Decoder(model_config.from_config(config.model)))
 
   full, lo, q = report(), report(lora_rank=16), report(lora_rank=16, quantize_base="int8")
   adapters = 32 * 16 * (4 * (4096 + 4096) + 3 * (4096 + 11008))

@@ -63,6 +63,12 @@ def test_dry_run_reports_7b_sharded_memory_on_8_devices():
   # AdamW's two moments are sharded like the parameters; the rest is step counters.
   extra = report["optimizer_bytes_per_device"] - 2 * report["param_bytes_per_device"]
   assert 0 <= extra <= 64
+  # The step compiled on abstract inputs: it takes the state and writes the new one over it.
+  compiled = report["compiled"]
+  assert compiled["backend"] == "cpu x8"
+  assert abs(compiled["arguments_gib"] - report["state_gib_per_device"]) < 0.01
+  assert abs(compiled["donated_gib"] - report["state_gib_per_device"]) < 0.01
+  assert compiled["temporaries_gib"] > report["gradient_bytes_per_device"] / 2**30
 
 
 def test_tiny_end_to_end(tmp_path):

@@ -40,8 +40,10 @@ def step_lower_bound(model_cfg, *, rows: int, seq_len: int, batch_ways: int, ten
   heads = max(model_cfg.num_heads // max(tensor_ways, 1), 1)
   layers = 1 if remat != "none" else model_cfg.num_layers
   probs = layers * rows * heads * seq_len * (seq_len + 1) // 2 * 4      # float32, causal half
-  # The logits and their gradient, the vocabulary split over the tensor axis.
-  vocab = 2 * rows * seq_len * -(-model_cfg.vocab_size // max(tensor_ways, 1)) * 4 \
+  # The logits and their gradient, the vocabulary split over the tensor axis; with
+  # `vocab_chunk`, those of that many positions of each row at a time.
+  positions = min(seq_len, getattr(model_cfg, "vocab_chunk", 0) or seq_len)
+  vocab = 2 * rows * positions * -(-model_cfg.vocab_size // max(tensor_ways, 1)) * 4 \
       if logits else 0
   return probs + vocab
 

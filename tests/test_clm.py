@@ -84,11 +84,14 @@ def test_sequence_normalisation_matches_numpy():
   np.testing.assert_allclose(metrics["nll"], nll[mask == 1].mean(), rtol=1e-5)
 
 
-@pytest.mark.parametrize("tie,softcap,chunk", [(False, 0.0, 4), (True, 3.0, 3), (False, 0.0, 64)],
-                         ids=["untied-4", "tied-softcap-3", "chunk-past-length"])
-def test_vocab_chunks_give_the_same_loss_and_gradients(tie, softcap, chunk):
-  """`model.vocab_chunk`: the CLM loss, its metrics and its gradients as with the
-  whole logits at once, for chunks that do not divide the length (10)."""
+@pytest.mark.parametrize("tie,softcap,chunk,normalization",
+                         [(False, 0.0, 4, "token"), (True, 3.0, 3, "token"),
+                          (False, 0.0, 64, "token"), (True, 0.0, 4, "sequence")],
+                         ids=["untied-4", "tied-softcap-3", "chunk-past-length", "sequence-4"])
+def test_vocab_chunks_give_the_same_loss_and_gradients(tie, softcap, chunk, normalization):
+  """`model.vocab_chunk`: the CLM loss (its gradient made in the forward pass,
+  models/fused_loss.py), its metrics and its gradients as with the whole logits at
+  once, for chunks that do not divide the length (10)."""
   base = {**model_config.preset("tiny"), "tie_embeddings": tie, "logit_softcap": softcap}
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, 1024, (2, 11)).astype(np.int32)
@@ -96,7 +99,8 @@ def test_vocab_chunks_give_the_same_loss_and_gradients(tie, softcap, chunk):
            "segment_ids": np.array([[1] * 6 + [2] * 4, [1] * 8 + [0] * 2], np.int32),
            "positions": np.array([list(range(6)) + list(range(4)), list(range(8)) + [0, 0]]),
            "loss_mask": np.array([[1] * 10, [1] * 8 + [0] * 2], np.int32)}
-  config = ml_collections.ConfigDict({"objective": {"z_loss": 1e-3}})
+  config = ml_collections.ConfigDict({"objective": {"z_loss": 1e-3,
+                                                    "loss_normalization": normalization}})
   params = None
   results = []
   for vocab_chunk in (0, chunk):
@@ -111,6 +115,36 @@ def test_vocab_chunks_give_the_same_loss_and_gradients(tie, softcap, chunk):
   for key in m0:
     np.testing.assert_allclose(m1[key], m0[key], rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), g1, g0)
+
+
+def test_fused_chunked_loss_matches_a_numpy_gradient():
+  """models/fused_loss.py against the formula in plain numpy: loss = sum_t w_t
+  (-log p(y_t) + z lse_t^2), dL/dz = w (p (1 + 2 z lse) - onehot), dh = dz W^T,
+  dW = h^T dz; scaled by the cotangent of the loss."""
+  from research.models import fused_loss  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  b, l, d, v, z = 2, 7, 5, 11, 0.01
+  h = rng.normal(size=(b, l, d)).astype(np.float32)
+  w_dv = rng.normal(size=(d, v)).astype(np.float32)
+  y = rng.integers(0, v, (b, l)).astype(np.int32)
+  weights = rng.uniform(0, 1, (b, l)).astype(np.float32)
+  logits = h @ w_dv
+  lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+  logp = np.take_along_axis(logits, y[..., None], -1)[..., 0] - lse
+  loss = np.sum(weights * (-logp + z * lse**2))
+  p = np.exp(logits - lse[..., None])
+  dz = (weights * (1 + 2 * z * lse))[..., None] * p - np.eye(v)[y] * weights[..., None]
+  fn = lambda hh, ww: 3.0 * fused_loss.weighted_target_loss(  # noqa: E731
+      hh, ww, y, weights, z_coef=z, chunk=3)[0]
+  value, (dh, dw) = jax.value_and_grad(fn, argnums=(0, 1))(h, w_dv)
+  np.testing.assert_allclose(value, 3.0 * loss, rtol=1e-5)
+  np.testing.assert_allclose(dh, 3.0 * dz @ w_dv.T, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(dw, 3.0 * np.einsum("bld,blv->dv", h, dz), rtol=1e-4, atol=1e-6)
+  _, (got_logp, got_lse, got_max) = fused_loss.weighted_target_loss(
+      h, w_dv, y, weights, z_coef=z, chunk=3)
+  np.testing.assert_allclose(got_logp, logp, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got_lse, lse, rtol=1e-5)
+  np.testing.assert_allclose(got_max, logits.max(-1), rtol=1e-6)
 
 
 def test_vocab_chunks_cut_the_compiled_steps_memory():

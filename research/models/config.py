@@ -93,9 +93,11 @@ class DecoderConfig:
   # Causal self-attention in query blocks of this many tokens, each against the
   # keys up to its end (the masked upper triangle's blocks are skipped); 0 = one block.
   attention_block: int = 128
-  # Log-probs of the targets from the logits of this many positions at a time,
-  # recomputed in the backward: a step never holds B x L x V logits (a 150k-260k
-  # vocabulary's logits dominate an SFT or DPO step's memory); 0 = all at once.
+  # Log-probs of the targets from the logits of this many positions at a time: a
+  # step never holds B x L x V logits (a 150k-260k vocabulary's logits dominate an
+  # SFT or DPO step's memory); 0 = all at once. The CLM / SFT loss makes each
+  # chunk's gradient in the forward (models/fused_loss.py); DPO and RL recompute
+  # the chunk's logits in the backward.
   vocab_chunk: int = 0
   # The projections' matmul (`decoder.dense`): "gemm" flattens the rows into one
   # 2-D product with a written-out backward (faster on XLA:CPU, one device);

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from research.errors import ConfigError
+from research.models import fused_loss
 from research.models.logprobs import token_logprobs  # re-exported: the CLM building block
 
 BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
@@ -78,11 +79,31 @@ def cross_entropy_of(logp_BxL, log_z_BxL, max_logit_BxL, mask_BxL, z_loss_coef: 
   return objective, metrics
 
 
+def loss_weights(mask_BxL, segment_ids_BxL, normalization: str = "token"):
+  """w_t with loss = sum_t w_t (nll_t + z lse_t^2) under `normalization`: the
+  objective is linear in the log-probs, so w is minus its gradient in them."""
+  zeros = jnp.zeros(mask_BxL.shape, jnp.float32)
+  return -jax.grad(lambda logp: cross_entropy_of(logp, zeros, zeros, mask_BxL, 0.0,
+                                                 segment_ids_BxL, normalization)[0])(zeros)
+
+
 def loss_fn(params, batch, rng, *, model, config):
-  """CLM/SFT loss on a packed batch (`BATCH_KEYS`); `rng` is unused (no dropout)."""
+  """CLM/SFT loss on a packed batch (`BATCH_KEYS`); `rng` is unused (no dropout).
+  With `model.vocab_chunk` the head runs chunk by chunk with its gradient made in
+  the forward pass (`models/fused_loss.py`): the same loss and gradients."""
   del rng
+  z, normalization = config.objective.z_loss, config.objective.get("loss_normalization", "token")
+  mask, segments = batch["loss_mask"], batch["segment_ids"]
+  if model.cfg.vocab_chunk:
+    hidden, unembed = model.apply(
+        {"params": params}, method=lambda m: (
+            m.trunk(batch["inputs"], batch["positions"], segments), m.unembedding()))
+    objective, (logp, log_z, max_logit) = fused_loss.weighted_target_loss(
+        hidden, unembed, batch["targets"], loss_weights(mask, segments, normalization),
+        z_coef=z, chunk=model.cfg.vocab_chunk, softcap=model.cfg.logit_softcap,
+        matmul=model.cfg.matmul)
+    return objective, cross_entropy_of(logp, log_z, max_logit, mask, z, segments,
+                                       normalization)[1]
   logp, log_z, max_logit = model.apply({"params": params}, batch["inputs"], batch["targets"],
-                                       batch["positions"], batch["segment_ids"],
-                                       method="target_logprobs")
-  return cross_entropy_of(logp, log_z, max_logit, batch["loss_mask"], config.objective.z_loss,
-                          batch["segment_ids"], config.objective.get("loss_normalization", "token"))
+                                       batch["positions"], segments, method="target_logprobs")
+  return cross_entropy_of(logp, log_z, max_logit, mask, z, segments, normalization)

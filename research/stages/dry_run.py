@@ -131,8 +131,9 @@ def compiled(config, module) -> dict[str, Any]:
   """XLA's memory analysis of `config`'s train step, per device (see the module doc)."""
   from research import objectives  # pylint: disable=g-import-not-at-top
   if config.stage not in BATCHES:
-    return {"skipped": f"stage {config.stage!r} trains on rollouts; its batch is not fixed "
-                       f"by the config"}
+    why = ("trains on rollouts, whose batch the config does not fix" if config.stage == "rlhf"
+           else "has no train step")
+    return {"skipped": f"stage {config.stage!r} {why}"}
   loss = functools.partial(objectives.get(config.objective.name), model=module, config=config)
   p = trainer.plan(config, module, total_steps=max(config.train.steps, 2))
   step = step_lib.make_train_step(

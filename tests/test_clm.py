@@ -147,6 +147,24 @@ def test_fused_chunked_loss_matches_a_numpy_gradient():
   np.testing.assert_allclose(got_max, logits.max(-1), rtol=1e-6)
 
 
+def test_fused_chunked_loss_keeps_a_nan_at_weight_zero_out():
+  """As `cross_entropy` does: non-finite logits at a position outside the loss
+  (padding) reach neither the loss nor the gradients."""
+  from research.models import fused_loss  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(4)
+  h = rng.normal(size=(1, 5, 4)).astype(np.float32)
+  h[0, 3] = np.finfo(np.float32).max  # finite, but its logits overflow
+  w_dv = rng.normal(size=(4, 6)).astype(np.float32)
+  with np.errstate(over="ignore", invalid="ignore"):
+    assert not np.isfinite(h[0, 3] @ w_dv).all()
+  weights = np.array([[0.25, 0.25, 0.25, 0.0, 0.25]], np.float32)
+  fn = lambda hh, ww: fused_loss.weighted_target_loss(  # noqa: E731
+      hh, ww, np.zeros((1, 5), np.int32), weights, z_coef=1e-3, chunk=2)[0]
+  value, (dh, dw) = jax.value_and_grad(fn, argnums=(0, 1))(h, w_dv)
+  assert np.isfinite(value) and np.isfinite(dw).all() and np.isfinite(dh).all()
+  assert not np.asarray(dh)[0, 3].any()  # no gradient reaches the padding position
+
+
 def test_vocab_chunks_cut_the_compiled_steps_memory():
   """What the chunks are for: XLA's own memory analysis of the compiled gradient
   (a vocabulary-heavy model: the logits are most of the step's temporaries)."""

@@ -71,7 +71,10 @@ def _forward(hidden_BxLxD, unembed_DxV, targets_BxL, weights_BxL, z_coef, chunk,
     h, t, w = x
     logits, tanh = _logits(h, unembed_DxV, softcap, matmul)
     logp, log_z, top = _stats(logits, t)
-    loss = loss + jnp.sum(w * (-logp + z_coef * jnp.square(log_z)))
+    # Positions of weight 0 are selected away, not multiplied by 0: a non-finite
+    # logit at a padding position must not reach the loss or the gradients.
+    used = w != 0
+    loss = loss + jnp.sum(jnp.where(used, w * (-logp + z_coef * jnp.square(log_z)), 0.0))
     if not with_grads:
       return (loss, dw_DxV), (logp, log_z, top, None)
     p = jnp.exp(logits - log_z[..., None])
@@ -79,6 +82,7 @@ def _forward(hidden_BxLxD, unembed_DxV, targets_BxL, weights_BxL, z_coef, chunk,
     g = g - jax.nn.one_hot(t, v, dtype=jnp.float32) * w[..., None]
     if softcap:
       g = g * (1.0 - jnp.square(tanh))
+    g = jnp.where(used[..., None], g, 0.0)
     g = g.astype(unembed_DxV.dtype)
     dh = jax.lax.dot_general(g, unembed_DxV, (((2,), (1,)), ((), ())))  # g W^T, no copy of W^T
     dw_DxV = dw_DxV + jax.lax.dot_general(

@@ -57,7 +57,11 @@ def _run(config, workdir: str) -> dict | None:
   objectives.import_modules(config)  # config.imports: modules that register objectives
   runs.check_model_overrides(config, cli.explicit_overrides(sys.argv[1:], "model."))
   if _DRY_RUN.value:
+    from research import validate
     from research.stages import dry_run
+    runs.check_init_from(config)
+    runs.inherit_model(config)  # the architecture of the run it starts from, as the stage does
+    validate.check(config)
     module = dry_run.module_for(config)
     report = dry_run.describe(config, module)
     if _DRY_RUN_COMPILE.value:

@@ -72,6 +72,8 @@ CASES = [
      "config.model.vocab_size=10 is too small for this text"),
     ((SMOKE, "--workdir={tmp}/s", "--config.data.seq_len=100000"),
      "config.data.seq_len=100000 must be at most config.model.max_len=512"),
+    ((SMOKE, "--dry_run", "--config.data.seq_len=100000"),  # checked as the stage checks it
+     "config.data.seq_len=100000 must be at most config.model.max_len=512"),
     ((SMOKE, "--workdir={tmp}/m", "--config.data.seq_len=100000", "--config.model.max_len=100000"),
      "a train step needs at least"),
     ((SMOKE, "--workdir={tmp}/t", "--config.data.tokenizer_path=README.md"),

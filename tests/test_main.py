@@ -71,6 +71,25 @@ def test_dry_run_reports_7b_sharded_memory_on_8_devices():
   assert compiled["temporaries_gib"] > report["gradient_bytes_per_device"] / 2**30
 
 
+def test_dry_run_builds_the_architecture_of_init_from(four_step_clm):
+  """A stage started from a run builds that run's architecture; so does its dry
+  run (here the 7B preset's config, continuing a tiny run)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from research import runs  # pylint: disable=g-import-not-at-top
+  from research.models import config as model_config  # pylint: disable=g-import-not-at-top
+  from research.models.decoder import Decoder  # pylint: disable=g-import-not-at-top
+  out = run_main("--config=configs/clm.py:7b", f"--config.init_from={four_step_clm}",
+                 "--dry_run", "--nodry_run_compile")
+  assert out.returncode == 0, out.stderr[-2000:]
+  report = json.loads(out.stdout)
+  model = Decoder(model_config.from_config(runs.load_config(four_step_clm).model))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.ones((1, 4), np.int32)))
+  assert report["parameters"] == sum(x.size for x in jax.tree.leaves(nn.unbox(shapes)))
+  assert "compiled" not in report
+
+
 def test_tiny_end_to_end(tmp_path):
   workdir = str(tmp_path / "run")
   out = run_main("--config=configs/clm.py:tiny", f"--workdir={workdir}", "--config.train.steps=40")

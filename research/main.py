@@ -63,9 +63,10 @@ def _run(config, workdir: str) -> dict | None:
     runs.inherit_model(config)  # the architecture of the run it starts from, as the stage does
     validate.check(config)
     module = dry_run.module_for(config)
-    report = dry_run.describe(config, module)
+    plan = dry_run.plan_for(config, module)
+    report = dry_run.describe(config, module, plan)
     if _DRY_RUN_COMPILE.value:
-      report["compiled"] = dry_run.compiled(config, module)
+      report["compiled"] = dry_run.compiled(config, module, plan)
     print(json.dumps({"preset": config.model.get("preset", ""), **report}, indent=2))
     return None
   return stage_module(config.stage).run(config, workdir)

@@ -90,14 +90,19 @@ BATCHES = {"clm": _clm_batch, "sft": _clm_batch, "best_of_n": _clm_batch,
            "dpo": _dpo_batch, "reward": _comparison_batch}
 
 
-def describe(config, module) -> dict[str, Any]:
+def plan_for(config, module) -> trainer.Plan:
+  """The abstract state both reports read (`describe`, `compiled`): build it once."""
+  return trainer.plan(config, module, total_steps=max(config.train.steps, 2))
+
+
+def describe(config, module, plan: trainer.Plan | None = None) -> dict[str, Any]:
   """The estimate from shapes: the parameters (an int8 base at a byte each), the
   optimizer state and the gradients (the trainable parameters' only: LoRA's
   adapters), the activations (`memory.activation_bytes`) and the logits with
   their gradient (`memory.step_lower_bound`)."""
   from research.models.decoder import Decoder  # pylint: disable=g-import-not-at-top
   from research.training import memory  # pylint: disable=g-import-not-at-top
-  p = trainer.plan(config, module, total_steps=max(config.train.steps, 2))
+  p = plan or plan_for(config, module)
   leaves = jax.tree.leaves(p.abstract.params)
   mask = jax.tree.leaves(p.mask) if p.mask is not None else [True] * len(leaves)
   n_params = sum(int(np.prod(x.shape)) for x in leaves)
@@ -127,7 +132,7 @@ def describe(config, module) -> dict[str, Any]:
                     "remat": module.cfg.remat}}
 
 
-def compiled(config, module) -> dict[str, Any]:
+def compiled(config, module, plan: trainer.Plan | None = None) -> dict[str, Any]:
   """XLA's memory analysis of `config`'s train step, per device (see the module doc)."""
   from research import objectives  # pylint: disable=g-import-not-at-top
   if config.stage not in BATCHES:
@@ -135,7 +140,7 @@ def compiled(config, module) -> dict[str, Any]:
            else "has no train step")
     return {"skipped": f"stage {config.stage!r} {why}"}
   loss = functools.partial(objectives.get(config.objective.name), model=module, config=config)
-  p = trainer.plan(config, module, total_steps=max(config.train.steps, 2))
+  p = plan or plan_for(config, module)
   step = step_lib.make_train_step(
       loss, tx=p.tx, state_shardings=p.shardings, mesh=p.mesh, rules=p.rules,
       schedule=p.schedule, microbatches=config.optimizer.get("grad_accum_steps", 1),
